@@ -1,0 +1,3 @@
+from shmjanitor.cli import main
+
+main()

@@ -1,0 +1,49 @@
+"""The join: the kernel's table plus process facts, classified. One read of each."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+from shmjanitor import procs, scan
+from shmjanitor.classify import State, Verdict, classify_all
+
+
+class Survey(NamedTuple):
+    verdicts: list[Verdict]
+    limits: scan.Limits
+    taken_at: float
+
+
+def viewer_uid() -> Optional[int]:
+    """Our euid, or None for root (who sees every process whatever /proc's hidepid says)."""
+    euid = os.geteuid()
+    return None if euid == 0 else euid
+
+
+def take(path: Path = scan.PROC_SHM, now: Optional[float] = None) -> Survey:
+    """Read the table first, then look at processes: a process that dies in between is
+    seen dead, and one whose pid is reused in between is caught by its start time."""
+    segments = scan.read(path)
+    facts = procs.look_up({pid for s in segments for pid in (s.cpid, s.lpid)})
+    taken_at = time.time() if now is None else now
+    return Survey(
+        classify_all(segments, facts, taken_at, viewer_uid()), scan.read_limits(), taken_at
+    )
+
+
+class Tally(NamedTuple):
+    segments: int
+    bytes: int
+
+
+def by_state(verdicts: list[Verdict]) -> dict[State, Tally]:
+    """Count and bytes per state, every state present (zeros included) in enum order."""
+    counts = {s: [0, 0] for s in State}
+    for v in verdicts:
+        c = counts[v.state]
+        c[0] += 1
+        c[1] += v.segment.size
+    return {s: Tally(n, b) for s, (n, b) in counts.items()}
