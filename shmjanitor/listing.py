@@ -45,10 +45,6 @@ def run(
     except ValueError as e:
         raise ConfigError(f"--owner: {e}") from None
     sv = survey.take(proc_shm)
-    if metrics_file is not None:
-        from shmjanitor import metrics
-
-        metrics.write(metrics_file, sv.verdicts, run=None, now=sv.taken_at)
     shown = select(sv.verdicts, states, uid)
     if sort != "id":
         shown.sort(key=_SORT[sort])
@@ -58,3 +54,7 @@ def run(
         render.table(sv, shown, exact_bytes, out)
     else:
         out.write(render.plain(shown, exact_bytes))
+    if metrics_file is not None:  # all segments, whatever the filters showed
+        from shmjanitor import metrics
+
+        metrics.write(metrics_file, sv.verdicts, run=None, now=sv.taken_at)
