@@ -28,7 +28,9 @@ def test_dest_marked_is_removing_whatever_else():
 
 
 def test_attached_wins_over_a_dead_creator():
-    v = classify(seg(nattch=2, lpid=77, atime=T0 + 5), {**DEAD, 77: Proc(77, True, T0, "client")}, NOW)
+    v = classify(
+        seg(nattch=2, lpid=77, atime=T0 + 5), {**DEAD, 77: Proc(77, True, T0, "client")}, NOW
+    )
     assert v.state is State.ATTACHED
     assert v.reason == "2 attached; last attach/detach by pid 77 (client)"
 

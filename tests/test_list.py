@@ -33,9 +33,12 @@ def mix():
         "attached": attached_seg.ids,
         "removing": dest_seg.ids,
         "_creators": {
-            orphan_keyed.ids[0]: orphan_keyed.pid, orphan_neg.ids[0]: orphan_neg.pid,
-            orphan_private.ids[0]: orphan_private.pid, idle.ids[0]: idle.pid,
-            attached_seg.ids[0]: attached_seg.pid, dest_seg.ids[0]: dest_seg.pid,
+            orphan_keyed.ids[0]: orphan_keyed.pid,
+            orphan_neg.ids[0]: orphan_neg.pid,
+            orphan_private.ids[0]: orphan_private.pid,
+            idle.ids[0]: idle.pid,
+            attached_seg.ids[0]: attached_seg.pid,
+            dest_seg.ids[0]: dest_seg.pid,
         },
         "_attachers": {attached_seg.ids[0]: attacher.pid, dest_seg.ids[0]: dest_user.pid},
     }

@@ -37,7 +37,9 @@ def kernel_orphans() -> set[int]:
     return before - set(rows())
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.lists(creator, min_size=1, max_size=6), st.randoms(use_true_random=False))
 def test_orphan_set_equals_the_kernels(creators, rnd: random.Random):
     fresh_ipc_namespace()
