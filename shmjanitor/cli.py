@@ -119,5 +119,260 @@ def list_(
         )
 
 
+CONFIG_OPT = typer.Option(
+    None,
+    "--config",
+    "-c",
+    metavar="PATH",
+    help="Configuration file (TOML). Default: /etc/shmjanitor.toml when it exists.",
+)
+STATE_DIR_OPT = typer.Option(
+    None,
+    "--state-dir",
+    metavar="DIR",
+    help="Where the quarantine lives. Default: config state_dir, else /var/lib/shmjanitor "
+    "for root, $XDG_STATE_HOME/shmjanitor otherwise.",
+)
+DRY_RUN_OPT = typer.Option(
+    False, "--dry-run", "-n", help="Show what would be removed; touch nothing (no attach)."
+)
+NO_QUARANTINE_OPT = typer.Option(
+    False,
+    "--no-quarantine",
+    help="Remove without keeping a copy first (an explicit choice; the default keeps one).",
+)
+JSON_OPT = typer.Option(False, "--json", help="Print JSON: {dry_run, results, summary}.")
+VERBOSE_OPT = typer.Option(
+    False, "--verbose", "-v", help="In log output, also a line for every orphan kept."
+)
+
+
+def _load_config(path: Optional[Path], **flags: object):  # type: ignore[no-untyped-def]
+    from shmjanitor import config
+
+    return config.load(path).with_overrides(**flags)
+
+
+def _show_outcome(outcome, as_json: bool, verbose: bool) -> None:  # type: ignore[no-untyped-def]
+    from shmjanitor import report
+
+    if as_json:
+        sys.stdout.write(report.to_json(outcome))
+        for p in outcome.problems:
+            typer.echo(f"shmjanitor: {p}", err=True)
+    elif sys.stdout.isatty():
+        report.table(outcome, sys.stdout)
+    else:
+        report.log(outcome, sys.stdout, sys.stderr, verbose)
+
+
+@app.command()
+def reap(
+    dry_run: bool = DRY_RUN_OPT,
+    min_age: Optional[str] = typer.Option(
+        None,
+        "--min-age",
+        metavar="DURATION",
+        help="Keep orphans idle for less than this (0, 90s, 10m, 1h, 2d). Default: 1h.",
+    ),
+    include_system: Optional[bool] = typer.Option(
+        None,
+        "--include-system/--no-include-system",
+        help="Also reap orphans of system accounts (uid below UID_MIN of /etc/login.defs).",
+    ),
+    no_quarantine: bool = NO_QUARANTINE_OPT,
+    config_path: Optional[Path] = CONFIG_OPT,
+    state_dir: Optional[Path] = STATE_DIR_OPT,
+    as_json: bool = JSON_OPT,
+    verbose: bool = VERBOSE_OPT,
+    metrics_file: Optional[Path] = typer.Option(
+        None,
+        "--metrics-file",
+        metavar="PATH",
+        help="Write Prometheus textfile-collector metrics to PATH (atomically).",
+    ),
+) -> None:
+    """Remove orphaned segments (nobody attached, creator dead) that pass the policy.
+
+    Kept, with the reason said: orphans younger than --min-age, of system accounts,
+    with protected keys or owners (config), others' orphans when not root, and any
+    segment that changed since the scan. A copy of each removed segment goes to the
+    quarantine first (see `shmjanitor restore`).
+
+    Exit status: 0 all went as planned (including nothing to do), 1 some removal
+    failed, 2 usage, configuration or input error (nothing removed).
+    """
+    from shmjanitor import reaping
+    from shmjanitor.durations import parse_duration
+
+    with errors_as_exit():
+        try:
+            age = None if min_age is None else parse_duration(min_age)
+        except ValueError as e:
+            raise fail(f"--min-age: {e}") from None
+        cfg = _load_config(config_path, min_age=age, include_system=include_system)
+        outcome = reaping.reap(cfg, dry_run=dry_run, quarantine=not no_quarantine,
+                               state_dir=state_dir)  # fmt: skip
+        _show_outcome(outcome, as_json, verbose)
+        if metrics_file is not None:
+            _write_reap_metrics(metrics_file, outcome)
+    if not outcome.ok:
+        raise typer.Exit(1)
+
+
+def _write_reap_metrics(path: Path, outcome) -> None:  # type: ignore[no-untyped-def]
+    from shmjanitor import metrics
+    from shmjanitor.remove import Action
+
+    gone = {r.verdict.segment.id for r in outcome.results
+            if r.action in (Action.REMOVED, Action.GONE)}  # fmt: skip
+    removed = [r for r in outcome.results if r.action is Action.REMOVED]
+    run = metrics.RunStats(
+        removed=len(removed),
+        removed_bytes=sum(r.verdict.segment.size for r in removed),
+        kept=sum(r.action is Action.KEPT for r in outcome.results),
+        success=outcome.ok,
+    )
+    left = [v for v in outcome.survey.verdicts if v.segment.id not in gone]
+    metrics.write(path, left, run=run, now=outcome.survey.taken_at)
+
+
+@app.command()
+def rm(
+    ids: Optional[list[int]] = typer.Argument(None, metavar="[ID]...", help="Segment ids (shmid)."),
+    key: Optional[list[str]] = typer.Option(
+        None, "--key", "-k", metavar="KEY", help="Segment key, 0x1234abcd or decimal (repeatable)."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Remove even a segment in use (attached, or creator alive)."
+    ),
+    dry_run: bool = DRY_RUN_OPT,
+    no_quarantine: bool = NO_QUARANTINE_OPT,
+    config_path: Optional[Path] = CONFIG_OPT,
+    state_dir: Optional[Path] = STATE_DIR_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Remove the named segments, like ipcrm, but refuse one that is in use.
+
+    In use means attached, marked for removal but still attached, or its creator is
+    alive (or cannot be known). --force removes it anyway: the kernel then frees it at
+    the last detach. Exit status: 0 done, 1 a segment was missing, refused or failed,
+    2 usage or configuration error.
+    """
+    from shmjanitor import reaping
+
+    with errors_as_exit():
+        keys = [reaping.parse_key(k) for k in key or ()]
+        if not ids and not keys:
+            raise fail("name at least one segment: shmjanitor rm ID... or --key KEY")
+        cfg = _load_config(config_path)
+        outcome = reaping.rm(ids or [], keys, cfg, force=force, dry_run=dry_run,
+                             quarantine=not no_quarantine, state_dir=state_dir)  # fmt: skip
+        _show_outcome(outcome, as_json, verbose=True)
+    if not outcome.ok:
+        raise typer.Exit(1)
+
+
+quarantine_app = typer.Typer(
+    help="Copies of removed segments: list them, purge old ones (see also restore).",
+    no_args_is_help=True,
+)
+app.add_typer(quarantine_app, name="quarantine")
+
+
+def _store(config_path: Optional[Path], state_dir: Optional[Path]):  # type: ignore[no-untyped-def]
+    from shmjanitor.quarantine import Store, default_state_dir
+
+    cfg = _load_config(config_path)
+    return Store(state_dir or cfg.state_dir or default_state_dir(), cfg)
+
+
+@quarantine_app.command("list")
+def quarantine_list(
+    config_path: Optional[Path] = CONFIG_OPT,
+    state_dir: Optional[Path] = STATE_DIR_OPT,
+    as_json: bool = typer.Option(False, "--json", help='Print {"entries": [...]}.'),
+) -> None:
+    """List quarantine entries: the handle to restore by, old id, key, size, owner, when
+    and why it was removed, and whether it was restored."""
+    import json
+
+    from shmjanitor.durations import format_size
+    from shmjanitor.render import owner_name
+
+    with errors_as_exit():
+        entries = _store(config_path, state_dir).entries()
+    rows = [{
+        "entry": e.name, "id": e.doc["id"], "key": e.doc["key"], "size": e.doc["size"],
+        "uid": e.doc["uid"], "owner": owner_name(e.doc["uid"]), "mode": e.doc["mode"],
+        "removed_at": e.doc["removed_at"], "reason": e.doc["reason"],
+        "restored_as": e.doc.get("restored_as"),
+    } for e in entries]  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps({"entries": rows}))
+        return
+    import time
+
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["removed_at"]))
+        restored = f" restored as id {r['restored_as']}" if r["restored_as"] is not None else ""
+        typer.echo(f"{r['entry']}  id={r['id']} key=0x{r['key']:08x} "
+                   f"size={format_size(r['size'])} owner={r['owner']} removed={when}"
+                   f"{restored}  {r['reason']}")  # fmt: skip
+    if not rows:
+        typer.echo("quarantine is empty", err=True)
+
+
+@quarantine_app.command("purge")
+def quarantine_purge(
+    older_than: Optional[str] = typer.Option(
+        None, "--older-than", metavar="DURATION", help="Purge entries older than this (7d, 12h)."
+    ),
+    purge_all: bool = typer.Option(False, "--all", help="Purge every entry."),
+    config_path: Optional[Path] = CONFIG_OPT,
+    state_dir: Optional[Path] = STATE_DIR_OPT,
+) -> None:
+    """Delete quarantine entries for good: --older-than DURATION, or --all."""
+    import time
+
+    from shmjanitor.durations import parse_duration
+
+    if purge_all == (older_than is not None):
+        raise fail("say what to purge: --older-than DURATION or --all (one of them)")
+    with errors_as_exit():
+        try:
+            age = None if older_than is None else parse_duration(older_than)
+        except ValueError as e:
+            raise fail(f"--older-than: {e}") from None
+        dropped = _store(config_path, state_dir).purge(age, time.time())
+    typer.echo(f"purged {len(dropped)} run(s)")
+
+
+@app.command()
+def restore(
+    entry: str = typer.Argument(..., help="Entry name, as `shmjanitor quarantine list` shows."),
+    config_path: Optional[Path] = CONFIG_OPT,
+    state_dir: Optional[Path] = STATE_DIR_OPT,
+    as_json: bool = typer.Option(False, "--json", help='Print {"id": new_id, "key": key}.'),
+) -> None:
+    """Recreate a removed segment from the quarantine: same key, size, mode, owner, bytes.
+
+    Refused when its key is in use again. An IPC_PRIVATE segment comes back under a new
+    id. The entry stays, marked restored, until purged. Exit status: 0 restored, 1 not
+    restored (message says why), 2 usage or configuration error.
+    """
+    import json
+    import time
+
+    from shmjanitor import quarantine
+
+    with errors_as_exit():
+        new_id, key = quarantine.restore(_store(config_path, state_dir), entry, time.time())
+    if as_json:
+        typer.echo(json.dumps({"id": new_id, "key": key}))
+    else:
+        typer.echo(f"restored {entry} as id {new_id} (key 0x{key:08x})")
+
+
 def main() -> None:
     app()

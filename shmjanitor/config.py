@@ -1,0 +1,185 @@
+"""The configuration file (TOML) and the flags that override it, checked strictly.
+
+A config file decides what a root janitor deletes, so anything doubtful in it is an
+error (exit 2) naming the file and the problem, never a silent default.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional
+
+from shmjanitor.durations import parse_duration
+from shmjanitor.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.9/3.10
+    import tomli as tomllib
+
+DEFAULT_PATH = Path("/etc/shmjanitor.toml")
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Config:
+    """Policy and quarantine settings; defaults are the cautious ones."""
+
+    min_age: int = 3600  # seconds a segment must have been idle before it is reaped
+    include_system: bool = False  # reap segments of accounts below UID_MIN too
+    protect_keys: frozenset[int] = field(default_factory=frozenset)
+    protect_owners: frozenset[int] = field(default_factory=frozenset)  # uids
+    state_dir: Optional[Path] = None  # None: /var/lib/shmjanitor or $XDG_STATE_HOME/...
+    quarantine_max_bytes: int = 256 * MiB  # largest segment we copy before removing
+    quarantine_budget_bytes: int = 2048 * MiB  # disk the quarantine may use in all
+    quarantine_days: int = 7  # entries older than this are pruned
+    lock_timeout: int = 60  # seconds a reaper waits for another one
+
+    def with_overrides(self, **flags: Any) -> Config:
+        """Flags given on the command line (not None) win over the file."""
+        return replace(self, **{k: v for k, v in flags.items() if v is not None})
+
+
+def _key(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, str) and value.lower().startswith("0x"):
+        n = int(value, 16)
+    else:
+        raise ValueError
+    if not 0 <= n <= 0xFFFFFFFF:
+        raise ValueError
+    return n
+
+
+def _owner(value: Any) -> int:
+    from shmjanitor.render import uid_of
+
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, str):
+        return uid_of(value)
+    raise ValueError
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError
+    return value
+
+
+def _duration(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, str):
+        return parse_duration(value)
+    raise ValueError
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError
+    return value
+
+
+def _path(value: Any) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError
+    return Path(value)
+
+
+# key: (parser of one value, whether the value is a list, what to say when it is wrong)
+_KEYS = {
+    "min_age": (_duration, False, 'a duration such as "90s", "10m", "1h" or "2d"'),
+    "include_system": (_bool, False, "true or false"),
+    "protect_keys": (_key, True, 'a list of keys, as integers or hex strings like "0x1234"'),
+    "protect_owners": (_owner, True, "a list of user names or uids of existing users"),
+    "state_dir": (_path, False, "a directory path as a string"),
+    "quarantine_max_bytes": (_size, False, "a number of bytes"),
+    "quarantine_budget_bytes": (_size, False, "a number of bytes"),
+    "quarantine_days": (_size, False, "a whole number of days"),
+    "lock_timeout": (_size, False, "a number of seconds"),
+}
+
+
+def _check_trust(path: Path, st: os.stat_result) -> None:
+    """Running as root, the file decides what root deletes: only root may write it."""
+    if os.geteuid() != 0:
+        return
+    if st.st_uid != 0:
+        raise ConfigError(
+            f"{path}: owned by uid {st.st_uid}, not root; as root shmjanitor only trusts a "
+            f"config file that only root can change (chown root {path})"
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(
+            f"{path}: writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"as root shmjanitor refuses it (chmod go-w {path})"
+        )
+
+
+def load(path: Optional[Path]) -> Config:
+    """Read `path` (given with --config: it must exist) or the default file if present."""
+    explicit = path is not None
+    path = path if path is not None else DEFAULT_PATH
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ConfigError(f"{path}: not a regular file")
+            _check_trust(path, st)
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"{path}: no such file (given with --config)") from None
+        return Config()
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    return parse(data, str(path))
+
+
+def parse(data: dict[str, Any], source: str) -> Config:
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in _KEYS:
+            raise ConfigError(
+                f"{source}: unknown key {name!r}; known keys: {', '.join(sorted(_KEYS))}"
+            )
+        one, is_list, expected = _KEYS[name]
+        try:
+            if is_list:
+                if not isinstance(value, list):
+                    raise ValueError
+                values[name] = frozenset(one(v) for v in value)
+            else:
+                values[name] = one(value)
+        except ValueError as e:
+            detail = f" ({e})" if str(e) else ""
+            raise ConfigError(
+                f"{source}: {name} = {value!r} is wrong: expected {expected}{detail}"
+            ) from None
+    return Config(**values)
+
+
+def uid_min(login_defs: Path = Path("/etc/login.defs")) -> int:
+    """UID_MIN from login.defs, 1000 when absent: accounts below it are system accounts."""
+    try:
+        for line in login_defs.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "UID_MIN" and parts[1].isdigit():
+                return int(parts[1])
+    except OSError:
+        pass
+    return 1000

@@ -1,0 +1,101 @@
+"""Thin calls into the kernel that sysv_ipc does not offer: shmctl(IPC_STAT) without
+attaching (attaching would change nattch, lpid and atime), and our capabilities."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+IPC_STAT = 2
+CAP_SYS_ADMIN = 21
+
+
+class _IpcPerm(ctypes.Structure):
+    # glibc's struct ipc_perm on 64-bit Linux (x86_64, aarch64, riscv64, ...).
+    _fields_ = [
+        ("key", ctypes.c_int),
+        ("uid", ctypes.c_uint32),
+        ("gid", ctypes.c_uint32),
+        ("cuid", ctypes.c_uint32),
+        ("cgid", ctypes.c_uint32),
+        ("mode", ctypes.c_uint16),
+        ("pad1", ctypes.c_uint16),
+        ("seq", ctypes.c_uint16),
+        ("pad2", ctypes.c_uint16),
+        ("reserved1", ctypes.c_ulong),
+        ("reserved2", ctypes.c_ulong),
+    ]
+
+
+class _ShmidDs(ctypes.Structure):
+    _fields_ = [
+        ("perm", _IpcPerm),
+        ("segsz", ctypes.c_size_t),
+        ("atime", ctypes.c_long),
+        ("dtime", ctypes.c_long),
+        ("ctime", ctypes.c_long),
+        ("cpid", ctypes.c_int),
+        ("lpid", ctypes.c_int),
+        ("nattch", ctypes.c_ulong),
+        ("reserved4", ctypes.c_ulong),
+        ("reserved5", ctypes.c_ulong),
+    ]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.shmctl.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.POINTER(_ShmidDs))
+_libc.shmctl.restype = ctypes.c_int
+
+
+class Stat(NamedTuple):
+    """What shmctl(IPC_STAT) says of a segment now (the fields a re-check compares)."""
+
+    key: int
+    mode: int
+    size: int
+    uid: int
+    cuid: int
+    cpid: int
+    lpid: int
+    nattch: int
+    atime: Optional[int]
+    dtime: Optional[int]
+    ctime: int
+
+
+def shm_stat(shmid: int) -> Stat:
+    """IPC_STAT one segment. Raises OSError: EINVAL/EIDRM gone, EACCES no read permission."""
+    if ctypes.sizeof(ctypes.c_long) != 8:
+        raise OSError(errno.ENOSYS, "the re-check needs 64-bit Linux")
+    ds = _ShmidDs()
+    if _libc.shmctl(shmid, IPC_STAT, ctypes.byref(ds)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    p = ds.perm
+    return Stat(p.key & 0xFFFFFFFF, p.mode, ds.segsz, p.uid, p.cuid, ds.cpid, ds.lpid,
+                ds.nattch, ds.atime or None, ds.dtime or None, ds.ctime)  # fmt: skip
+
+
+def has_cap_sys_admin(status: Path = Path("/proc/self/status")) -> bool:
+    """CAP_SYS_ADMIN in our effective set: what IPC_RMID on others' segments needs."""
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_SYS_ADMIN & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def pid_exists(pid: int) -> bool:
+    """kill(pid, 0): ESRCH means no such process; EPERM means it exists but is not ours."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

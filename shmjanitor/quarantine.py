@@ -1,0 +1,303 @@
+"""The quarantine: a durable, compact copy of every segment before it is removed.
+
+Layout under the state directory (0700; files 0600):
+
+    quarantine/<run>.data   the copies of one run, back to back (zlib; all-zero
+                            segments, common among leaks, take no bytes at all)
+    quarantine/<run>.json   the run's index: metadata, offsets, crc32, status
+
+A run's files are written, fsynced and renamed into place *before* any of its segments
+is removed (remove.py); afterwards the index is rewritten to keep only the entries
+whose segment really was removed. An entry is named `<run>.<n>`. Pruning (age, then
+budget, oldest first) works on whole runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+import zlib
+from pathlib import Path
+from typing import Any, NamedTuple, Optional
+
+from shmjanitor.classify import Verdict
+from shmjanitor.config import Config
+from shmjanitor.durations import format_size
+from shmjanitor.errors import JanitorError, StateDirError
+
+VERSION = 1
+
+
+class RestoreError(JanitorError):
+    exit_code = 1
+
+
+def default_state_dir() -> Path:
+    """$STATE_DIRECTORY under systemd, /var/lib/shmjanitor for root, else XDG's."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/var/lib/shmjanitor")
+    xdg = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(xdg) / "shmjanitor"
+
+
+def _private_dir(path: Path) -> Path:
+    """Create `path` 0700 (parents as needed), or check an existing one is ours alone."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = path.lstat()
+    except OSError as e:
+        raise StateDirError(f"state directory {path}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise StateDirError(f"state directory {path}: not a directory")
+    if st.st_uid != os.geteuid():
+        raise StateDirError(f"state directory {path}: owned by uid {st.st_uid}, not by us")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        try:
+            path.chmod(0o700)
+        except OSError as e:
+            raise StateDirError(f"state directory {path}: {e.strerror}") from None
+    return path
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    """Atomically: temp file, fsync, rename, fsync the directory."""
+    tmp = path.with_suffix(".json.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class Entry(NamedTuple):
+    run: str
+    doc: dict[str, Any]  # the entry's record in the run's index
+
+    @property
+    def name(self) -> str:
+        return f"{self.run}.{self.doc['n']}"
+
+
+class Store:
+    """The quarantine directory of one state dir, with the config's limits."""
+
+    def __init__(self, state_dir: Path, cfg: Config) -> None:
+        self.dir = state_dir / "quarantine"
+        self.state_dir = state_dir
+        self.cfg = cfg
+
+    def ensure(self) -> Path:
+        _private_dir(self.state_dir)
+        return _private_dir(self.dir)
+
+    def runs(self) -> list[str]:
+        """Committed runs, oldest first (run names start with a UTC timestamp)."""
+        if not self.dir.is_dir():
+            return []
+        return sorted(p.name[: -len(".json")] for p in self.dir.glob("*.json"))
+
+    def index(self, run: str) -> dict[str, Any]:
+        try:
+            doc: dict[str, Any] = json.loads((self.dir / f"{run}.json").read_text())
+        except (OSError, ValueError) as e:
+            raise StateDirError(f"quarantine index {run}.json unreadable: {e}") from None
+        return doc
+
+    def entries(self) -> list[Entry]:
+        return [Entry(run, e) for run in self.runs() for e in self.index(run)["entries"]]
+
+    def usage(self) -> int:
+        """Bytes the quarantine's files take."""
+        if not self.dir.is_dir():
+            return 0
+        return sum(p.stat().st_size for p in self.dir.iterdir() if p.is_file())
+
+    def drop(self, run: str) -> None:
+        for suffix in (".json", ".data"):
+            (self.dir / f"{run}{suffix}").unlink(missing_ok=True)
+
+    def purge(self, older_than: Optional[int], now: float) -> list[str]:
+        """Drop runs created more than `older_than` seconds ago (all runs when None)."""
+        dropped = []
+        for run in self.runs():
+            if older_than is None or self.index(run)["created_at"] < now - older_than:
+                self.drop(run)
+                dropped.append(run)
+        return dropped
+
+    def prune(self, now: float, room: int = 0) -> None:
+        """Drop runs past quarantine_days, then oldest runs until `room` more bytes fit."""
+        self.purge(self.cfg.quarantine_days * 86400, now)
+        for run in self.runs():
+            if self.usage() + room <= self.cfg.quarantine_budget_bytes:
+                break
+            self.drop(run)
+
+    def open_batch(self, now: float) -> Batch:
+        self.ensure()
+        self.prune(now)
+        return Batch(self, now)
+
+    def find(self, name: str) -> Entry:
+        run, _, n = name.rpartition(".")
+        if run in self.runs():
+            for e in self.index(run)["entries"]:
+                if str(e["n"]) == n:
+                    return Entry(run, e)
+        raise RestoreError(
+            f"no quarantine entry {name!r} in {self.dir}; `shmjanitor quarantine list` "
+            "shows the entries"
+        )
+
+    def read(self, entry: Entry) -> bytes:
+        e = entry.doc
+        if e["encoding"] == "zero":
+            data = bytes(e["size"])
+        else:
+            with open(self.dir / f"{entry.run}.data", "rb") as f:
+                f.seek(e["offset"])
+                data = zlib.decompress(f.read(e["length"]))
+        if len(data) != e["size"] or zlib.crc32(data) != e["crc32"]:
+            raise RestoreError(f"quarantine entry {entry.name} is damaged (size or crc32)")
+        return data
+
+    def mark_restored(self, entry: Entry, new_id: int, now: float) -> None:
+        doc = self.index(entry.run)
+        for e in doc["entries"]:
+            if e["n"] == entry.doc["n"]:
+                e["restored_as"] = new_id
+                e["restored_at"] = int(now)
+        _write_json(self.dir / f"{entry.run}.json", doc)
+
+
+class Batch:
+    """One reap's copies: add() streams them to disk, commit() makes them durable."""
+
+    def __init__(self, store: Store, now: float) -> None:
+        self.store = store
+        self.now = now
+        self.run = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + f"-{os.getpid()}"
+        self.tmp = store.dir / f"{self.run}.data.tmp"
+        self.records: list[dict[str, Any]] = []
+        self.offset = 0
+        self.base_usage = store.usage()
+        self._file: Optional[Any] = None
+
+    def add(self, v: Verdict, data: bytes, reason: str) -> Optional[str]:
+        """Append one copy; a reason when it cannot be kept within the budget."""
+        s = v.segment
+        zero = not data.strip(b"\0")
+        blob = b"" if zero else zlib.compress(data, 1)
+        budget = self.store.cfg.quarantine_budget_bytes
+        if self.base_usage + self.offset + len(blob) > budget:
+            self.store.prune(self.now, room=self.offset + len(blob))
+            self.base_usage = self.store.usage()
+            if self.base_usage + self.offset + len(blob) > budget:
+                return f"quarantine budget ({format_size(budget)}) is full: kept"
+        if blob:
+            if self._file is None:
+                fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                self._file = os.fdopen(fd, "wb")
+            self._file.write(blob)
+        self.records.append({
+            "n": len(self.records), "id": s.id, "key": s.key, "size": s.size,
+            "mode": s.perms, "uid": s.uid, "gid": s.gid, "cuid": s.cuid, "cgid": s.cgid,
+            "cpid": s.cpid, "lpid": s.lpid, "atime": s.atime, "dtime": s.dtime,
+            "ctime": s.ctime, "creator": v.creator.name, "removed_at": int(self.now),
+            "reason": reason, "encoding": "zero" if zero else "zlib",
+            "offset": self.offset, "length": len(blob), "crc32": zlib.crc32(data),
+            "removed": None, "restored_as": None, "restored_at": None,
+        })  # fmt: skip
+        self.offset += len(blob)
+        return None
+
+    def _doc(self) -> dict[str, Any]:
+        return {"version": VERSION, "run": self.run, "created_at": int(self.now),
+                "entries": self.records}  # fmt: skip
+
+    def commit(self) -> None:
+        """Make every copy durable before anything is removed. Raises OSError."""
+        d = self.store.dir
+        try:
+            if self._file is None:  # every copy was all zeros: an empty data file
+                os.close(os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+            else:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+                self._file = None
+            os.replace(self.tmp, d / f"{self.run}.data")
+            _write_json(d / f"{self.run}.json", self._doc())
+        except OSError:
+            self.abort()
+            raise
+
+    def finish(self, removed: set[int]) -> None:
+        """Keep only the entries whose segment was removed; drop the run if none was."""
+        self.records = [dict(r, removed=True) for r in self.records if r["id"] in removed]
+        if not self.records:
+            self.store.drop(self.run)
+            return
+        _write_json(self.store.dir / f"{self.run}.json", self._doc())
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        for p in (self.tmp, self.store.dir / f"{self.run}.data"):
+            p.unlink(missing_ok=True)
+
+
+def restore(store: Store, name: str, now: float) -> tuple[int, int]:
+    """Recreate entry `name`: same key, size, mode, owner and bytes. Returns (id, key).
+
+    A keyed segment whose key is in use again is refused: two programs would share it.
+    An IPC_PRIVATE one comes back under a new id. The entry stays, marked restored.
+    """
+    import sysv_ipc
+
+    entry = store.find(name)
+    e = entry.doc
+    if e.get("restored_as") is not None:
+        raise RestoreError(
+            f"entry {name} was already restored as id {e['restored_as']}; "
+            "`shmjanitor quarantine purge` removes old entries"
+        )
+    data = store.read(entry)
+    key = e["key"] if e["key"] else sysv_ipc.IPC_PRIVATE
+    try:
+        # 0600 while we fill it; the saved mode is set once the bytes are in.
+        shm = sysv_ipc.SharedMemory(key, sysv_ipc.IPC_CREX, mode=0o600, size=e["size"],
+                                    init_character=b"\0")  # fmt: skip
+    except sysv_ipc.ExistentialError:
+        raise RestoreError(
+            f"key 0x{e['key']:08x} is in use by another segment now; remove that one "
+            f"first (shmjanitor list --json shows it) or leave entry {name} be"
+        ) from None
+    except sysv_ipc.Error as e2:
+        raise RestoreError(f"cannot create the segment: {e2}") from None
+    try:
+        shm.write(data)
+        shm.uid, shm.gid = e["uid"], e["gid"]
+        shm.mode = e["mode"]
+    except (sysv_ipc.Error, OSError) as e2:
+        shm.detach()
+        shm.remove()
+        raise RestoreError(f"cannot restore owner or mode of entry {name}: {e2}") from None
+    shm.detach()
+    store.mark_restored(entry, shm.id, now)
+    return int(shm.id), int(e["key"])

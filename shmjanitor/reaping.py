@@ -1,0 +1,133 @@
+"""`reap` and `rm`: survey under the lock, decide, hand over to remove.execute."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+from shmjanitor import config as _config
+from shmjanitor import kernel, lock, policy, remove, survey
+from shmjanitor.classify import State
+from shmjanitor.errors import ConfigError, JanitorError
+from shmjanitor.remove import Action, Candidate, Result
+
+
+class Outcome(NamedTuple):
+    survey: survey.Survey
+    results: list[Result]
+    dry_run: bool
+    problems: list[str]  # things that make the exit code 1 without a result of their own
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(r.action is not Action.FAILED for r in self.results)
+
+
+def caller() -> policy.Caller:
+    return policy.Caller(os.geteuid(), kernel.has_cap_sys_admin(), _config.uid_min())
+
+
+def _execute(sv: survey.Survey, candidates: Sequence[Candidate], cfg: _config.Config, *,
+             dry_run: bool, quarantine: bool, state_dir: Optional[Path],
+             forced: bool = False) -> list[Result]:  # fmt: skip
+    if not candidates or dry_run or not quarantine:
+        limit = cfg.quarantine_max_bytes if quarantine else None
+        return remove.execute(candidates, dry_run=dry_run, batch=None, max_copy=limit,
+                              forced=forced)  # fmt: skip
+    from shmjanitor.quarantine import Store, default_state_dir
+
+    store = Store(state_dir or cfg.state_dir or default_state_dir(), cfg)
+    try:
+        batch = store.open_batch(sv.taken_at)
+    except (JanitorError, OSError) as e:
+        why = f"not removed: quarantine unusable ({e}); fix it or use --no-quarantine"
+        return [Result(c.verdict, Action.FAILED, why) for c in candidates]
+    return remove.execute(candidates, dry_run=False, batch=batch,
+                          max_copy=cfg.quarantine_max_bytes, forced=forced)  # fmt: skip
+
+
+def _locked(dry_run: bool, cfg: _config.Config):  # type: ignore[no-untyped-def]
+    """The reaper lock for a real run; a dry run removes nothing and need not wait."""
+    from contextlib import nullcontext
+
+    return nullcontext() if dry_run else lock.held(lock.default_path(), cfg.lock_timeout)
+
+
+def reap(cfg: _config.Config, *, dry_run: bool, quarantine: bool, state_dir: Optional[Path],
+         proc_shm: Path = survey.scan.PROC_SHM) -> Outcome:  # fmt: skip
+    """Remove the orphans the policy lets go; a result for every orphan considered."""
+    with _locked(dry_run, cfg):
+        # The survey is taken under the lock: a reaper that waited sees what the first
+        # one left, so two reapers never both try the same segment.
+        sv = survey.take(proc_shm)
+        decisions = policy.plan(sv.verdicts, cfg, caller())
+        candidates = [Candidate(d.verdict, d.reason) for d in decisions if d.remove]
+        done = _execute(sv, candidates, cfg, dry_run=dry_run, quarantine=quarantine,
+                        state_dir=state_dir)  # fmt: skip
+    by_id = {r.verdict.segment.id: r for r in done}
+    results = [
+        by_id.get(d.verdict.segment.id) or Result(d.verdict, Action.KEPT, d.reason)
+        for d in decisions
+    ]
+    return Outcome(sv, results, dry_run, [])
+
+
+# States `rm` refuses without --force, and why in a word.
+_IN_USE = {
+    State.ATTACHED: "in use",
+    State.REMOVING: "in use (removal already pending)",
+    State.IDLE: "in use (its creator is alive)",
+    State.UNKNOWN: "maybe in use (creator's liveness unknown)",
+}
+
+
+def parse_key(text: str) -> int:
+    try:
+        key = int(text, 16) if text.lower().startswith("0x") else int(text)
+    except ValueError:
+        raise ConfigError(f"--key {text!r}: not a key (use 0x1234abcd or a decimal)") from None
+    if key < 0:
+        key &= 0xFFFFFFFF  # as the kernel prints it: signed
+    if key == 0:
+        raise ConfigError("--key 0 is IPC_PRIVATE, shared by many segments: name the id")
+    if key > 0xFFFFFFFF:
+        raise ConfigError(f"--key {text!r}: larger than 32 bits")
+    return key
+
+
+def rm(ids: Sequence[int], keys: Sequence[int], cfg: _config.Config, *, force: bool,
+       dry_run: bool, quarantine: bool, state_dir: Optional[Path],
+       proc_shm: Path = survey.scan.PROC_SHM) -> Outcome:  # fmt: skip
+    """Remove the named segments, refusing any that is in use unless `force`."""
+    with _locked(dry_run, cfg):
+        sv = survey.take(proc_shm)
+        by_id = {v.segment.id: v for v in sv.verdicts}
+        problems: list[str] = []
+        wanted: list[int] = []
+        for shmid in ids:
+            if shmid in by_id:
+                wanted.append(shmid)
+            else:
+                problems.append(f"no segment with id {shmid}")
+        for key in keys:
+            found = [v.segment.id for v in sv.verdicts if v.segment.key == key]
+            if not found:
+                problems.append(f"no segment with key 0x{key:08x}")
+            wanted.extend(found)
+        refused: list[Result] = []
+        candidates: list[Candidate] = []
+        for shmid in dict.fromkeys(wanted):  # once each, in the order named
+            v = by_id[shmid]
+            if v.state in _IN_USE and not force:
+                refused.append(Result(v, Action.KEPT, (
+                    f"refused: {_IN_USE[v.state]}: {v.reason}; --force to remove anyway"
+                )))  # fmt: skip
+                continue
+            candidates.append(Candidate(v, "named on the command line"
+                                        + (" (--force)" if v.state in _IN_USE else "")))  # fmt: skip
+        done = _execute(sv, candidates, cfg, dry_run=dry_run, quarantine=quarantine,
+                        state_dir=state_dir, forced=force)  # fmt: skip
+    problems.extend(f"segment {r.verdict.segment.id}: {r.reason}" for r in refused)
+    return Outcome(sv, refused + done, dry_run, problems)

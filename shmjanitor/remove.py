@@ -1,0 +1,242 @@
+"""The one module that removes segments (IPC_RMID). reap and rm both come through here.
+
+For every segment a decision says may go, in order:
+  1. re-check it with IPC_STAT (no attach): same key, nobody attached, times unchanged,
+     creator still dead; anything different and it is kept ("changed since scan");
+  2. dry run: stop here and say "would-remove" (the same path, cut at the last step);
+  3. quarantine (unless off): attach read-only, copy, detach, and make the copy durable
+     (write, fsync, rename) before anything is removed; a copy that cannot be made or
+     saved keeps the segment (fail closed);
+  4. re-check again: after our own detach, nobody else may have attached (lpid is ours);
+  5. IPC_RMID. EINVAL/EIDRM mean someone else removed it first: "gone", not a failure.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Sequence
+from enum import Enum
+from typing import TYPE_CHECKING, NamedTuple, Optional
+
+import sysv_ipc
+
+from shmjanitor import kernel
+from shmjanitor.classify import RECYCLE_SLACK, Verdict
+from shmjanitor.durations import format_size
+from shmjanitor.scan import SHM_DEST
+
+if TYPE_CHECKING:
+    from shmjanitor.quarantine import Batch
+
+
+class Action(str, Enum):
+    REMOVED = "removed"
+    WOULD_REMOVE = "would-remove"
+    KEPT = "kept"
+    FAILED = "failed"
+    GONE = "gone"  # removed by someone else between our scan and our IPC_RMID
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Result(NamedTuple):
+    verdict: Verdict
+    action: Action
+    reason: str
+
+
+class Candidate(NamedTuple):
+    """A segment a decision lets go, with the reason it may go."""
+
+    verdict: Verdict
+    reason: str
+
+
+# errno of IPC_STAT / IPC_RMID -> what it means for us (one table, as pyudev keeps one).
+_GONE = {errno.EINVAL, errno.EIDRM}
+_ERRNO_MEANING = {
+    errno.EPERM: "permission denied (needs root or ownership)",
+    errno.EACCES: "permission denied (no read permission to re-check it)",
+}
+
+
+def _meaning(e: OSError) -> str:
+    return _ERRNO_MEANING.get(e.errno or 0, e.strerror or str(e))
+
+
+def creator_is_back(v: Verdict) -> bool:
+    """Is there now a live process with the creator's pid that could be the creator?
+
+    A dead process never comes back, but its pid can be handed out again: a process
+    started after the segment's ctime is someone else (see classify.RECYCLE_SLACK).
+    """
+    pid = v.segment.cpid
+    if pid == 0 or not kernel.pid_exists(pid):
+        return False
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return not p.create_time() > v.segment.ctime + RECYCLE_SLACK
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True  # cannot tell: assume it is
+
+
+def changed_since_scan(v: Verdict, now: kernel.Stat, forced: bool) -> Optional[str]:
+    """Why the segment is no longer what we judged (None when it is the same). Pure."""
+    s = v.segment
+    if now.key != s.key:
+        return f"changed since scan: key is now 0x{now.key:08x}"
+    if now.mode & SHM_DEST:
+        return "changed since scan: someone else called IPC_RMID"
+    if forced:
+        return None
+    if now.nattch:
+        return f"changed since scan: {now.nattch} attached now"
+    if (now.atime, now.dtime, now.ctime) != (s.atime, s.dtime, s.ctime):
+        return "changed since scan: attached, detached or IPC_SET since"
+    if now.cpid != s.cpid or now.uid != s.uid:
+        return "changed since scan: owner or creator differ"
+    return None
+
+
+def _recheck(v: Verdict, forced: bool) -> tuple[Optional[Action], str]:
+    """(None, "") when the segment may still go, else the action and reason to report."""
+    try:
+        now = kernel.shm_stat(v.segment.id)
+    except OSError as e:
+        if e.errno in _GONE:
+            return Action.GONE, "already gone"
+        return Action.KEPT, f"cannot re-check: {_meaning(e)}"
+    why = changed_since_scan(v, now, forced)
+    if why:
+        return Action.KEPT, why
+    if not forced and creator_is_back(v):
+        return Action.KEPT, f"changed since scan: creator {v.segment.cpid} is alive"
+    return None, ""
+
+
+def _rmid(v: Verdict, reason: str) -> Result:
+    try:
+        sysv_ipc.remove_shared_memory(v.segment.id)
+    except sysv_ipc.ExistentialError:
+        return Result(v, Action.GONE, "already gone")
+    except sysv_ipc.PermissionsError:
+        return Result(v, Action.FAILED, _ERRNO_MEANING[errno.EPERM])
+    except sysv_ipc.Error as e:
+        return Result(v, Action.FAILED, f"IPC_RMID failed: {e}")
+    return Result(v, Action.REMOVED, reason)
+
+
+def copy_out(v: Verdict, forced: bool) -> tuple[Optional[bytes], str]:
+    """Attach read-only, copy the bytes, detach. (None, why) when the copy is not sound.
+
+    Sound means nobody else was attached while we copied: just before we detach, nattch
+    is 1 (us) and lpid is our pid, so nobody attached or detached since our attach.
+    """
+    me = os.getpid()
+    try:
+        shm = sysv_ipc.attach(v.segment.id, sysv_ipc.SHM_RDONLY)
+    except sysv_ipc.ExistentialError:
+        return None, "already gone"
+    except sysv_ipc.Error as e:
+        return None, f"cannot attach to copy it: {e}"
+    try:
+        data = shm.read(v.segment.size)
+        now = kernel.shm_stat(v.segment.id)
+        if not forced and (now.nattch != 1 or now.lpid != me):
+            return None, "changed since scan: attached by another process while copying"
+        return bytes(data), ""
+    except OSError as e:
+        return None, f"cannot re-check: {_meaning(e)}"
+    finally:
+        shm.detach()
+
+
+def _untouched_since_copy(v: Verdict, forced: bool) -> Optional[str]:
+    try:
+        now = kernel.shm_stat(v.segment.id)
+    except OSError as e:
+        return "already gone" if e.errno in _GONE else f"cannot re-check: {_meaning(e)}"
+    if now.key != v.segment.key or now.mode & SHM_DEST:
+        return "changed since scan: removed or replaced while copying"
+    if not forced and (now.nattch or now.lpid != os.getpid()):
+        return "changed since scan: attached by another process after it was copied"
+    return None
+
+
+def execute(
+    candidates: Sequence[Candidate], *, dry_run: bool, batch: Optional[Batch],
+    max_copy: Optional[int] = None, forced: bool = False,
+) -> list[Result]:  # fmt: skip
+    """Remove what may go (see the module docstring); a result for every candidate.
+
+    `batch` is an open quarantine batch, or None when quarantine is off for this run or
+    this is a dry run. `max_copy` is the largest segment the quarantine copies (None:
+    quarantine off); a dry run applies it too, so it shows what the real run would do.
+    `forced` (rm --force) skips the in-use checks, never the identity checks.
+    """
+    results: dict[int, Result] = {}
+    copied: list[Candidate] = []
+    for c in candidates:
+        v = c.verdict
+        action, why = _recheck(v, forced)
+        if action is not None:
+            results[v.segment.id] = Result(v, action, why)
+            continue
+        if max_copy is not None and v.segment.size > max_copy:
+            results[v.segment.id] = Result(v, Action.KEPT, (
+                f"larger than quarantine_max_bytes ({format_size(v.segment.size)} > "
+                f"{format_size(max_copy)}); --no-quarantine removes without a copy"
+            ))  # fmt: skip
+            continue
+        if dry_run:
+            results[v.segment.id] = Result(v, Action.WOULD_REMOVE, c.reason)
+            continue
+        if batch is None:
+            results[v.segment.id] = _rmid(v, c.reason)
+            continue
+        data, why = copy_out(v, forced)
+        if data is None:
+            action = Action.GONE if why == "already gone" else Action.KEPT
+            results[v.segment.id] = Result(v, action, why)
+            continue
+        refused = batch.add(v, data, c.reason)
+        if refused:
+            results[v.segment.id] = Result(v, Action.KEPT, refused)
+            continue
+        copied.append(c)
+
+    if batch is not None and copied:
+        try:
+            batch.commit()
+        except OSError as e:
+            why = f"not removed: quarantine copy could not be saved ({e.strerror or e})"
+            for c in copied:
+                results[c.verdict.segment.id] = Result(c.verdict, Action.FAILED, why)
+            copied = []
+        removed: set[int] = set()
+        for c in copied:
+            v = c.verdict
+            why2 = _untouched_since_copy(v, forced)
+            if why2 is not None:
+                action = Action.GONE if why2 == "already gone" else Action.KEPT
+                results[v.segment.id] = Result(v, action, why2)
+                continue
+            r = _rmid(v, c.reason)
+            results[v.segment.id] = r
+            if r.action is Action.REMOVED:
+                removed.add(v.segment.id)
+        try:
+            batch.finish(removed)
+        except OSError as e:  # the copies are safe; only the index's final status is not
+            import sys
+
+            print(f"shmjanitor: warning: quarantine index not updated: {e}", file=sys.stderr)
+    return [results[c.verdict.segment.id] for c in candidates]

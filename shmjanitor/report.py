@@ -1,0 +1,124 @@
+"""Show what reap/rm did: a table for people, key=value lines for journald, JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import IO, Any
+
+from shmjanitor.durations import format_age, format_size
+from shmjanitor.reaping import Outcome
+from shmjanitor.remove import Action, Result
+from shmjanitor.render import owner_name
+
+ACTION_STYLE = {
+    Action.REMOVED: "bold green",
+    Action.WOULD_REMOVE: "bold cyan",
+    Action.KEPT: "yellow",
+    Action.FAILED: "bold red",
+    Action.GONE: "dim",
+}
+
+
+def summary(o: Outcome) -> dict[str, Any]:
+    count = {a: 0 for a in Action}
+    freed = 0
+    for r in o.results:
+        count[r.action] += 1
+        if r.action in (Action.REMOVED, Action.WOULD_REMOVE):
+            freed += r.verdict.segment.size
+    return {
+        "considered": len(o.results),
+        "removed": count[Action.REMOVED],
+        "would_remove": count[Action.WOULD_REMOVE],
+        "kept": count[Action.KEPT],
+        "failed": count[Action.FAILED],
+        "gone": count[Action.GONE],
+        "bytes_freed": freed if not o.dry_run else 0,
+        "bytes_would_free": freed if o.dry_run else 0,
+        "problems": o.problems,
+    }
+
+
+def result_json(r: Result) -> dict[str, Any]:
+    s = r.verdict.segment
+    return {
+        "id": s.id, "key": s.key, "size": s.size, "uid": s.uid, "owner": owner_name(s.uid),
+        "cpid": s.cpid, "idle_seconds": r.verdict.idle_for, "state": r.verdict.state.value,
+        "action": r.action.value, "reason": r.reason,
+    }  # fmt: skip
+
+
+def to_json(o: Outcome) -> str:
+    doc = {"dry_run": o.dry_run, "results": [result_json(r) for r in o.results],
+           "summary": summary(o)}  # fmt: skip
+    return json.dumps(doc, separators=(",", ":")) + "\n"
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def log_line(r: Result) -> str:
+    """One key=value line, as journald and grep like them."""
+    s = r.verdict.segment
+    return (
+        f"action={r.action.value} id={s.id} key=0x{s.key:08x} size={s.size} "
+        f"owner={owner_name(s.uid)} uid={s.uid} cpid={s.cpid} "
+        f"idle={r.verdict.idle_for}s reason={_quote(r.reason)}"
+    )
+
+
+def summary_line(o: Outcome) -> str:
+    sm = summary(o)
+    freed = sm["bytes_would_free"] if o.dry_run else sm["bytes_freed"]
+    return (
+        f"summary dry_run={str(o.dry_run).lower()} considered={sm['considered']} "
+        f"removed={sm['removed']} would_remove={sm['would_remove']} kept={sm['kept']} "
+        f"failed={sm['failed']} gone={sm['gone']} bytes={freed}"
+    )
+
+
+def log(o: Outcome, out: IO[str], err: IO[str], verbose: bool) -> None:
+    """Non-terminal output: a line per removal (and per kept orphan with -v), failures and
+    problems on stderr, then one summary line."""
+    lines = []
+    for r in o.results:
+        if r.action is Action.FAILED:
+            err.write(log_line(r) + "\n")
+        elif r.action is not Action.KEPT or verbose:
+            lines.append(log_line(r))
+    for p in o.problems:
+        err.write(f"problem: {p}\n")
+    lines.append(summary_line(o))
+    out.write("\n".join(lines) + "\n")
+
+
+def table(o: Outcome, out: IO[str], width: int | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=out, width=width, highlight=False)
+    t = Table(title="shmjanitor reap (dry run)" if o.dry_run else None)
+    for name, justify in (("ID", "right"), ("KEY", "left"), ("OWNER", "left"),
+                          ("SIZE", "right"), ("IDLE", "right"), ("ACTION", "left"),
+                          ("REASON", "left")):  # fmt: skip
+        t.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in o.results:
+        s = r.verdict.segment
+        t.add_row(str(s.id), f"0x{s.key:08x}", owner_name(s.uid), format_size(s.size),
+                  format_age(r.verdict.idle_for),
+                  f"[{ACTION_STYLE[r.action]}]{r.action.value}[/]", r.reason,
+                  )  # fmt: skip
+    if o.results:
+        console.print(t)
+    sm = summary(o)
+    if o.dry_run:
+        head = f"would remove {sm['would_remove']} ({format_size(sm['bytes_would_free'])})"
+    else:
+        head = f"removed {sm['removed']} ({format_size(sm['bytes_freed'])})"
+    console.print(
+        f"{head}, kept {sm['kept']}, failed {sm['failed']}, already gone {sm['gone']} "
+        f"of {sm['considered']} considered"
+    )
+    for p in o.problems:
+        console.print(f"[red]problem:[/] {p}")
