@@ -149,7 +149,8 @@ def test_service_shape() -> None:
     svc = directives(text, "Service")
     assert unit["Documentation"]
     assert svc["Type"] == ["oneshot"]
-    assert svc["ExecStart"] == ["/usr/local/bin/shmjanitor reap"]  # rewritten at install
+    # The path is rewritten at install; the variable carries a drop-in's extra flags.
+    assert svc["ExecStart"] == ["/usr/local/bin/shmjanitor reap $SHMJANITOR_REAP_ARGS"]
     assert int(svc["Nice"][0]) >= 10
     assert svc["IOSchedulingClass"] == ["idle"]
     assert svc["StateDirectory"] == ["shmjanitor"]
@@ -184,7 +185,7 @@ def test_render_rewrites_exec_start_only() -> None:
     assert set(out) == set(units.UNIT_NAMES)
     assert out["shmjanitor.timer"] == shipped["shmjanitor.timer"]
     svc = directives(out["shmjanitor.service"], "Service")
-    assert svc["ExecStart"] == ["/opt/shmjanitor/bin/shmjanitor reap"]
+    assert svc["ExecStart"] == ["/opt/shmjanitor/bin/shmjanitor reap $SHMJANITOR_REAP_ARGS"]
     before = [ln for ln in shipped["shmjanitor.service"].splitlines() if "ExecStart=" not in ln]
     after = [ln for ln in out["shmjanitor.service"].splitlines() if "ExecStart=" not in ln]
     assert before == after
@@ -218,7 +219,7 @@ def test_install_writes_both_units(tmp_path: Path, fake_exec: str) -> None:
     assert paths == [dest / "shmjanitor.service", dest / "shmjanitor.timer"]
     for p in paths:
         assert stat.S_IMODE(p.stat().st_mode) == 0o644
-    assert f"ExecStart={fake_exec} reap\n" in paths[0].read_text()
+    assert f"ExecStart={fake_exec} reap $SHMJANITOR_REAP_ARGS\n" in paths[0].read_text()
     assert sorted(os.listdir(dest)) == ["shmjanitor.service", "shmjanitor.timer"]  # no temp
     # Again, over the old files: same result.
     assert units.install_units(dest, fake_exec) == paths
