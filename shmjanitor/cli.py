@@ -53,6 +53,8 @@ def errors_as_exit() -> Iterator[None]:
         yield
     except JanitorError as e:
         raise fail(str(e), e.exit_code) from None
+    except OSError as e:  # the machine said no (disk full, read-only, ...): say so plainly
+        raise fail(f"error: {e}", 1) from None
 
 
 class SortKey(str, Enum):

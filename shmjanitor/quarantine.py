@@ -14,6 +14,7 @@ budget, oldest first) works on whole runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -190,12 +191,19 @@ class Batch:
     def __init__(self, store: Store, now: float) -> None:
         self.store = store
         self.now = now
-        self.run = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + f"-{os.getpid()}"
+        # UTC time to the microsecond, then our pid: names sort by age and do not collide.
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+        self.run = f"{stamp}.{int(now * 1e6) % 1000000:06d}Z-{os.getpid()}"
+        while (store.dir / f"{self.run}.json").exists():
+            self.run += "x"
         self.tmp = store.dir / f"{self.run}.data.tmp"
         self.records: list[dict[str, Any]] = []
         self.offset = 0
         self.base_usage = store.usage()
-        self._file: Optional[Any] = None
+        # Opened now, before any segment is attached to copy it: a state dir we cannot
+        # write fails the run here, with every segment left exactly as it was.
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._file: Optional[Any] = os.fdopen(fd, "wb")
 
     def add(self, v: Verdict, data: bytes, reason: str) -> Optional[str]:
         """Append one copy; a reason when it cannot be kept within the budget."""
@@ -209,9 +217,7 @@ class Batch:
             if self.base_usage + self.offset + len(blob) > budget:
                 return f"quarantine budget ({format_size(budget)}) is full: kept"
         if blob:
-            if self._file is None:
-                fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                self._file = os.fdopen(fd, "wb")
+            assert self._file is not None, "add() after commit() or abort()"
             self._file.write(blob)
         self.records.append({
             "n": len(self.records), "id": s.id, "key": s.key, "size": s.size,
@@ -233,13 +239,11 @@ class Batch:
         """Make every copy durable before anything is removed. Raises OSError."""
         d = self.store.dir
         try:
-            if self._file is None:  # every copy was all zeros: an empty data file
-                os.close(os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-            else:
-                self._file.flush()
-                os.fsync(self._file.fileno())
-                self._file.close()
-                self._file = None
+            assert self._file is not None, "commit() twice or after abort()"
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
             os.replace(self.tmp, d / f"{self.run}.data")
             _write_json(d / f"{self.run}.json", self._doc())
         except OSError:
@@ -259,7 +263,8 @@ class Batch:
             self._file.close()
             self._file = None
         for p in (self.tmp, self.store.dir / f"{self.run}.data"):
-            p.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # best effort: we are already failing
+                p.unlink()
 
 
 def restore(store: Store, name: str, now: float) -> tuple[int, int]:

@@ -171,6 +171,17 @@ def _untouched_since_copy(v: Verdict, forced: bool) -> Optional[str]:
     return None
 
 
+def _save_failed(candidates: Sequence[Candidate], results: dict[int, Result], batch: Batch,
+                 e: OSError) -> list[Result]:  # fmt: skip
+    """The quarantine could not store a copy: nothing more is removed (fail closed)."""
+    batch.abort()
+    why = f"not removed: quarantine copy could not be saved ({e.strerror or e})"
+    return [
+        results.get(c.verdict.segment.id) or Result(c.verdict, Action.FAILED, why)
+        for c in candidates
+    ]
+
+
 def execute(
     candidates: Sequence[Candidate], *, dry_run: bool, batch: Optional[Batch],
     max_copy: Optional[int] = None, forced: bool = False,
@@ -207,20 +218,22 @@ def execute(
             action = Action.GONE if why == "already gone" else Action.KEPT
             results[v.segment.id] = Result(v, action, why)
             continue
-        refused = batch.add(v, data, c.reason)
+        try:
+            refused = batch.add(v, data, c.reason)
+        except OSError as e:
+            return _save_failed(candidates, results, batch, e)
         if refused:
             results[v.segment.id] = Result(v, Action.KEPT, refused)
             continue
         copied.append(c)
 
-    if batch is not None and copied:
+    if batch is not None and not copied:
+        batch.abort()  # nothing was copied: leave no empty run behind
+    elif batch is not None:
         try:
             batch.commit()
         except OSError as e:
-            why = f"not removed: quarantine copy could not be saved ({e.strerror or e})"
-            for c in copied:
-                results[c.verdict.segment.id] = Result(c.verdict, Action.FAILED, why)
-            copied = []
+            return _save_failed(candidates, results, batch, e)
         removed: set[int] = set()
         for c in copied:
             v = c.verdict
