@@ -376,5 +376,47 @@ def restore(
         typer.echo(f"restored {entry} as id {new_id} (key 0x{key:08x})")
 
 
+@app.command("install-units")
+def install_units(
+    dest: Path = typer.Option(
+        Path("/etc/systemd/system"),
+        "--dest",
+        metavar="DIR",
+        help="Where to write shmjanitor.service and shmjanitor.timer.",
+    ),
+    enable: bool = typer.Option(
+        True,
+        "--enable/--no-enable",
+        help="Run systemctl daemon-reload and enable --now shmjanitor.timer afterwards.",
+    ),
+) -> None:
+    """Install the hardened systemd service and timer for this shmjanitor.
+
+    ExecStart= points at the shmjanitor being run, so install it system-wide first
+    (e.g. python3 -m venv /opt/shmjanitor && /opt/shmjanitor/bin/pip install .) and run
+    /opt/shmjanitor/bin/shmjanitor install-units as root. The timer reaps an hour after
+    boot and hourly after that, with the policy of /etc/shmjanitor.toml.
+    """
+    import shutil
+    import subprocess
+
+    from shmjanitor import units
+
+    with errors_as_exit():
+        written = units.install_units(dest, units.find_exec_path())
+    for path in written:
+        typer.echo(f"wrote {path}")
+    if not enable:
+        return
+    systemctl = shutil.which("systemctl")
+    if systemctl is None:
+        raise fail("systemctl not found: enable shmjanitor.timer yourself, or use --no-enable", 1)
+    for args in (["daemon-reload"], ["enable", "--now", units.TIMER]):
+        done = subprocess.run([systemctl, *args], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise fail(f"systemctl {' '.join(args)} failed: {done.stderr.strip()}", 1)
+    typer.echo(f"enabled and started {units.TIMER}")
+
+
 def main() -> None:
     app()
