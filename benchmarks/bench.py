@@ -1,0 +1,557 @@
+#!/usr/bin/env python3
+"""Time shmjanitor against util-linux on N leaked segments, and check the speed targets.
+
+    python benchmarks/bench.py            # N = 32,000 and 4,096; updates docs/benchmarks.md
+    python benchmarks/bench.py --quick    # a small N, a few runs, docs left alone
+
+Everything happens in private IPC namespaces: the script re-executes itself under
+`unshare --ipc` unless it already runs in one, and keeps each data set (32,000 orphans
+of one creator, 32,000 orphans of as many creators, 4,096 orphans, the reap runs) in a
+namespace of its own, entered with setns(2) around each command. The machine's own
+/proc/sysvipc/shm is never touched. Needs root (setns, setuid to an ordinary account).
+
+Orphans are made as shmjanitor's users leave them: a process of uid 1000 (an ordinary
+account, >= UID_MIN, so `reap`'s default policy takes them) creates IPC_PRIVATE
+segments of 4 KiB, mode 0600, with shmget(2), and exits.
+
+Each comparison runs A and B alternately (A B A B ...) and reports medians of wall
+time; a ratio is A's median over B's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import errno
+import fcntl
+import os
+import platform
+import pty
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import termios
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+CLONE_NEWIPC = 0x08000000
+IPC_CREAT = 0o1000
+IPC_EXCL = 0o2000
+ORDINARY_UID = 1000  # >= UID_MIN (1000 on Debian/Fedora): reap's default policy reaps it
+SEGMENT_SIZE = 4096
+MAX_N = 32000  # the issue's size; IPCMNI (the most a namespace may hold) is 32,768
+SMALL_N = 4096
+ENV_OUTER_NS = "SHMJANITOR_BENCH_OUTER_IPC_NS"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs" / "benchmarks.md"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.shmget.argtypes = (ctypes.c_int, ctypes.c_size_t, ctypes.c_int)
+_libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
+_libc.unshare.argtypes = (ctypes.c_int,)
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+# --- namespaces -------------------------------------------------------------------------
+
+
+def _ipc_ns(pid: str = "self") -> Optional[str]:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/ipc")
+    except OSError:
+        return None
+
+
+def in_private_namespace() -> bool:
+    """Not in the machine's IPC namespace: pid 1's differs from ours, or we re-executed
+    ourselves under unshare (pid 1's namespace is not always readable, e.g. in a sandbox)."""
+    mine = _ipc_ns()
+    outer = os.environ.get(ENV_OUTER_NS)
+    if outer is not None:
+        return outer != mine
+    init = _ipc_ns("1")
+    return init is not None and init != mine
+
+
+def ensure_private_namespace() -> None:
+    if in_private_namespace():
+        return
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        sys.exit("bench: needs unshare(1) (util-linux) to run in a private IPC namespace")
+    os.environ[ENV_OUTER_NS] = _ipc_ns() or "?"
+    argv = [unshare, "--ipc", sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]]
+    os.execv(unshare, argv)
+
+
+class Namespace:
+    """A fresh IPC namespace kept alive by an open fd; `with ns:` runs code inside it."""
+
+    def __init__(self, shmmni: int) -> None:
+        self._home = os.open("/proc/self/ns/ipc", os.O_RDONLY | os.O_CLOEXEC)
+        _check(_libc.unshare(CLONE_NEWIPC), "unshare(CLONE_NEWIPC)")
+        self.fd = os.open("/proc/self/ns/ipc", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if shmmni > int(Path("/proc/sys/kernel/shmmni").read_text()):
+                Path("/proc/sys/kernel/shmmni").write_text(f"{shmmni}\n")
+        finally:
+            self._enter(self._home)
+
+    @staticmethod
+    def _enter(fd: int) -> None:
+        _check(_libc.setns(fd, CLONE_NEWIPC), "setns(CLONE_NEWIPC)")
+
+    def __enter__(self) -> Namespace:
+        self._enter(self.fd)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._enter(self._home)
+
+    def close(self) -> None:
+        os.close(self.fd)  # the last reference: the namespace and its segments go
+        os.close(self._home)
+
+
+def table_rows() -> list[list[str]]:
+    with open("/proc/sysvipc/shm") as f:
+        return [line.split() for line in f.read().splitlines()[1:] if line.strip()]
+
+
+# --- making orphans ---------------------------------------------------------------------
+
+
+def _become_ordinary() -> None:
+    os.setgroups([])
+    os.setgid(ORDINARY_UID)
+    os.setuid(ORDINARY_UID)
+
+
+def _shmget() -> bool:
+    return _libc.shmget(0, SEGMENT_SIZE, IPC_CREAT | IPC_EXCL | 0o600) >= 0
+
+
+def _in_child(body: Callable[[], bool]) -> int:
+    """Run `body` in a forked child; its pid. The child exits 0 when body returned True."""
+    pid = os.fork()
+    if pid == 0:
+        ok = False
+        try:
+            ok = body()
+        finally:
+            os._exit(0 if ok else 1)
+    return pid
+
+
+def _wait_ok(pid: int) -> bool:
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
+def orphans(n: int) -> None:
+    """n orphans of one creator: a child of uid 1000 calls shmget n times and exits."""
+
+    def body() -> bool:
+        _become_ordinary()
+        return all(_shmget() for _ in range(n))
+
+    if not _wait_ok(_in_child(body)):
+        raise RuntimeError(f"could not create {n} segments (kernel.shmmni?)")
+
+
+def orphans_of_distinct_creators(n: int, workers: int) -> None:
+    """n orphans, each of its own short-lived process (so n different dead cpids)."""
+
+    def worker(count: int) -> Callable[[], bool]:
+        def body() -> bool:
+            _become_ordinary()
+            return all(_wait_ok(_in_child(_shmget)) for _ in range(count))
+
+        return body
+
+    share = [n // workers + (i < n % workers) for i in range(workers)]
+    pids = [_in_child(worker(k)) for k in share if k]
+    if not all([_wait_ok(p) for p in pids]):
+        raise RuntimeError(f"could not create {n} segments from distinct processes")
+
+
+# --- running and timing -----------------------------------------------------------------
+
+
+def shmjanitor_cmd() -> list[str]:
+    script = Path(sys.executable).parent / "shmjanitor"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("shmjanitor")
+    return [found] if found else [sys.executable, "-m", "shmjanitor"]
+
+
+def run(cmd: Sequence[str], out: Optional[Path] = None) -> float:
+    """Wall time of one run of `cmd`, stdout to `out` (or /dev/null); fails loudly."""
+    with open(out or os.devnull, "wb") as f:
+        t0 = time.perf_counter()
+        p = subprocess.run(cmd, stdout=f, stderr=subprocess.PIPE)
+        elapsed = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {p.returncode}: {p.stderr.decode()[-2000:]}")
+    return elapsed
+
+
+def run_on_pty(cmd: Sequence[str], cols: int = 160, rows: int = 50) -> tuple[float, int]:
+    """Wall time of `cmd` writing to a pseudo-terminal we drain; and the lines it wrote."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR")}
+    env["TERM"] = "xterm-256color"
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=env,
+                         start_new_session=True)  # fmt: skip
+    os.close(slave)
+    lines = 0
+    try:
+        while True:
+            try:
+                data = os.read(master, 1 << 16)
+            except OSError as e:  # EIO: every writer has closed the terminal
+                if e.errno != errno.EIO:
+                    raise
+                break
+            if not data:
+                break
+            lines += data.count(b"\n")
+        code = p.wait()
+        elapsed = time.perf_counter() - t0
+    finally:
+        os.close(master)
+    if code != 0:
+        raise RuntimeError(f"{' '.join(cmd)} on a terminal exited {code}")
+    return elapsed, lines
+
+
+def peak_rss_mib(cmd: Sequence[str], out: Path) -> float:
+    """Peak RSS of `cmd` as GNU time's %M reports it (KiB), in MiB."""
+    gnu_time = "/usr/bin/time"
+    if not os.access(gnu_time, os.X_OK):
+        raise RuntimeError("needs GNU time at /usr/bin/time (Debian: apt-get install time)")
+    report = out.with_suffix(".rss")
+    run([gnu_time, "-f", "%M", "-o", str(report), *cmd], out)
+    return int(report.read_text().split()[-1]) / 1024
+
+
+class Pair(NamedTuple):
+    a: list[float]
+    b: list[float]
+
+
+def alternate(runs: int, a: Callable[[], float], b: Callable[[], float]) -> Pair:
+    """A B A B ...: both see the same machine weather."""
+    pair = Pair([], [])
+    for _ in range(runs):
+        pair.a.append(a())
+        pair.b.append(b())
+    return pair
+
+
+class Figure(NamedTuple):
+    name: str
+    a: str  # what A is
+    b: str  # what B is ("" when the target is absolute)
+    a_median: float
+    b_median: Optional[float]
+    unit: str  # "s" or "MiB"
+    target: str  # e.g. "<= 0.8x" or "< 1 s"
+    holds: bool
+
+    @property
+    def ratio(self) -> Optional[float]:
+        return None if self.b_median is None else self.a_median / self.b_median
+
+
+def ratio_figure(name: str, a: str, b: str, pair: Pair, limit: float,
+                 strict: bool = False) -> Figure:  # fmt: skip
+    am, bm = statistics.median(pair.a), statistics.median(pair.b)
+    r = am / bm
+    holds = r < limit if strict else r <= limit
+    return Figure(name, a, b, am, bm, "s", f"{'<' if strict else '<='} {limit:g}x", holds)
+
+
+# --- the benchmark ----------------------------------------------------------------------
+
+
+class Options(NamedTuple):
+    n: int
+    small_n: int
+    runs: int
+    workers: int
+    docs: Optional[Path]
+
+
+def benchmark(opt: Options, say: Callable[[str], None]) -> tuple[list[Figure], dict[str, str]]:
+    sj = shmjanitor_cmd()
+    notes: dict[str, str] = {}
+    figures: list[Figure] = []
+    tmp = Path(tempfile.mkdtemp(prefix="shmjanitor-bench-"))
+    out = tmp / "out"
+    n, small, runs = opt.n, opt.small_n, opt.runs
+    shmmni = max(n, small) + 16
+
+    def timed(ns: Namespace, cmd: Sequence[str], to: Optional[Path] = out) -> Callable[[], float]:
+        def go() -> float:
+            with ns:
+                return run(cmd, to)
+
+        return go
+
+    try:
+        # Start-up: an empty namespace, shmjanitor vs the interpreter doing nothing.
+        empty = Namespace(shmmni)
+        say("start-up (empty namespace) ...")
+        pair = alternate(runs, timed(empty, [*sj, "list", "--json"]),
+                         timed(empty, [sys.executable, "-c", "pass"], None))  # fmt: skip
+        figures.append(ratio_figure("start-up: list --json, no segments", "shmjanitor",
+                                    "python -c pass", pair, 8))  # fmt: skip
+
+        single = Namespace(shmmni)
+        with single:
+            t0 = time.perf_counter()
+            orphans(n)
+            notes["create_single"] = f"{time.perf_counter() - t0:.2f} s"
+            assert len(table_rows()) == n
+        say(f"{n:,} orphans of one creator made in {notes['create_single']}")
+
+        say("list --json vs lsipc -m --json ...")
+        pair_json = alternate(runs, timed(single, [*sj, "list", "--json"]),
+                              timed(single, ["lsipc", "-m", "--json"]))  # fmt: skip
+        figures.append(ratio_figure(f"list --json, {n:,} segments", "shmjanitor list --json",
+                                    "lsipc -m --json", pair_json, 0.8))  # fmt: skip
+
+        say("list > file vs ipcs -m -p ...")
+        pair = alternate(runs, timed(single, [*sj, "list"]),
+                         timed(single, ["ipcs", "-m", "-p"]))  # fmt: skip
+        figures.append(ratio_figure(f"list to a file, {n:,} segments", "shmjanitor list",
+                                    "ipcs -m -p", pair, 1.0))  # fmt: skip
+
+        say("peak RSS ...")
+        rss = []
+        for _ in range(max(1, min(runs, 3))):
+            with single:
+                rss.append(peak_rss_mib([*sj, "list", "--json"], out))
+                rss.append(peak_rss_mib([*sj, "list"], out))
+        figures.append(Figure(f"peak RSS, list (--json and plain), {n:,} segments",
+                              "shmjanitor list", "", max(rss), None, "MiB", "<= 64 MiB",
+                              max(rss) <= 64))  # fmt: skip
+
+        distinct = Namespace(shmmni)
+        with distinct:
+            t0 = time.perf_counter()
+            orphans_of_distinct_creators(n, opt.workers)
+            notes["create_distinct"] = f"{time.perf_counter() - t0:.2f} s"
+            rows = table_rows()
+            assert len(rows) == n
+            notes["distinct_cpids"] = f"{len({r[4] for r in rows}):,}"
+        say(f"{n:,} orphans of {notes['distinct_cpids']} distinct creators made in "
+            f"{notes['create_distinct']}")  # fmt: skip
+        say("list --json, distinct creators vs one creator ...")
+        pair = alternate(runs, timed(distinct, [*sj, "list", "--json"]),
+                         timed(single, [*sj, "list", "--json"]))  # fmt: skip
+        figures.append(ratio_figure(f"list --json, {n:,} distinct dead creators",
+                                    "distinct creators", "one creator", pair, 1.5))  # fmt: skip
+        distinct.close()
+
+        smallns = Namespace(shmmni)
+        with smallns:
+            orphans(small)
+        say(f"list --json at {n:,} vs {small:,} ...")
+        pair = alternate(runs, timed(single, [*sj, "list", "--json"]),
+                         timed(smallns, [*sj, "list", "--json"]))  # fmt: skip
+        figures.append(ratio_figure(f"scaling: list --json, {n:,} vs {small:,}", f"{n:,}",
+                                    f"{small:,}", pair, 9))  # fmt: skip
+
+        say(f"list on a terminal, {small:,} segments ...")
+        tty = []
+        for _ in range(runs):
+            with smallns:
+                elapsed, lines = run_on_pty([*sj, "list"])
+            if lines < small:
+                raise RuntimeError(f"list on a terminal wrote {lines} lines for {small} rows")
+            tty.append(elapsed)
+        t = statistics.median(tty)
+        figures.append(Figure(f"list on a terminal, {small:,} segments", "shmjanitor list",
+                              "", t, None, "s", "< 1 s", t < 1))  # fmt: skip
+        smallns.close()
+        single.close()
+
+        reapns = Namespace(shmmni)
+
+        def fresh(cmd: Sequence[str], state: bool = False) -> Callable[[], float]:
+            def go() -> float:
+                with reapns:
+                    orphans(n)
+                    extra = []
+                    if state:
+                        extra = ["--state-dir", tempfile.mkdtemp(dir=tmp, prefix="state-")]
+                    elapsed = run([*cmd, *extra], out)
+                    left = len(table_rows())
+                if left:
+                    raise RuntimeError(f"{' '.join(cmd)} left {left} of {n} orphans")
+                return elapsed
+
+            return go
+
+        reap = [*sj, "reap", "--min-age", "0"]
+        say("reap --no-quarantine vs ipcrm --all=shm (fresh orphans each run) ...")
+        pair_nq = alternate(runs, fresh([*reap, "--no-quarantine"]),
+                            fresh(["ipcrm", "--all=shm"]))  # fmt: skip
+        figures.append(ratio_figure(f"reap --no-quarantine, {n:,} orphans",
+                                    "shmjanitor reap", "ipcrm --all=shm", pair_nq, 2.5))  # fmt: skip
+        say("reap with quarantine vs --no-quarantine ...")
+        pair = alternate(runs, fresh(reap, state=True), fresh([*reap, "--no-quarantine"]))
+        figures.append(ratio_figure(f"reap with quarantine, {n:,} orphans", "quarantine",
+                                    "--no-quarantine", pair, 2))  # fmt: skip
+        reapns.close()
+        empty.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return figures, notes
+
+
+# --- output -----------------------------------------------------------------------------
+
+
+def _fmt(value: Optional[float], unit: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f} MiB" if unit == "MiB" else f"{value * 1000:.0f} ms"
+
+
+def rows(figures: Sequence[Figure]) -> list[tuple[str, ...]]:
+    out = []
+    for f in figures:
+        ratio = "-" if f.ratio is None else f"{f.ratio:.2f}x"
+        vs = f"{f.a} vs {f.b}" if f.b else f.a
+        out.append((f.name, vs, _fmt(f.a_median, f.unit), _fmt(f.b_median, f.unit), ratio,
+                    f.target, "yes" if f.holds else "NO"))  # fmt: skip
+    return out
+
+
+HEADERS = ("measure", "A vs B", "A median", "B median", "ratio", "target", "holds")
+
+
+def text_table(figures: Sequence[Figure]) -> str:
+    body = [HEADERS, *rows(figures)]
+    widths = [max(len(r[i]) for r in body) for i in range(len(HEADERS))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in body)
+
+
+def machine() -> dict[str, str]:
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": str(os.cpu_count()),
+        "CPU": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def markdown(figures: Sequence[Figure], notes: dict[str, str], opt: Options,
+             command: str) -> str:  # fmt: skip
+    m = machine()
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `benchmarks/bench.py` (issue 5); rerun it to update this page:",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        f"Latest run: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, "
+        f"{m['nproc']} CPUs ({m['CPU']}), Linux {m['kernel']}, Python {m['python']}.",
+        f"N = {opt.n:,} and {opt.small_n:,} segments (4 KiB, IPC_PRIVATE, mode 0600, "
+        f"orphans of uid {ORDINARY_UID}); medians of {opt.runs} runs, A and B alternating; "
+        "ratio = A / B.",
+        "",
+        "| " + " | ".join(HEADERS) + " |",
+        "|" + "---|" * len(HEADERS),
+        *("| " + " | ".join(r) + " |" for r in rows(figures)),
+        "",
+        f"Making {opt.n:,} orphans took {notes.get('create_single', '?')} from one process "
+        f"and {notes.get('create_distinct', '?')} from {notes.get('distinct_cpids', '?')} "
+        f"distinct processes ({opt.workers} forking in parallel).",
+        "",
+        "Each command runs as a fresh process with stdout to a file (/dev/null for "
+        "`python -c pass` and `ipcrm`); `list` on a terminal is drained from a pty of 160 "
+        "columns. Reap runs get fresh orphans before each run, and quarantine runs a fresh "
+        "state directory. Peak RSS is GNU time's %M, the largest of the `list --json` and "
+        "`list` runs.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=MAX_N, help="segments in the big data sets")
+    ap.add_argument("--small-n", type=int, default=None,
+                    help=f"segments in the small one (default {SMALL_N:,}, or N/8)")  # fmt: skip
+    ap.add_argument("--runs", type=int, default=5, help="runs of each command (median)")
+    ap.add_argument("--quick", action="store_true", help="N=2000, 3 runs: a smoke run")
+    ap.add_argument("--workers", type=int, default=max(1, min(4, os.cpu_count() or 1)),
+                    help="parallel forkers making the distinct-creator orphans")  # fmt: skip
+    ap.add_argument("--docs", type=Path, default=None,
+                    help=f"write the results here (default: {DOCS.relative_to(ROOT)}, "
+                    "only for a full run at the default N)")  # fmt: skip
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.n, args.runs = 2000, 3
+    if not 1 <= args.n <= MAX_N or args.runs < 1:
+        ap.error(f"--n must be 1..{MAX_N} and --runs at least 1")
+    small = args.small_n or (SMALL_N if args.n >= SMALL_N * 2 else max(1, args.n // 8))
+    docs = args.docs or (DOCS if args.n == MAX_N and args.runs >= 5 else None)
+    opt = Options(args.n, small, args.runs, args.workers, docs)
+    if os.geteuid() != 0:
+        sys.exit("bench: run as root (it setns(2)es and creates segments as uid 1000)")
+    ensure_private_namespace()
+
+    def say(msg: str) -> None:
+        print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+    figures, notes = benchmark(opt, say)
+    m = machine()
+    print(f"{m['nproc']} CPUs ({m['CPU']}), Linux {m['kernel']}, Python {m['python']}; "
+          f"medians of {opt.runs} runs")  # fmt: skip
+    print(text_table(figures))
+    print(f"orphans made: {opt.n:,} by one process in {notes['create_single']}, "
+          f"by {notes['distinct_cpids']} processes in {notes['create_distinct']}")  # fmt: skip
+    missed = [f.name for f in figures if not f.holds]
+    print(f"targets: {len(figures) - len(missed)} of {len(figures)} hold"
+          + (f"; missed: {', '.join(missed)}" if missed else ""))  # fmt: skip
+    if opt.docs is not None:
+        command = "python benchmarks/bench.py" + "".join(
+            f" {a}" for a in (argv if argv is not None else sys.argv[1:])
+        )
+        opt.docs.parent.mkdir(parents=True, exist_ok=True)
+        opt.docs.write_text(markdown(figures, notes, opt, command))
+        print(f"wrote {opt.docs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

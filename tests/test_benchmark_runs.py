@@ -1,0 +1,52 @@
+"""The benchmark script runs end to end at a small N and reports every figure.
+
+No timing is asserted here (the suite must not depend on the machine's speed): only that
+benchmarks/bench.py still works and prints the table the README and docs rely on.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REAL_ROOT
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
+
+FIGURES = (
+    "start-up: list --json, no segments",
+    "list --json, 40 segments",
+    "list to a file, 40 segments",
+    "peak RSS, list (--json and plain), 40 segments",
+    "list --json, 40 distinct dead creators",
+    "scaling: list --json, 40 vs 5",
+    "list on a terminal, 5 segments",
+    "reap --no-quarantine, 40 orphans",
+    "reap with quarantine, 40 orphans",
+)
+
+
+def test_benchmark_runs_at_small_n(tmp_path: Path) -> None:
+    if not REAL_ROOT:
+        pytest.skip("the benchmark makes segments as uid 1000: needs real root")
+    docs = tmp_path / "benchmarks.md"
+    p = subprocess.run(
+        [sys.executable, str(BENCH), "--n", "40", "--runs", "1", "--workers", "2",
+         "--docs", str(docs)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    for name in FIGURES:
+        line = next((ln for ln in p.stdout.splitlines() if ln.startswith(name)), None)
+        assert line is not None, f"{name!r} missing from:\n{p.stdout}"
+        assert line.rstrip().endswith(("yes", "NO")), line
+    assert "targets: " in p.stdout
+    assert "orphans made: 40 by one process" in p.stdout
+    text = docs.read_text()
+    assert "python benchmarks/bench.py --n 40" in text
+    assert all(name in text for name in FIGURES)
+    assert "Linux " in text and "Python " in text
+    # The script's namespaces were its own: ours is as empty as the fixture made it.
+    assert Path("/proc/sysvipc/shm").read_text().count("\n") == 1
