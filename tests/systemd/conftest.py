@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# nspawn.py sits next to this file; make it importable whatever pytest's rootdir is.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 
 def pytest_configure(config):  # type: ignore[no-untyped-def]
     config.addinivalue_line(

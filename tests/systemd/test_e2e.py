@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nspawn import Container, NspawnUnavailable, unavailable_reason
+
+from .nspawn import Container, NspawnUnavailable, unavailable_reason
 
 pytestmark = pytest.mark.e2e
 
