@@ -6,6 +6,7 @@ Exit codes: 0 as planned, 1 the job was not done in full, 2 usage/config/input e
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -419,4 +420,9 @@ def install_units(
 
 
 def main() -> None:
+    # A run lives for a second and allocates a few objects per segment (tuples, strings,
+    # dicts), none in a reference cycle: reference counting frees them all. The cyclic
+    # collector would only re-scan the growing heap over and over, which is 40% of `list`
+    # at 32,000 segments (benchmarks/bench.py). So it stays off.
+    gc.disable()
     app()

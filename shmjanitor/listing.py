@@ -49,7 +49,7 @@ def run(
     if sort != "id":
         shown.sort(key=_SORT[sort])
     if fmt is render.Format.JSON:
-        out.write(render.to_json(sv, shown))
+        out.writelines(render.json_chunks(sv, shown))
     elif fmt is render.Format.TABLE:
         render.table(sv, shown, exact_bytes, out)
     else:

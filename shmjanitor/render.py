@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pwd
+from collections.abc import Iterator
 from enum import Enum
 from functools import cache
 from typing import IO, Any, Optional
@@ -160,18 +161,24 @@ def pages(verdicts: list[Verdict]) -> int:
     return sum((v.segment.size + PAGE_SIZE - 1) // PAGE_SIZE for v in verdicts)
 
 
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def json_chunks(sv: _survey.Survey, verdicts: list[Verdict], rows: int = 1024) -> Iterator[str]:
+    """The JSON document of `to_json` in pieces of `rows` segments each.
+
+    The same bytes as json.dumps of the whole {"segments": [...], "summary": {...}}, but
+    only one piece's dicts exist at a time: 32,000 segments as dicts would take 40 MiB.
+    """
+    yield '{"segments":['
+    for start in range(0, len(verdicts), rows):
+        piece = ",".join(_encode(segment_json(v)) for v in verdicts[start : start + rows])
+        yield piece if start == 0 else "," + piece
+    yield '],"summary":' + _encode(summary_json(sv, verdicts)) + "}\n"
+
+
 def to_json(sv: _survey.Survey, verdicts: list[Verdict]) -> str:
-    return (
-        json.dumps(
-            {
-                "segments": [segment_json(v) for v in verdicts],
-                "summary": summary_json(sv, verdicts),
-            },
-            indent=None,
-            separators=(",", ":"),
-        )
-        + "\n"
-    )
+    return "".join(json_chunks(sv, verdicts))
 
 
 def footer_lines(sv: _survey.Survey, verdicts: list[Verdict]) -> list[str]:
