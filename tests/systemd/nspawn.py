@@ -64,6 +64,12 @@ def unavailable_reason() -> Optional[str]:
     """Why containers cannot be booted here, or None when they (probably) can."""
     if os.geteuid() != 0:
         return "booting a container with systemd-nspawn needs root"
+    try:
+        uid_map = Path("/proc/self/uid_map").read_text().split()
+    except OSError:
+        uid_map = []
+    if uid_map[:3] != ["0", "0", "4294967295"]:
+        return "booting a container needs real root, not root of a user namespace"
     for tool, pkg in (
         ("systemd-nspawn", "systemd-container"),
         ("nsenter", "util-linux"),
