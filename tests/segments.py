@@ -12,7 +12,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import sysv_ipc
 
@@ -144,13 +144,30 @@ def rows() -> dict[int, list[str]]:
     return {int(line.split()[i]): line.split() for line in lines[1:] if line.strip()}
 
 
-def cli(*args: str):  # type: ignore[no-untyped-def]
-    """Run the CLI in-process (same namespace) and return typer's Result."""
+class Ran(NamedTuple):
+    exit_code: int
+    stdout: str  # what the command printed on stdout alone
+    output: str  # stdout and stderr together
+
+
+def cli(*args: str) -> Ran:
+    """Run the CLI in-process (same namespace); stdout apart, and everything together.
+
+    click < 8.2 (the one Python 3.9 gets) mixes stderr into stdout unless told not to,
+    and then leaves it out of `output`; click >= 8.2 keeps them apart by itself.
+    """
     from typer.testing import CliRunner
 
     from shmjanitor.cli import app
 
-    return CliRunner().invoke(app, list(args))
+    try:
+        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]
+    except TypeError:
+        runner = CliRunner()
+        r = runner.invoke(app, list(args))
+        return Ran(r.exit_code, r.stdout, r.output)
+    r = runner.invoke(app, list(args))
+    return Ran(r.exit_code, r.stdout, r.stdout + r.stderr)
 
 
 def list_json() -> dict[int, dict]:  # type: ignore[type-arg]

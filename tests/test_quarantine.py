@@ -101,12 +101,11 @@ def test_restore_refuses_a_key_in_use_and_twice(tmp_path):
     squatter.remove()
     r = restore(tmp_path, entry["entry"])
     assert r.exit_code == 0, r.output
-    assert content(json.loads(r.stdout)["id"])[:3] == b"old"
+    new_id = json.loads(r.stdout)["id"]
+    assert content(new_id)[:3] == b"old"
+    assert entries(tmp_path)[0]["restored_as"] == new_id
     r = restore(tmp_path, entry["entry"])
-    assert r.exit_code == 1 and "already restored" in r.output
-    assert entries(tmp_path)[0]["restored_as"] == json.loads(r.stdout or "{}").get(
-        "id", entries(tmp_path)[0]["restored_as"]
-    )
+    assert r.exit_code == 1 and "already restored" in r.output and r.stdout == ""
 
 
 def test_unknown_entry_is_a_clear_error(tmp_path):
