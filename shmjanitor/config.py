@@ -143,7 +143,7 @@ def load(path: Optional[Path]) -> Config:
         if explicit:
             raise ConfigError(f"{path}: no such file (given with --config)") from None
         return Config()
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:  # TOML is UTF-8 only
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
