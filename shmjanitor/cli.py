@@ -395,7 +395,7 @@ def install_units(
 
     ExecStart= points at the shmjanitor being run, so install it system-wide first
     (e.g. python3 -m venv /opt/shmjanitor && /opt/shmjanitor/bin/pip install .) and run
-    /opt/shmjanitor/bin/shmjanitor install-units as root. The timer reaps an hour after
+    /opt/shmjanitor/bin/shmjanitor install-units as root. The timer reaps 15 minutes after
     boot and hourly after that, with the policy of /etc/shmjanitor.toml.
     """
     import shutil

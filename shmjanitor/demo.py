@@ -9,8 +9,9 @@ four ints), sets FILLED and sleeps a second at a time until a client sets TAKEN,
 detaches and removes it. client: waits for FILLED, prints the four numbers, sets TAKEN.
 child: passes four ints to a forked child over an IPC_PRIVATE segment.
 
-The seed's slips are fixed: the numbers come from argv[1..4], not argv[0..3], and
-data[3] is no longer lost to a second assignment of data[2].
+The seed's slips are fixed: the numbers come from argv[1..4], not argv[0..3],
+data[3] is no longer lost to a second assignment of data[2], and FILLED is no longer
+0, the value of a fresh segment's memory (a racing client read zeros as "filled").
 
 The leaks shmjanitor exists for, each a switch:
   server --leak no-rmid   exits after TAKEN without IPC_RMID          -> orphan
@@ -31,7 +32,10 @@ import time
 
 import sysv_ipc
 
-NOT_READY, FILLED, TAKEN = -1, 0, 1
+# The seed has NOT_READY -1, FILLED 0: but a new segment is all zeros, so a client that
+# attaches before the server's first write read FILLED and printed 0 0 0 0. Here fresh
+# memory reads NOT_READY.
+NOT_READY, FILLED, TAKEN = 0, 1, 2
 MEMORY = struct.Struct("i4i")  # struct Memory { int status; int data[4]; }
 DATA = struct.Struct("4i")  # the child example's four ints
 

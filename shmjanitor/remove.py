@@ -106,20 +106,31 @@ def changed_since_scan(v: Verdict, now: kernel.Stat, forced: bool) -> Optional[s
     return None
 
 
-def _recheck(v: Verdict, forced: bool) -> tuple[Optional[Action], str]:
-    """(None, "") when the segment may still go, else the action and reason to report."""
+def _stat(v: Verdict) -> tuple[Optional[kernel.Stat], Optional[Result]]:
+    """IPC_STAT now; or the result to report when that is impossible.
+
+    Gone is not a failure. Any other error is: we meant to remove it and cannot even
+    look at it (e.g. EACCES without CAP_IPC_OWNER), so it is kept and the run says so.
+    """
     try:
-        now = kernel.shm_stat(v.segment.id)
+        return kernel.shm_stat(v.segment.id), None
     except OSError as e:
         if e.errno in _GONE:
-            return Action.GONE, "already gone"
-        return Action.KEPT, f"cannot re-check: {_meaning(e)}"
+            return None, Result(v, Action.GONE, "already gone")
+        return None, Result(v, Action.FAILED, f"not removed: cannot re-check it: {_meaning(e)}")
+
+
+def _recheck(v: Verdict, forced: bool) -> Optional[Result]:
+    """None when the segment may still go, else the result to report."""
+    now, result = _stat(v)
+    if now is None:
+        return result
     why = changed_since_scan(v, now, forced)
     if why:
-        return Action.KEPT, why
+        return Result(v, Action.KEPT, why)
     if not forced and creator_is_back(v):
-        return Action.KEPT, f"changed since scan: creator {v.segment.cpid} is alive"
-    return None, ""
+        return Result(v, Action.KEPT, f"changed since scan: creator {v.segment.cpid} is alive")
+    return None
 
 
 def _rmid(v: Verdict, reason: str) -> Result:
@@ -134,40 +145,42 @@ def _rmid(v: Verdict, reason: str) -> Result:
     return Result(v, Action.REMOVED, reason)
 
 
-def copy_out(v: Verdict, forced: bool) -> tuple[Optional[bytes], str]:
-    """Attach read-only, copy the bytes, detach. (None, why) when the copy is not sound.
+def copy_out(v: Verdict, forced: bool) -> tuple[Optional[bytes], Optional[Result]]:
+    """Attach read-only, copy the bytes, detach; or the result when the copy is not sound.
 
     Sound means nobody else was attached while we copied: just before we detach, nattch
     is 1 (us) and lpid is our pid, so nobody attached or detached since our attach.
     """
-    me = os.getpid()
     try:
         shm = sysv_ipc.attach(v.segment.id, sysv_ipc.SHM_RDONLY)
     except sysv_ipc.ExistentialError:
-        return None, "already gone"
+        return None, Result(v, Action.GONE, "already gone")
     except sysv_ipc.Error as e:
-        return None, f"cannot attach to copy it: {e}"
+        return None, Result(v, Action.FAILED, f"not removed: cannot attach to copy it: {e}")
     try:
-        data = shm.read(v.segment.size)
-        now = kernel.shm_stat(v.segment.id)
-        if not forced and (now.nattch != 1 or now.lpid != me):
-            return None, "changed since scan: attached by another process while copying"
-        return bytes(data), ""
-    except OSError as e:
-        return None, f"cannot re-check: {_meaning(e)}"
+        data = bytes(shm.read(v.segment.size))
+        now, result = _stat(v)
+        if now is None:
+            return None, result
+        if not forced and (now.nattch != 1 or now.lpid != os.getpid()):
+            return None, Result(v, Action.KEPT, (
+                "changed since scan: attached by another process while copying"
+            ))  # fmt: skip
+        return data, None
     finally:
         shm.detach()
 
 
-def _untouched_since_copy(v: Verdict, forced: bool) -> Optional[str]:
-    try:
-        now = kernel.shm_stat(v.segment.id)
-    except OSError as e:
-        return "already gone" if e.errno in _GONE else f"cannot re-check: {_meaning(e)}"
+def _untouched_since_copy(v: Verdict, forced: bool) -> Optional[Result]:
+    now, result = _stat(v)
+    if now is None:
+        return result
     if now.key != v.segment.key or now.mode & SHM_DEST:
-        return "changed since scan: removed or replaced while copying"
+        return Result(v, Action.KEPT, "changed since scan: removed or replaced while copying")
     if not forced and (now.nattch or now.lpid != os.getpid()):
-        return "changed since scan: attached by another process after it was copied"
+        return Result(v, Action.KEPT, (
+            "changed since scan: attached by another process after it was copied"
+        ))  # fmt: skip
     return None
 
 
@@ -197,9 +210,9 @@ def execute(
     copied: list[Candidate] = []
     for c in candidates:
         v = c.verdict
-        action, why = _recheck(v, forced)
-        if action is not None:
-            results[v.segment.id] = Result(v, action, why)
+        stopped = _recheck(v, forced)
+        if stopped is not None:
+            results[v.segment.id] = stopped
             continue
         if max_copy is not None and v.segment.size > max_copy:
             results[v.segment.id] = Result(v, Action.KEPT, (
@@ -213,10 +226,9 @@ def execute(
         if batch is None:
             results[v.segment.id] = _rmid(v, c.reason)
             continue
-        data, why = copy_out(v, forced)
-        if data is None:
-            action = Action.GONE if why == "already gone" else Action.KEPT
-            results[v.segment.id] = Result(v, action, why)
+        data, stopped = copy_out(v, forced)
+        if stopped is not None or data is None:
+            results[v.segment.id] = stopped or Result(v, Action.FAILED, "not copied")
             continue
         try:
             refused = batch.add(v, data, c.reason)
@@ -237,10 +249,9 @@ def execute(
         removed: set[int] = set()
         for c in copied:
             v = c.verdict
-            why2 = _untouched_since_copy(v, forced)
-            if why2 is not None:
-                action = Action.GONE if why2 == "already gone" else Action.KEPT
-                results[v.segment.id] = Result(v, action, why2)
+            stopped = _untouched_since_copy(v, forced)
+            if stopped is not None:
+                results[v.segment.id] = stopped
                 continue
             r = _rmid(v, c.reason)
             results[v.segment.id] = r

@@ -333,7 +333,9 @@ def test_crashed_demo_server_is_reaped_and_its_copy_kept(shared_dir, demo_uid, t
 
     shm = sysv_ipc.attach(back)
     try:
-        assert struct.unpack("i4i", shm.read(20)) == (0, 1, 2, 3, 4)
+        from shmjanitor.demo import FILLED
+
+        assert struct.unpack("i4i", shm.read(20)) == (FILLED, 1, 2, 3, 4)
     finally:
         shm.detach()
 
