@@ -89,8 +89,10 @@ def log(o: Outcome, out: IO[str], err: IO[str], verbose: bool) -> None:
             lines.append(log_line(r))
     for p in o.problems:
         err.write(f"problem: {p}\n")
+    err.flush()
     lines.append(summary_line(o))
     out.write("\n".join(lines) + "\n")
+    out.flush()
 
 
 def table(o: Outcome, out: IO[str], width: int | None = None) -> None:
