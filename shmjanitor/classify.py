@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from enum import Enum
+from sys import intern
 from typing import NamedTuple, Optional
 
 from shmjanitor.durations import format_age
@@ -89,8 +90,14 @@ def classify(
     `viewer_uid` is the euid the facts were gathered as (None for root, who sees every
     process); it only matters when /proc hides other users' processes.
     """
+    return _verdict(seg, _creator(seg, facts, viewer_uid), facts, now)
+
+
+def _verdict(
+    seg: Segment, creator_evidence: tuple[Creator, str], facts: Mapping[int, Proc], now: float
+) -> Verdict:
+    creator, evidence = creator_evidence
     idle_for = max(0, int(now - seg.last_used))
-    creator, evidence = _creator(seg, facts, viewer_uid)
     if seg.dest:
         return Verdict(
             seg,
@@ -113,14 +120,16 @@ def classify(
             idle_for,
         )
     if seg.atime is None:
-        quiet = f"never attached, created {format_age(now - seg.ctime)} ago"
+        quiet = f"never attached, created {format_age(int(now - seg.ctime))} ago"
     else:
         quiet = f"nobody attached for {format_age(idle_for)}"
+    # Interned: a leak is often thousands of segments with one and the same reason.
     if creator.alive is None:
-        return Verdict(seg, State.UNKNOWN, f"{evidence}; {quiet}", creator, idle_for)
+        return Verdict(seg, State.UNKNOWN, intern(f"{evidence}; {quiet}"), creator, idle_for)
     if creator.alive:
-        return Verdict(seg, State.IDLE, f"{evidence}, may attach again; {quiet}", creator, idle_for)
-    return Verdict(seg, State.ORPHAN, f"{evidence}; {quiet}", creator, idle_for)
+        reason = intern(f"{evidence}, may attach again; {quiet}")
+        return Verdict(seg, State.IDLE, reason, creator, idle_for)
+    return Verdict(seg, State.ORPHAN, intern(f"{evidence}; {quiet}"), creator, idle_for)
 
 
 def classify_all(
@@ -129,4 +138,14 @@ def classify_all(
     now: float,
     viewer_uid: Optional[int] = None,
 ) -> list[Verdict]:
-    return [classify(s, facts, now, viewer_uid) for s in segments]
+    """Verdicts for a whole table. The creator's part of the verdict depends only on the
+    creator (pid, ctime, cuid), so it is worked out once per creator, not per segment."""
+    creators: dict[tuple[int, int, int], tuple[Creator, str]] = {}
+    verdicts = []
+    for s in segments:
+        k = (s.cpid, s.ctime, s.cuid)
+        ce = creators.get(k)
+        if ce is None:
+            ce = creators[k] = _creator(s, facts, viewer_uid)
+        verdicts.append(_verdict(s, ce, facts, now))
+    return verdicts

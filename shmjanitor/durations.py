@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PART = re.compile(r"(\d+)\s*([smhdw])")
@@ -25,6 +26,7 @@ def parse_duration(text: str) -> int:
     )
 
 
+@lru_cache(maxsize=65536)  # a table's ages repeat: same second, same text
 def format_age(seconds: float) -> str:
     """A short human age, two units at most: "45 s", "12 min", "2 h 10 min", "3 d 4 h"."""
     s = max(0, int(seconds))
@@ -39,6 +41,7 @@ def format_age(seconds: float) -> str:
     return f"{d} d {h} h" if h else f"{d} d"
 
 
+@lru_cache(maxsize=65536)  # sizes repeat too (a leak is many segments of one size)
 def format_size(n: int) -> str:
     """Bytes as ipcs/lsipc print them in human mode: 4K, 1.5M, 2G (binary units)."""
     if n < 1024:
