@@ -53,7 +53,7 @@ def run(
     elif fmt is render.Format.TABLE:
         render.table(sv, shown, exact_bytes, out)
     else:
-        out.write(render.plain(shown, exact_bytes))
+        render.plain(shown, exact_bytes, out)
     if metrics_file is not None:  # all segments, whatever the filters showed
         from shmjanitor import metrics
 

@@ -9,7 +9,8 @@ import json
 import pwd
 from collections.abc import Iterator
 from enum import Enum
-from functools import cache
+from functools import cache, lru_cache
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import IO, Any, Optional
 
 from shmjanitor import survey as _survey
@@ -86,32 +87,32 @@ def cells(v: Verdict, exact_bytes: bool) -> tuple[str, ...]:
 
 
 def _widths(rows: list[tuple[str, ...]]) -> list[int]:
-    widths = [len(h) for h in HEADERS]
-    for r in rows:
-        for i, c in enumerate(r):
-            if len(c) > widths[i]:
-                widths[i] = len(c)
-    return widths
+    """The width of each column: its longest cell or header."""
+    if not rows:
+        return [len(h) for h in HEADERS]
+    return [max(len(h), max(map(len, col))) for h, col in zip(HEADERS, zip(*rows))]
 
 
 def _align(text: str, width: int, header: str) -> str:
     return text.rjust(width) if header in RIGHT else text.ljust(width)
 
 
-def plain(verdicts: list[Verdict], exact_bytes: bool = False) -> str:
+def plain(verdicts: list[Verdict], exact_bytes: bool, out: IO[str]) -> None:
     """Aligned columns, a header line, no colour and no footer: made for grep and awk.
 
-    The reason is the last column so that every other column is one word.
+    The reason is the last column so that every other column is one word. One format
+    pattern aligns a whole row, and rows go out a few thousand at a time.
     """
     rows = [cells(v, exact_bytes) for v in verdicts]
     widths = _widths(rows)
     last = len(HEADERS) - 1
-    out = [" ".join(_align(h, widths[i], h) if i < last else h for i, h in enumerate(HEADERS))]
-    for r in rows:
-        out.append(
-            " ".join(_align(c, widths[i], HEADERS[i]) if i < last else c for i, c in enumerate(r))
-        )
-    return "\n".join(out) + "\n"
+    row = (
+        " ".join(f"{{:{'>' if h in RIGHT else '<'}{w}}}" for h, w in zip(HEADERS, widths[:last]))
+        + " {}\n"
+    ).format
+    out.write(row(*HEADERS))
+    for start in range(0, len(rows), 4096):
+        out.write("".join([row(*r) for r in rows[start : start + 4096]]))
 
 
 def segment_json(v: Verdict) -> dict[str, Any]:
@@ -162,17 +163,46 @@ def pages(verdicts: list[Verdict]) -> int:
 
 
 _encode = json.JSONEncoder(separators=(",", ":")).encode
+_LITERAL = {True: "true", False: "false", None: "null"}
 
 
-def json_chunks(sv: _survey.Survey, verdicts: list[Verdict], rows: int = 1024) -> Iterator[str]:
-    """The JSON document of `to_json` in pieces of `rows` segments each.
+@lru_cache(maxsize=65536)
+def _string(text: Optional[str]) -> str:
+    """A JSON string (or null); cached, since owners and reasons repeat down a table."""
+    return "null" if text is None else encode_basestring_ascii(text)
 
-    The same bytes as json.dumps of the whole {"segments": [...], "summary": {...}}, but
-    only one piece's dicts exist at a time: 32,000 segments as dicts would take 40 MiB.
+
+def _int(n: Optional[int]) -> str:
+    return "null" if n is None else str(n)
+
+
+def segment_json_text(v: Verdict) -> str:
+    """`segment_json(v)` encoded, as json.dumps(..., separators=(",", ":")) would.
+
+    Written out field by field because it is the hot loop of `list --json` (half the
+    cost of building a dict and encoding it); tests/test_render.py checks it equals
+    the dict's encoding, so `segment_json` stays the one definition of the schema.
     """
+    s = v.segment
+    c = v.creator
+    return (
+        f'{{"id":{s.id},"key":{s.key},"owner":{_string(owner_name(s.uid))},"uid":{s.uid},'
+        f'"gid":{s.gid},"cuid":{s.cuid},"cgid":{s.cgid},"perms":{s.perms},'
+        f'"dest":{_LITERAL[s.dest]},"locked":{_LITERAL[s.locked]},"size":{s.size},'
+        f'"nattch":{s.nattch},"cpid":{s.cpid},"lpid":{s.lpid},"atime":{_int(s.atime)},'
+        f'"dtime":{_int(s.dtime)},"ctime":{s.ctime},"rss":{_int(s.rss)},'
+        f'"swap":{_int(s.swap)},"idle_seconds":{v.idle_for},"state":"{v.state.value}",'
+        f'"reason":{_string(v.reason)},"creator":{{"pid":{c.pid},'
+        f'"alive":{_LITERAL[c.alive]},"name":{_string(c.name)}}}}}'
+    )
+
+
+def json_chunks(sv: _survey.Survey, verdicts: list[Verdict], rows: int = 4096) -> Iterator[str]:
+    """The JSON document {"segments": [...], "summary": {...}} in pieces of `rows`
+    segments, so the whole 12 MB text of 32,000 segments never exists at once."""
     yield '{"segments":['
     for start in range(0, len(verdicts), rows):
-        piece = ",".join(_encode(segment_json(v)) for v in verdicts[start : start + rows])
+        piece = ",".join([segment_json_text(v) for v in verdicts[start : start + rows]])
         yield piece if start == 0 else "," + piece
     yield '],"summary":' + _encode(summary_json(sv, verdicts)) + "}\n"
 
