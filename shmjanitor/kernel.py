@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import struct
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -45,9 +46,22 @@ class _ShmidDs(ctypes.Structure):
     ]
 
 
+# The same struct as a struct.Struct, native alignment: one unpack_from gives every field
+# (reading ctypes fields one by one and building a struct per call cost ~30 us a call;
+# reap re-checks every segment once or three times, 32,000 of them in issue 5).
+_SHMID_DS = struct.Struct("@iIIIIHHHHLLNllliiLLL")
+# Checked once, at import: the re-check needs this layout (64-bit Linux).
+_LAYOUT_OK = ctypes.sizeof(ctypes.c_long) == 8 and _SHMID_DS.size == ctypes.sizeof(_ShmidDs)
+
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.shmctl.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.POINTER(_ShmidDs))
-_libc.shmctl.restype = ctypes.c_int
+# No argtypes: two Python ints pass as C ints and the buffer as its address, as shmctl
+# wants; ctypes' per-call argument conversion would cost more than the system call.
+_shmctl = _libc.shmctl
+_shmctl.restype = ctypes.c_int
+# One buffer for every call, filled by the kernel and unpacked at once. Not thread-safe;
+# nothing in shmjanitor calls shm_stat from two threads.
+_buf = ctypes.create_string_buffer(_SHMID_DS.size)
+_unpack = _SHMID_DS.unpack_from
 
 
 class Stat(NamedTuple):
@@ -68,15 +82,15 @@ class Stat(NamedTuple):
 
 def shm_stat(shmid: int) -> Stat:
     """IPC_STAT one segment. Raises OSError: EINVAL/EIDRM gone, EACCES no read permission."""
-    if ctypes.sizeof(ctypes.c_long) != 8:
+    if not _LAYOUT_OK:
         raise OSError(errno.ENOSYS, "the re-check needs 64-bit Linux")
-    ds = _ShmidDs()
-    if _libc.shmctl(shmid, IPC_STAT, ctypes.byref(ds)) != 0:
+    if _shmctl(shmid, IPC_STAT, _buf) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    p = ds.perm
-    return Stat(p.key & 0xFFFFFFFF, p.mode, ds.segsz, p.uid, p.cuid, ds.cpid, ds.lpid,
-                ds.nattch, ds.atime or None, ds.dtime or None, ds.ctime)  # fmt: skip
+    (key, uid, _gid, cuid, _cgid, mode, _p1, _seq, _p2, _r1, _r2, segsz, atime, dtime, ctime,
+     cpid, lpid, nattch, _r4, _r5) = _unpack(_buf)  # fmt: skip
+    return Stat(key & 0xFFFFFFFF, mode, segsz, uid, cuid, cpid, lpid, nattch, atime or None,
+                dtime or None, ctime)  # fmt: skip
 
 
 def has_cap_sys_admin(status: Path = Path("/proc/self/status")) -> bool:

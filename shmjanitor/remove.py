@@ -66,14 +66,30 @@ def _meaning(e: OSError) -> str:
     return _ERRNO_MEANING.get(e.errno or 0, e.strerror or str(e))
 
 
-def creator_is_back(v: Verdict) -> bool:
+def creator_is_back(v: Verdict, seen_dead: Optional[set[int]] = None) -> bool:
     """Is there now a live process with the creator's pid that could be the creator?
 
     A dead process never comes back, but its pid can be handed out again: a process
     started after the segment's ctime is someone else (see classify.RECYCLE_SLACK).
+
+    `seen_dead` (one set per pass of execute) holds the pids kill(pid, 0) found free
+    earlier in this pass, and learns new ones. Asking again for such a pid cannot change
+    the answer: the pass runs after the survey, and a segment only gets this far when
+    IPC_STAT shows the ctime and cpid the survey saw, so it was created before the pid
+    was seen free; its creator had exited by then, and an exited process never comes
+    back. Whoever holds the pid later is someone else, which this check then already
+    answers "not back" for (started after ctime). So one kill(2) per distinct creator
+    per pass is as strict as one per segment (32,000 orphans of one creator: 1 call).
+    Only "free" is remembered: a pid found in use is asked about again every time.
     """
     pid = v.segment.cpid
-    if pid == 0 or not kernel.pid_exists(pid):
+    if pid == 0:
+        return False
+    if seen_dead is not None and pid in seen_dead:
+        return False
+    if not kernel.pid_exists(pid):
+        if seen_dead is not None:
+            seen_dead.add(pid)
         return False
     import psutil
 
@@ -120,7 +136,7 @@ def _stat(v: Verdict) -> tuple[Optional[kernel.Stat], Optional[Result]]:
         return None, Result(v, Action.FAILED, f"not removed: cannot re-check it: {_meaning(e)}")
 
 
-def _recheck(v: Verdict, forced: bool) -> Optional[Result]:
+def _recheck(v: Verdict, forced: bool, seen_dead: Optional[set[int]] = None) -> Optional[Result]:
     """None when the segment may still go, else the result to report."""
     now, result = _stat(v)
     if now is None:
@@ -128,7 +144,7 @@ def _recheck(v: Verdict, forced: bool) -> Optional[Result]:
     why = changed_since_scan(v, now, forced)
     if why:
         return Result(v, Action.KEPT, why)
-    if not forced and creator_is_back(v):
+    if not forced and creator_is_back(v, seen_dead):
         return Result(v, Action.KEPT, f"changed since scan: creator {v.segment.cpid} is alive")
     return None
 
@@ -208,9 +224,10 @@ def execute(
     """
     results: dict[int, Result] = {}
     copied: list[Candidate] = []
+    seen_dead: set[int] = set()  # creators' pids found free in this pass (creator_is_back)
     for c in candidates:
         v = c.verdict
-        stopped = _recheck(v, forced)
+        stopped = _recheck(v, forced, seen_dead)
         if stopped is not None:
             results[v.segment.id] = stopped
             continue
