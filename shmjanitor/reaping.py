@@ -66,11 +66,17 @@ def reap(cfg: _config.Config, *, dry_run: bool, quarantine: bool, state_dir: Opt
         candidates = [Candidate(d.verdict, d.reason) for d in decisions if d.remove]
         done = _execute(sv, candidates, cfg, dry_run=dry_run, quarantine=quarantine,
                         state_dir=state_dir)  # fmt: skip
-    by_id = {r.verdict.segment.id: r for r in done}
-    results = [
-        by_id.get(d.verdict.segment.id) or Result(d.verdict, Action.KEPT, d.reason)
-        for d in decisions
-    ]
+    # execute gives a result per candidate, in order; candidates are the decisions to
+    # remove, in order: walk both (no dict of 32,000 ids to build and look up).
+    done_in_order = iter(done)
+    results = []
+    for d in decisions:
+        if d.remove:
+            r = next(done_in_order)
+            assert r.verdict is d.verdict, "execute must answer every candidate, in order"
+            results.append(r)
+        else:
+            results.append(Result(d.verdict, Action.KEPT, d.reason))
     return Outcome(sv, results, dry_run, [])
 
 
