@@ -1,0 +1,122 @@
+"""The fast paths of reap (issue 5) say exactly what the slow ones said.
+
+No timing here: each test pins a shortcut to the plain computation it replaced.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+import sysv_ipc
+
+from shmjanitor import kernel, remove
+from shmjanitor.classify import Creator, State, Verdict
+from shmjanitor.config import Config
+from shmjanitor.quarantine import Store, _is_zero, _zero_crc32
+from shmjanitor.scan import Segment
+
+
+def _slow_stat(shmid: int) -> kernel.Stat:
+    """IPC_STAT read field by field through the ctypes struct (the old shm_stat)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    ds = kernel._ShmidDs()
+    assert libc.shmctl(shmid, kernel.IPC_STAT, ctypes.byref(ds)) == 0
+    p = ds.perm
+    return kernel.Stat(p.key & 0xFFFFFFFF, p.mode, ds.segsz, p.uid, p.cuid, ds.cpid, ds.lpid,
+                       ds.nattch, ds.atime or None, ds.dtime or None, ds.ctime)  # fmt: skip
+
+
+def test_shm_stat_unpacks_the_same_fields_as_the_ctypes_struct():
+    keyed = sysv_ipc.SharedMemory(0x7EEDBEEF, sysv_ipc.IPC_CREX, mode=0o640, size=12345)
+    private = sysv_ipc.SharedMemory(None, sysv_ipc.IPC_CREX, mode=0o600, size=4096)
+    private.detach()  # one attached (nattch 1, no dtime), one detached (nattch 0, dtime)
+    try:
+        for shm in (keyed, private):
+            now = kernel.shm_stat(shm.id)
+            assert now == _slow_stat(shm.id)
+            assert (now.size, now.cpid, now.lpid) == (shm.size, os.getpid(), os.getpid())
+        assert kernel.shm_stat(keyed.id).key == 0x7EEDBEEF
+        assert kernel.shm_stat(keyed.id).nattch == 1 and kernel.shm_stat(private.id).nattch == 0
+    finally:
+        keyed.detach()
+        keyed.remove()
+        private.remove()
+    with pytest.raises(OSError) as e:
+        kernel.shm_stat(private.id)
+    assert e.value.errno in (errno.EINVAL, errno.EIDRM)
+
+
+def _verdict(cpid: int, ctime: int, *, shmid: int = 1, atime: int | None = None,
+             name: str | None = None, reason: str = "creator exited") -> Verdict:  # fmt: skip
+    seg = Segment(key=0, id=shmid, mode=0o600, size=4096, cpid=cpid, lpid=0, nattch=0,
+                  uid=1000, gid=1000, cuid=1000, cgid=1000, atime=atime, dtime=None,
+                  ctime=ctime, rss=0, swap=0)  # fmt: skip
+    return Verdict(seg, State.ORPHAN, reason, Creator(cpid, False, name), 0)
+
+
+def _dead_pid() -> int:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
+
+
+def test_creator_is_back_asks_once_per_dead_pid_and_always_for_a_live_one(monkeypatch):
+    asked: list[int] = []
+    real = kernel.pid_exists
+    monkeypatch.setattr(kernel, "pid_exists", lambda pid: asked.append(pid) or real(pid))
+    dead, alive = _dead_pid(), os.getpid()
+    now = int(time.time())  # a ctime after our start: "it could be us"
+    seen: set[int] = set()
+    for _ in range(3):
+        assert not remove.creator_is_back(_verdict(dead, now), seen)
+        assert remove.creator_is_back(_verdict(alive, now + 60), seen)
+    assert seen == {dead}  # a live pid is never remembered
+    assert asked == [dead, alive, alive, alive]
+    # Without the set (rm, other callers) every call asks the kernel.
+    assert not remove.creator_is_back(_verdict(dead, now))
+    assert asked[-1] == dead
+
+
+@pytest.mark.parametrize("size", [1, 4096, 12345, (1 << 20) + 1])
+def test_zero_check_and_its_crc32(size):
+    zeros = bytes(size)
+    assert _is_zero(zeros) and _zero_crc32(size) == zlib.crc32(zeros)
+    for at in (0, size // 2, size - 1):
+        data = bytearray(size)
+        data[at] = 1
+        assert not _is_zero(bytes(data))
+
+
+def test_index_text_is_exactly_json_dumps(tmp_path: Path):
+    batch = Store(tmp_path, Config()).open_batch(1_700_000_000.25)
+    tricky = 'quote " back \\ slash, tab \t, été, ☃, \x00 nul'
+    verdicts = [
+        _verdict(100, 1_600_000_000, shmid=1),
+        _verdict(101, 1_600_000_001, shmid=2, atime=1_600_000_002, name="postgres"),
+        _verdict(102, 1_600_000_003, shmid=3, name=tricky, reason=tricky),
+    ]
+    for v, data in zip(verdicts, (bytes(4096), os.urandom(4096), b"\1" + bytes(4095))):
+        assert batch.add(v, data, v.reason) is None
+    assert batch._index_text() == json.dumps(batch._doc())
+    batch.commit()
+    written = (tmp_path / "quarantine" / f"{batch.run}.json").read_text()
+    assert (
+        written == json.dumps(batch._doc())
+        and json.loads(written)["entries"][2]["reason"] == tricky
+    )
+    batch.finish({1, 3})
+    written = (tmp_path / "quarantine" / f"{batch.run}.json").read_text()
+    doc = json.loads(written)
+    assert written == json.dumps(batch._doc())
+    assert [(e["id"], e["removed"]) for e in doc["entries"]] == [(1, True), (3, True)]
+    assert [e["encoding"] for e in doc["entries"]] == ["zero", "zlib"]
+    assert doc["entries"][0]["crc32"] == zlib.crc32(bytes(4096))
