@@ -80,6 +80,9 @@ class Stat(NamedTuple):
     ctime: int
 
 
+_new_stat = tuple.__new__
+
+
 def shm_stat(shmid: int) -> Stat:
     """IPC_STAT one segment. Raises OSError: EINVAL/EIDRM gone, EACCES no read permission."""
     if not _LAYOUT_OK:
@@ -89,8 +92,9 @@ def shm_stat(shmid: int) -> Stat:
         raise OSError(err, os.strerror(err))
     (key, uid, _gid, cuid, _cgid, mode, _p1, _seq, _p2, _r1, _r2, segsz, atime, dtime, ctime,
      cpid, lpid, nattch, _r4, _r5) = _unpack(_buf)  # fmt: skip
-    return Stat(key & 0xFFFFFFFF, mode, segsz, uid, cuid, cpid, lpid, nattch, atime or None,
-                dtime or None, ctime)  # fmt: skip
+    # tuple.__new__ directly: the NamedTuple's own __new__ is a Python frame (0.7 -> 0.3 us).
+    return _new_stat(Stat, (key & 0xFFFFFFFF, mode, segsz, uid, cuid, cpid, lpid, nattch,
+                            atime or None, dtime or None, ctime))  # fmt: skip
 
 
 def has_cap_sys_admin(status: Path = Path("/proc/self/status")) -> bool:
