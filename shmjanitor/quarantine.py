@@ -301,10 +301,11 @@ class Batch:
         return {"version": VERSION, "run": self.run, "created_at": int(self.now),
                 "entries": self.records}  # fmt: skip
 
-    def _index_text(self) -> str:
-        """json.dumps(self._doc()), from the entries' heads (see _entry_head)."""
-        tails = [_TAIL[r["removed"]] for r in self.records]
-        entries = ", ".join([h + t for h, t in zip(self._heads, tails)])
+    def _index_text(self, status: Optional[bool]) -> str:
+        """json.dumps(self._doc()) when every entry's "removed" is `status` (as it is: None
+        from add() to finish(), then True), from the entries' heads (see _entry_head)."""
+        tail = _TAIL[status]
+        entries = (tail + ", ").join(self._heads) + tail if self._heads else ""
         return (f'{{"version": {VERSION}, "run": {_jstr(self.run)}, '
                 f'"created_at": {int(self.now)}, "entries": [{entries}]}}')  # fmt: skip
 
@@ -318,22 +319,23 @@ class Batch:
             self._file.close()
             self._file = None
             os.replace(self.tmp, d / f"{self.run}.data")
-            _write_text(d / f"{self.run}.json", self._index_text())
+            _write_text(d / f"{self.run}.json", self._index_text(None))
         except OSError:
             self.abort()
             raise
 
     def finish(self, removed: set[int]) -> None:
         """Keep only the entries whose segment was removed; drop the run if none was."""
-        kept = [(r, h) for r, h in zip(self.records, self._heads) if r["id"] in removed]
-        self.records = [r for r, _ in kept]
-        self._heads = [h for _, h in kept]
+        if not removed.issuperset([r["id"] for r in self.records]):  # else: keep all
+            kept = [(r, h) for r, h in zip(self.records, self._heads) if r["id"] in removed]
+            self.records = [r for r, _ in kept]
+            self._heads = [h for _, h in kept]
         for r in self.records:
             r["removed"] = True
         if not self.records:
             self.store.drop(self.run)
             return
-        _write_text(self.store.dir / f"{self.run}.json", self._index_text())
+        _write_text(self.store.dir / f"{self.run}.json", self._index_text(True))
 
     def abort(self) -> None:
         if self._file is not None:

@@ -106,7 +106,7 @@ def test_index_text_is_exactly_json_dumps(tmp_path: Path):
     ]
     for v, data in zip(verdicts, (bytes(4096), os.urandom(4096), b"\1" + bytes(4095))):
         assert batch.add(v, data, v.reason) is None
-    assert batch._index_text() == json.dumps(batch._doc())
+    assert batch._index_text(None) == json.dumps(batch._doc())
     batch.commit()
     written = (tmp_path / "quarantine" / f"{batch.run}.json").read_text()
     assert (
@@ -120,3 +120,16 @@ def test_index_text_is_exactly_json_dumps(tmp_path: Path):
     assert [(e["id"], e["removed"]) for e in doc["entries"]] == [(1, True), (3, True)]
     assert [e["encoding"] for e in doc["entries"]] == ["zero", "zlib"]
     assert doc["entries"][0]["crc32"] == zlib.crc32(bytes(4096))
+
+
+def test_finish_with_every_entry_removed_keeps_them_all(tmp_path: Path):
+    batch = Store(tmp_path, Config()).open_batch(1_700_000_000.0)
+    for i in range(1, 4):
+        assert batch.add(_verdict(100, 1_600_000_000, shmid=i), bytes(64), "orphan") is None
+    batch.commit()
+    batch.finish({1, 2, 3, 99})
+    written = (tmp_path / "quarantine" / f"{batch.run}.json").read_text()
+    assert written == json.dumps(batch._doc())
+    assert [(e["n"], e["removed"]) for e in json.loads(written)["entries"]] == [
+        (0, True), (1, True), (2, True),
+    ]  # fmt: skip
