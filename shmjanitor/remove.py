@@ -168,7 +168,9 @@ def copy_out(v: Verdict, forced: bool) -> tuple[Optional[bytes], Optional[Result
     is 1 (us) and lpid is our pid, so nobody attached or detached since our attach.
     """
     try:
-        shm = sysv_ipc.attach(v.segment.id, sysv_ipc.SHM_RDONLY)
+        # flags= by name: attach's second positional argument is the address, and
+        # SHM_RDONLY there (0x1000) made a read-write attach at address 0x1000.
+        shm = sysv_ipc.attach(v.segment.id, flags=sysv_ipc.SHM_RDONLY)
     except sysv_ipc.ExistentialError:
         return None, Result(v, Action.GONE, "already gone")
     except sysv_ipc.Error as e:

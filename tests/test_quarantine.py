@@ -29,7 +29,7 @@ def filled(size: int, data: bytes, key: int = 0, mode: int = 0o640, uid: int | N
 
 
 def content(shmid: int) -> bytes:
-    shm = sysv_ipc.attach(shmid, sysv_ipc.SHM_RDONLY)
+    shm = sysv_ipc.attach(shmid, flags=sysv_ipc.SHM_RDONLY)
     try:
         return bytes(shm.read())
     finally:

@@ -133,3 +133,30 @@ def test_finish_with_every_entry_removed_keeps_them_all(tmp_path: Path):
     assert [(e["n"], e["removed"]) for e in json.loads(written)["entries"]] == [
         (0, True), (1, True), (2, True),
     ]  # fmt: skip
+
+
+def test_the_quarantine_copy_attaches_read_only_where_the_kernel_chooses(monkeypatch):
+    seen: list[tuple[int, str]] = []
+    real_attach = sysv_ipc.attach
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        shm = real_attach(*args, **kwargs)
+        start = f"{shm.address:x}-"
+        (line,) = [m for m in Path("/proc/self/maps").read_text().splitlines()
+                   if m.startswith(start)]  # fmt: skip
+        seen.append((shm.address, line.split()[1]))
+        return shm
+
+    monkeypatch.setattr(sysv_ipc, "attach", spy)
+    shm = sysv_ipc.SharedMemory(None, sysv_ipc.IPC_CREX, mode=0o600, size=8192)
+    shm.write(b"keep me")
+    shm.detach()
+    try:
+        v = _verdict(os.getpid(), 0, shmid=shm.id)
+        data, stopped = remove.copy_out(v, forced=False)
+    finally:
+        shm.remove()
+    assert stopped is None and data is not None and data.startswith(b"keep me")
+    ((address, perms),) = seen
+    assert perms == "r--s"  # read-only, shared: the copy cannot write to the segment
+    assert address != 0x1000  # SHM_RDONLY passed as the address, as it once was
