@@ -96,43 +96,61 @@ def test_zero_check_and_its_crc32(size):
         assert not _is_zero(bytes(data))
 
 
+def _entry(n: int, v: Verdict, now: int, data: bytes, offset: int, length: int,
+           removed: bool | None) -> dict:  # fmt: skip
+    """An index entry as a plain dict, built the slow way (what Batch.add used to build)."""
+    s, zero = v.segment, not data.strip(b"\0")
+    return {
+        "n": n, "id": s.id, "key": s.key, "size": s.size, "mode": s.perms, "uid": s.uid,
+        "gid": s.gid, "cuid": s.cuid, "cgid": s.cgid, "cpid": s.cpid, "lpid": s.lpid,
+        "atime": s.atime, "dtime": s.dtime, "ctime": s.ctime, "creator": v.creator.name,
+        "removed_at": now, "reason": v.reason, "encoding": "zero" if zero else "zlib",
+        "offset": offset, "length": length, "crc32": zlib.crc32(data), "removed": removed,
+        "restored_as": None, "restored_at": None,
+    }  # fmt: skip
+
+
 def test_index_text_is_exactly_json_dumps(tmp_path: Path):
-    batch = Store(tmp_path, Config()).open_batch(1_700_000_000.25)
+    now = 1_700_000_000
+    batch = Store(tmp_path, Config()).open_batch(now + 0.25)
     tricky = 'quote " back \\ slash, tab \t, été, ☃, \x00 nul'
     verdicts = [
         _verdict(100, 1_600_000_000, shmid=1),
         _verdict(101, 1_600_000_001, shmid=2, atime=1_600_000_002, name="postgres"),
         _verdict(102, 1_600_000_003, shmid=3, name=tricky, reason=tricky),
     ]
-    for v, data in zip(verdicts, (bytes(4096), os.urandom(4096), b"\1" + bytes(4095))):
+    datas = [bytes(4096), os.urandom(4096), b"\1" + bytes(4095)]
+    expected, offset = [], 0
+    for n, (v, data) in enumerate(zip(verdicts, datas)):
         assert batch.add(v, data, v.reason) is None
-    assert batch._index_text(None) == json.dumps(batch._doc())
+        length = 0 if n == 0 else batch.offset - offset
+        expected.append(_entry(n, v, now, data, offset, length, None))
+        offset = batch.offset
+    doc = {"version": 1, "run": batch.run, "created_at": now, "entries": expected}
+    assert batch._index_text() == json.dumps(doc) and batch.records == expected
     batch.commit()
-    written = (tmp_path / "quarantine" / f"{batch.run}.json").read_text()
-    assert (
-        written == json.dumps(batch._doc())
-        and json.loads(written)["entries"][2]["reason"] == tricky
-    )
+    index = tmp_path / "quarantine" / f"{batch.run}.json"
+    assert index.read_text() == json.dumps(doc)
+    assert json.loads(index.read_text())["entries"][2]["reason"] == tricky
     batch.finish({1, 3})
-    written = (tmp_path / "quarantine" / f"{batch.run}.json").read_text()
-    doc = json.loads(written)
-    assert written == json.dumps(batch._doc())
-    assert [(e["id"], e["removed"]) for e in doc["entries"]] == [(1, True), (3, True)]
-    assert [e["encoding"] for e in doc["entries"]] == ["zero", "zlib"]
-    assert doc["entries"][0]["crc32"] == zlib.crc32(bytes(4096))
+    doc["entries"] = [dict(expected[0], removed=True), dict(expected[2], removed=True)]
+    assert index.read_text() == json.dumps(doc)
+    store = Store(tmp_path, Config())  # and restore reads the copies back from it
+    assert [store.read(e) for e in store.entries()] == [datas[0], datas[2]]
 
 
 def test_finish_with_every_entry_removed_keeps_them_all(tmp_path: Path):
     batch = Store(tmp_path, Config()).open_batch(1_700_000_000.0)
-    for i in range(1, 4):
-        assert batch.add(_verdict(100, 1_600_000_000, shmid=i), bytes(64), "orphan") is None
+    verdicts = [_verdict(100, 1_600_000_000, shmid=i, reason="orphan") for i in range(1, 4)]
+    for v in verdicts:
+        assert batch.add(v, bytes(64), v.reason) is None
     batch.commit()
     batch.finish({1, 2, 3, 99})
     written = (tmp_path / "quarantine" / f"{batch.run}.json").read_text()
-    assert written == json.dumps(batch._doc())
-    assert [(e["n"], e["removed"]) for e in json.loads(written)["entries"]] == [
-        (0, True), (1, True), (2, True),
-    ]  # fmt: skip
+    entries = [_entry(n, v, 1_700_000_000, bytes(64), 0, 0, True) for n, v in enumerate(verdicts)]
+    assert written == json.dumps(
+        {"version": 1, "run": batch.run, "created_at": 1_700_000_000, "entries": entries}
+    )
 
 
 def test_the_quarantine_copy_attaches_read_only_where_the_kernel_chooses(monkeypatch):
