@@ -58,6 +58,15 @@ def errors_as_exit() -> Iterator[None]:
         raise fail(f"error: {e}", 1) from None
 
 
+METRICS_OPT = typer.Option(
+    None,
+    "--metrics-file",
+    metavar="PATH",
+    help="Also write Prometheus textfile-collector metrics to PATH (atomically): "
+    "segments and bytes per state, and the run's outcome.",
+)
+
+
 class SortKey(str, Enum):
     ID = "id"
     KEY = "key"
@@ -95,12 +104,7 @@ def list_(
         help="table (colours, footer), plain (aligned columns for grep/awk), json, or auto: "
         "table on a terminal, plain otherwise.",
     ),
-    metrics_file: Optional[Path] = typer.Option(
-        None,
-        "--metrics-file",
-        metavar="PATH",
-        help="Also write Prometheus textfile-collector metrics to PATH (atomically).",
-    ),
+    metrics_file: Optional[Path] = METRICS_OPT,
 ) -> None:
     """List every segment with its state and the evidence behind it.
 
@@ -188,12 +192,7 @@ def reap(
     state_dir: Optional[Path] = STATE_DIR_OPT,
     as_json: bool = JSON_OPT,
     verbose: bool = VERBOSE_OPT,
-    metrics_file: Optional[Path] = typer.Option(
-        None,
-        "--metrics-file",
-        metavar="PATH",
-        help="Write Prometheus textfile-collector metrics to PATH (atomically).",
-    ),
+    metrics_file: Optional[Path] = METRICS_OPT,
 ) -> None:
     """Remove orphaned segments (nobody attached, creator dead) that pass the policy.
 
