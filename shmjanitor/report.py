@@ -71,10 +71,9 @@ def _owner_uid(uid: int) -> str:
 def log_line(r: Result) -> str:
     """One key=value line, as journald and grep like them."""
     s = r.verdict.segment
-    # Built from cached pieces in one f-string (32,000 lines in a big reap); `_value_` is
-    # Enum's plain attribute, `value` a slower descriptor.
+    # Built from cached pieces in one f-string: a big reap logs 32,000 of these.
     return (
-        f"action={r.action._value_} id={s.id} key=0x{s.key:08x} size={s.size} "
+        f"action={r.action.value} id={s.id} key=0x{s.key:08x} size={s.size} "
         f"{_owner_uid(s.uid)} cpid={s.cpid} idle={r.verdict.idle_for}s reason={_quote(r.reason)}"
     )
 
