@@ -43,10 +43,11 @@ def kernel_orphans() -> set[int]:
 @given(st.lists(creator, min_size=1, max_size=6), st.randoms(use_true_random=False))
 def test_orphan_set_equals_the_kernels(creators, rnd: random.Random):
     fresh_ipc_namespace()
+    keys = iter(rnd.sample(range(1, 2**32), 24))  # distinct: a key can name one segment only
     try:
         for c in creators:
             specs = [
-                Spec(size=rnd.randint(1, 20000), key=rnd.randint(1, 2**32 - 1) if c["keyed"] else None,
+                Spec(size=rnd.randint(1, 20000), key=next(keys) if c["keyed"] else None,
                      touch=c["touch"])
                 for _ in range(c["n"])
             ]  # fmt: skip
