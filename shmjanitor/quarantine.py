@@ -21,7 +21,6 @@ import stat
 import time
 import zlib
 from functools import lru_cache
-from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
@@ -29,6 +28,7 @@ from shmjanitor.classify import Verdict
 from shmjanitor.config import Config
 from shmjanitor.durations import format_size
 from shmjanitor.errors import JanitorError, StateDirError
+from shmjanitor.render import json_int, json_string
 
 VERSION = 1
 
@@ -96,12 +96,8 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
 # 24 keys, and the index is written twice (commit, finish). Each entry is encoded once,
 # in add(), up to its "removed" status; commit and finish only append the status. The
 # text is exactly what json.dumps(doc) gives for these entries (ints, None, str; tests
-# compare the two), so readers see no difference. Strings go through json's C escaper.
-_jstr = lru_cache(maxsize=4096)(encode_basestring_ascii)
-
-
-def _jopt(value: Optional[int]) -> str:
-    return "null" if value is None else str(value)
+# compare the two), so readers see no difference. Strings and nullable ints go through
+# the same cached encoders as `list --json` (render.json_string, render.json_int).
 
 
 def _entry_head(n: int, v: Verdict, removed_at: int, reason: str, zero: bool, offset: int,
@@ -109,14 +105,13 @@ def _entry_head(n: int, v: Verdict, removed_at: int, reason: str, zero: bool, of
     """An index entry's JSON up to and including '"removed": ' (the entry is documented in
     Batch.records; built from the values, not from a dict: ~4 us an entry less)."""
     s = v.segment
-    creator = v.creator.name
     return (
         f'{{"n": {n}, "id": {s.id}, "key": {s.key}, "size": {s.size}, '
         f'"mode": {s.perms}, "uid": {s.uid}, "gid": {s.gid}, "cuid": {s.cuid}, '
         f'"cgid": {s.cgid}, "cpid": {s.cpid}, "lpid": {s.lpid}, '
-        f'"atime": {_jopt(s.atime)}, "dtime": {_jopt(s.dtime)}, "ctime": {s.ctime}, '
-        f'"creator": {"null" if creator is None else _jstr(creator)}, '
-        f'"removed_at": {removed_at}, "reason": {_jstr(reason)}, '
+        f'"atime": {json_int(s.atime)}, "dtime": {json_int(s.dtime)}, "ctime": {s.ctime}, '
+        f'"creator": {json_string(v.creator.name)}, '
+        f'"removed_at": {removed_at}, "reason": {json_string(reason)}, '
         f'"encoding": {_ENCODING[zero]}, "offset": {offset}, '
         f'"length": {length}, "crc32": {crc32}, "removed": '
     )
@@ -316,7 +311,7 @@ class Batch:
         """json.dumps(self._doc()), from the entries' heads and their common status."""
         tail = _TAIL[self._status]
         entries = (tail + ", ").join(self._heads) + tail if self._heads else ""
-        return (f'{{"version": {VERSION}, "run": {_jstr(self.run)}, '
+        return (f'{{"version": {VERSION}, "run": {json_string(self.run)}, '
                 f'"created_at": {int(self.now)}, "entries": [{entries}]}}')  # fmt: skip
 
     def commit(self) -> None:

@@ -167,12 +167,12 @@ _LITERAL = {True: "true", False: "false", None: "null"}
 
 
 @lru_cache(maxsize=65536)
-def _string(text: Optional[str]) -> str:
+def json_string(text: Optional[str]) -> str:
     """A JSON string (or null); cached, since owners and reasons repeat down a table."""
     return "null" if text is None else encode_basestring_ascii(text)
 
 
-def _int(n: Optional[int]) -> str:
+def json_int(n: Optional[int]) -> str:
     return "null" if n is None else str(n)
 
 
@@ -186,14 +186,14 @@ def segment_json_text(v: Verdict) -> str:
     s = v.segment
     c = v.creator
     return (
-        f'{{"id":{s.id},"key":{s.key},"owner":{_string(owner_name(s.uid))},"uid":{s.uid},'
+        f'{{"id":{s.id},"key":{s.key},"owner":{json_string(owner_name(s.uid))},"uid":{s.uid},'
         f'"gid":{s.gid},"cuid":{s.cuid},"cgid":{s.cgid},"perms":{s.perms},'
         f'"dest":{_LITERAL[s.dest]},"locked":{_LITERAL[s.locked]},"size":{s.size},'
-        f'"nattch":{s.nattch},"cpid":{s.cpid},"lpid":{s.lpid},"atime":{_int(s.atime)},'
-        f'"dtime":{_int(s.dtime)},"ctime":{s.ctime},"rss":{_int(s.rss)},'
-        f'"swap":{_int(s.swap)},"idle_seconds":{v.idle_for},"state":"{v.state.value}",'
-        f'"reason":{_string(v.reason)},"creator":{{"pid":{c.pid},'
-        f'"alive":{_LITERAL[c.alive]},"name":{_string(c.name)}}}}}'
+        f'"nattch":{s.nattch},"cpid":{s.cpid},"lpid":{s.lpid},"atime":{json_int(s.atime)},'
+        f'"dtime":{json_int(s.dtime)},"ctime":{s.ctime},"rss":{json_int(s.rss)},'
+        f'"swap":{json_int(s.swap)},"idle_seconds":{v.idle_for},"state":"{v.state.value}",'
+        f'"reason":{json_string(v.reason)},"creator":{{"pid":{c.pid},'
+        f'"alive":{_LITERAL[c.alive]},"name":{json_string(c.name)}}}}}'
     )
 
 
