@@ -154,6 +154,16 @@ VERBOSE_OPT = typer.Option(
 )
 
 
+def _duration(flag: str, text: Optional[str]) -> Optional[int]:
+    """A duration flag's seconds (None when not given); bad text is a usage error."""
+    from shmjanitor.durations import parse_duration
+
+    try:
+        return None if text is None else parse_duration(text)
+    except ValueError as e:
+        raise fail(f"{flag}: {e}") from None
+
+
 def _load_config(path: Optional[Path], **flags: object):  # type: ignore[no-untyped-def]
     from shmjanitor import config
 
@@ -205,14 +215,11 @@ def reap(
     failed, 2 usage, configuration or input error (nothing removed).
     """
     from shmjanitor import reaping
-    from shmjanitor.durations import parse_duration
 
     with errors_as_exit():
-        try:
-            age = None if min_age is None else parse_duration(min_age)
-        except ValueError as e:
-            raise fail(f"--min-age: {e}") from None
-        cfg = _load_config(config_path, min_age=age, include_system=include_system)
+        cfg = _load_config(
+            config_path, min_age=_duration("--min-age", min_age), include_system=include_system
+        )
         outcome = reaping.reap(cfg, dry_run=dry_run, quarantine=not no_quarantine,
                                state_dir=state_dir)  # fmt: skip
         _show_outcome(outcome, as_json, verbose)
@@ -283,10 +290,9 @@ app.add_typer(quarantine_app, name="quarantine")
 
 
 def _store(config_path: Optional[Path], state_dir: Optional[Path]):  # type: ignore[no-untyped-def]
-    from shmjanitor.quarantine import Store, default_state_dir
+    from shmjanitor.quarantine import store_for
 
-    cfg = _load_config(config_path)
-    return Store(state_dir or cfg.state_dir or default_state_dir(), cfg)
+    return store_for(_load_config(config_path), state_dir)
 
 
 @quarantine_app.command("list")
@@ -337,15 +343,10 @@ def quarantine_purge(
     """Delete quarantine entries for good: --older-than DURATION, or --all."""
     import time
 
-    from shmjanitor.durations import parse_duration
-
     if purge_all == (older_than is not None):
         raise fail("say what to purge: --older-than DURATION or --all (one of them)")
+    age = _duration("--older-than", older_than)
     with errors_as_exit():
-        try:
-            age = None if older_than is None else parse_duration(older_than)
-        except ValueError as e:
-            raise fail(f"--older-than: {e}") from None
         dropped = _store(config_path, state_dir).purge(age, time.time())
     typer.echo(f"purged {len(dropped)} run(s)")
 

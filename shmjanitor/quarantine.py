@@ -47,6 +47,11 @@ def default_state_dir() -> Path:
     return Path(xdg) / "shmjanitor"
 
 
+def store_for(cfg: Config, state_dir: Optional[Path] = None) -> Store:
+    """The quarantine a command uses: --state-dir, else config state_dir, else default."""
+    return Store(state_dir or cfg.state_dir or default_state_dir(), cfg)
+
+
 def _private_dir(path: Path) -> Path:
     """Create `path` 0700 (parents as needed), or check an existing one is ours alone."""
     try:

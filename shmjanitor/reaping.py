@@ -36,11 +36,10 @@ def _execute(sv: survey.Survey, candidates: Sequence[Candidate], cfg: _config.Co
         limit = cfg.quarantine_max_bytes if quarantine else None
         return remove.execute(candidates, dry_run=dry_run, batch=None, max_copy=limit,
                               forced=forced)  # fmt: skip
-    from shmjanitor.quarantine import Store, default_state_dir
+    from shmjanitor.quarantine import store_for
 
-    store = Store(state_dir or cfg.state_dir or default_state_dir(), cfg)
     try:
-        batch = store.open_batch(sv.taken_at)
+        batch = store_for(cfg, state_dir).open_batch(sv.taken_at)
     except (JanitorError, OSError) as e:
         why = f"not removed: quarantine unusable ({e}); fix it or use --no-quarantine"
         return [Result(c.verdict, Action.FAILED, why) for c in candidates]
