@@ -277,11 +277,16 @@ class Batch:
         fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         self._file: Optional[Any] = os.fdopen(fd, "wb")
 
-    def add(self, v: Verdict, data: bytes, reason: str) -> Optional[str]:
-        """Append one copy; a reason when it cannot be kept within the budget."""
+    def add(self, v: Verdict, data: Optional[bytes], reason: str) -> Optional[str]:
+        """Append one copy; a reason when it cannot be kept within the budget.
+
+        `data` None: the segment is known to be all zero bytes (remove.known_zero).
+        """
         s = v.segment
-        zero = _is_zero(data)
-        blob = b"" if zero else zlib.compress(data, 1)
+        if data is None or _is_zero(data):
+            zero, blob, crc32 = True, b"", _zero_crc32(s.size if data is None else len(data))
+        else:
+            zero, blob, crc32 = False, zlib.compress(data, 1), zlib.crc32(data)
         budget = self.store.cfg.quarantine_budget_bytes
         if self.base_usage + self.offset + len(blob) > budget:
             self.store.prune(self.now, room=self.offset + len(blob))
@@ -291,7 +296,6 @@ class Batch:
         if blob:
             assert self._file is not None, "add() after commit() or abort()"
             self._file.write(blob)
-        crc32 = _zero_crc32(len(data)) if zero else zlib.crc32(data)
         self._heads.append(_entry_head(len(self._heads), v, int(self.now), reason, zero,
                                        self.offset, len(blob), crc32))  # fmt: skip
         self._ids.append(s.id)

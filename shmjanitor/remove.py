@@ -6,8 +6,10 @@ For every segment a decision says may go, in order:
   2. dry run: stop here and say "would-remove" (the same path, cut at the last step);
   3. quarantine (unless off): attach read-only, copy, detach, and make the copy durable
      (write, fsync, rename) before anything is removed; a copy that cannot be made or
-     saved keeps the segment (fail closed);
-  4. re-check again: after our own detach, nobody else may have attached (lpid is ours);
+     saved keeps the segment (fail closed). A segment nobody ever attached to is all
+     zero bytes without looking (`known_zero`): its entry is written, no attach is made;
+  4. re-check again: after our own detach, nobody else may have attached (lpid is ours;
+     for a `known_zero` one: still never attached);
   5. IPC_RMID. EINVAL/EIDRM mean someone else removed it first: "gone", not a failure.
 """
 
@@ -189,12 +191,33 @@ def copy_out(v: Verdict, forced: bool) -> tuple[Optional[bytes], Optional[Result
         shm.detach()
 
 
-def _untouched_since_copy(v: Verdict, forced: bool) -> Optional[Result]:
+def known_zero(v: Verdict, forced: bool) -> bool:
+    """Are the segment's bytes all zero, known without attaching to copy them?
+
+    Yes when nobody ever attached to it (atime 0, shown as None) and the kernel holds
+    no page of it (rss and swap 0). A System V segment is only ever written through an
+    attach, and every attach sets atime (ipc/shm.c, __shm_open: shmat, and the fork of
+    an attached process). The re-check before the copy (IPC_STAT: atime unchanged, so
+    still 0) and the one after it is saved (`_untouched_since_copy`) show that nobody
+    attached in between either. Leaks made by `ipcmk`, or by a program that died before
+    its shmat, are like this. Not for rm --force, which skips the in-use checks.
+    """
+    s = v.segment
+    return not forced and s.atime is None and s.rss == 0 and s.swap == 0
+
+
+def _untouched_since_copy(v: Verdict, forced: bool, zero: bool = False) -> Optional[Result]:
     now, result = _stat(v)
     if now is None:
         return result
     if now.key != v.segment.key or now.mode & SHM_DEST:
         return Result(v, Action.KEPT, "changed since scan: removed or replaced while copying")
+    if zero:  # not attached by us either: it must still be never attached
+        if now.nattch or now.atime is not None:
+            return Result(v, Action.KEPT, (
+                "changed since scan: attached by another process while it was saved"
+            ))  # fmt: skip
+        return None
     if not forced and (now.nattch or now.lpid != os.getpid()):
         return Result(v, Action.KEPT, (
             "changed since scan: attached by another process after it was copied"
@@ -225,7 +248,7 @@ def execute(
     `forced` (rm --force) skips the in-use checks, never the identity checks.
     """
     results: dict[int, Result] = {}
-    copied: list[Candidate] = []
+    copied: list[tuple[Candidate, bool]] = []  # with: saved as known_zero, not attached
     seen_dead: set[int] = set()  # creators' pids found free in this pass (creator_is_back)
     for c in candidates:
         v = c.verdict
@@ -245,10 +268,13 @@ def execute(
         if batch is None:
             results[v.segment.id] = _rmid(v, c.reason)
             continue
-        data, stopped = copy_out(v, forced)
-        if stopped is not None or data is None:
-            results[v.segment.id] = stopped or Result(v, Action.FAILED, "not copied")
-            continue
+        zero = known_zero(v, forced)
+        data: Optional[bytes] = None
+        if not zero:
+            data, stopped = copy_out(v, forced)
+            if stopped is not None or data is None:
+                results[v.segment.id] = stopped or Result(v, Action.FAILED, "not copied")
+                continue
         try:
             refused = batch.add(v, data, c.reason)
         except OSError as e:
@@ -256,7 +282,7 @@ def execute(
         if refused:
             results[v.segment.id] = Result(v, Action.KEPT, refused)
             continue
-        copied.append(c)
+        copied.append((c, zero))
 
     if batch is not None and not copied:
         batch.abort()  # nothing was copied: leave no empty run behind
@@ -266,9 +292,9 @@ def execute(
         except OSError as e:
             return _save_failed(candidates, results, batch, e)
         removed: set[int] = set()
-        for c in copied:
+        for c, zero in copied:
             v = c.verdict
-            stopped = _untouched_since_copy(v, forced)
+            stopped = _untouched_since_copy(v, forced, zero)
             if stopped is not None:
                 results[v.segment.id] = stopped
                 continue

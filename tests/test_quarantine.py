@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import sysv_ipc
 from conftest import needs_real_root
-from segments import _fork, attach, cli, rows, table
+from segments import Spec, _fork, attach, cli, make, rows, table
 
 from shmjanitor import remove
 
@@ -251,3 +251,70 @@ def test_restored_segment_keeps_owner_when_restored_by_root(tmp_path):
 def test_purge_bad_flags(tmp_path, bad):
     r = cli("quarantine", "purge", *bad.split(), "--state-dir", str(tmp_path))
     assert r.exit_code == 2
+
+
+def test_never_attached_orphan_is_saved_as_zeros_without_attaching(tmp_path, monkeypatch):
+    """An ipcmk-style leak (created, never attached) needs no attach to be quarantined:
+    its bytes can only be zero. It restores as zero bytes of its size, key and mode."""
+    (shmid,) = make(Spec(size=5000, key=0x5EED0002, mode=0o640), uid=1000).ids
+    touched = make(Spec(size=4096, touch=True)).ids[0]  # attached once: copied as usual
+    copied = []
+    real_copy = remove.copy_out
+
+    def counting_copy(v, forced):  # type: ignore[no-untyped-def]
+        copied.append(v.segment.id)
+        return real_copy(v, forced)
+
+    monkeypatch.setattr(remove, "copy_out", counting_copy)
+    out = reap(tmp_path)
+    assert sorted(r["action"] for r in out["results"]) == ["removed", "removed"], out
+    assert copied == [touched]  # the never-attached one was not attached to
+    assert rows() == {}
+    by_id = {e["id"]: e for e in entries(tmp_path)}
+    assert set(by_id) == {shmid, touched}
+    r = restore(tmp_path, by_id[shmid]["entry"])
+    assert r.exit_code == 0, r.output
+    new = json.loads(r.stdout)["id"]
+    assert content(new) == bytes(5000)
+    seg = {x["id"]: x for x in json.loads(cli("list", "--json").stdout)["segments"]}[new]
+    assert (seg["key"], seg["perms"], seg["uid"]) == (0x5EED0002, 0o640, 1000)
+
+
+def test_never_attached_segment_written_while_saved_is_not_removed(tmp_path, monkeypatch):
+    """The zero shortcut holds only while nobody attaches: a process that attaches and
+    writes after the decision (before IPC_RMID) keeps the segment and its bytes."""
+    (shmid,) = make(Spec(size=4096)).ids
+    real_known_zero = remove.known_zero
+
+    def then_someone_writes(v, forced):  # type: ignore[no-untyped-def]
+        zero = real_known_zero(v, forced)
+        if v.segment.id == shmid:
+            shm = sysv_ipc.attach(shmid)  # a real attach, write and detach
+            shm.write(b"written after the scan")
+            shm.detach()
+        return zero
+
+    monkeypatch.setattr(remove, "known_zero", then_someone_writes)
+    out = reap(tmp_path)
+    (res,) = out["results"]
+    assert res["action"] == "kept" and "attached" in res["reason"], res
+    assert shmid in rows() and entries(tmp_path) == []
+    assert content(shmid).startswith(b"written after the scan")
+
+
+def test_rm_force_copies_even_a_never_attached_segment(tmp_path, monkeypatch):
+    """rm --force skips the in-use checks the zero shortcut rests on: it always copies."""
+    maker = make(Spec(size=4096), stay=True)  # creator alive: idle, only --force removes it
+    (shmid,) = maker.ids
+    copied = []
+    real_copy = remove.copy_out
+
+    def counting_copy(v, forced):  # type: ignore[no-untyped-def]
+        copied.append(v.segment.id)
+        return real_copy(v, forced)
+
+    monkeypatch.setattr(remove, "copy_out", counting_copy)
+    r = cli("rm", str(shmid), "--force", "--state-dir", str(tmp_path), "--json")
+    assert r.exit_code == 0, r.output
+    assert copied == [shmid] and shmid not in rows()
+    maker.kill()
