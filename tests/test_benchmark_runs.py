@@ -26,6 +26,7 @@ FIGURES = (
     "reap --no-quarantine, 40 orphans",
     "reap with quarantine, 40 orphans",
 )
+INFORMATION = ("reap with quarantine, 40 written orphans",)  # shown with no target
 
 
 def test_benchmark_runs_at_small_n(tmp_path: Path) -> None:
@@ -42,11 +43,14 @@ def test_benchmark_runs_at_small_n(tmp_path: Path) -> None:
         line = next((ln for ln in p.stdout.splitlines() if ln.startswith(name)), None)
         assert line is not None, f"{name!r} missing from:\n{p.stdout}"
         assert line.rstrip().endswith(("yes", "NO")), line
-    assert "targets: " in p.stdout
+    for name in INFORMATION:
+        line = next((ln for ln in p.stdout.splitlines() if ln.startswith(name)), None)
+        assert line is not None and line.split()[-2:] == ["-", "-"], line
+    assert f"of {len(FIGURES)} hold" in p.stdout
     assert "orphans made: 40 by one process" in p.stdout
     text = docs.read_text()
     assert "python benchmarks/bench.py --n 40" in text
-    assert all(name in text for name in FIGURES)
+    assert all(name in text for name in FIGURES + INFORMATION)
     assert "Linux " in text and "Python " in text
     # The script's namespaces were its own: ours is as empty as the fixture made it.
     assert Path("/proc/sysvipc/shm").read_text().count("\n") == 1
