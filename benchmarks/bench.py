@@ -51,6 +51,24 @@ ENV_OUTER_NS = "SHMJANITOR_BENCH_OUTER_IPC_NS"
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
 
+# Floors, timed for information: the least a Python CLI on typer must do, with none of
+# shmjanitor's work. Read the table and int() every field (what any list starts with);
+# for reap, also one IPC_STAT (the re-check) and one IPC_RMID per segment.
+FLOOR_LIST = """
+import typer
+rows = [list(map(int, ln.split())) for ln in open('/proc/sysvipc/shm').read().splitlines()[1:]]
+"""
+FLOOR_REAP = (
+    FLOOR_LIST
+    + """
+import ctypes, sysv_ipc
+shmctl, buf = ctypes.CDLL(None).shmctl, ctypes.create_string_buffer(112)
+for row in rows:
+    shmctl(row[1], 2, buf)
+    sysv_ipc.remove_shared_memory(row[1])
+"""
+)
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.shmget.argtypes = (ctypes.c_int, ctypes.c_size_t, ctypes.c_int)
 _libc.shmat.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
@@ -354,6 +372,11 @@ def benchmark(opt: Options, say: Callable[[str], None]) -> tuple[list[Figure], d
                               timed(single, ["lsipc", "-m", "--json"]))  # fmt: skip
         figures.append(ratio_figure(f"list --json, {n:,} segments", "shmjanitor list --json",
                                     "lsipc -m --json", pair_json, 0.8))  # fmt: skip
+        say("floor for list (read the table, int() every field) vs lsipc -m --json ...")
+        pair = alternate(runs, timed(single, [sys.executable, "-c", FLOOR_LIST]),
+                         timed(single, ["lsipc", "-m", "--json"]))  # fmt: skip
+        figures.append(ratio_figure(f"floor: python, typer, read and int(), {n:,} rows",
+                                    "floor", "lsipc -m --json", pair, None))  # fmt: skip
 
         say("list > file vs ipcs -m -p ...")
         pair = alternate(runs, timed(single, [*sj, "list"]),
@@ -430,6 +453,11 @@ def benchmark(opt: Options, say: Callable[[str], None]) -> tuple[list[Figure], d
             return go
 
         reap = [*sj, "reap", "--min-age", "0"]
+        say("floor for reap (+ IPC_STAT and IPC_RMID each) vs ipcrm --all=shm ...")
+        pair = alternate(runs, fresh([sys.executable, "-c", FLOOR_REAP]),
+                         fresh(["ipcrm", "--all=shm"]))  # fmt: skip
+        figures.append(ratio_figure(f"floor: + IPC_STAT and IPC_RMID each, {n:,} orphans",
+                                    "floor", "ipcrm --all=shm", pair, None))  # fmt: skip
         say("reap --no-quarantine vs ipcrm --all=shm (fresh orphans each run) ...")
         pair_nq = alternate(runs, fresh([*reap, "--no-quarantine"]),
                             fresh(["ipcrm", "--all=shm"]))  # fmt: skip
@@ -463,7 +491,7 @@ def _fmt(value: Optional[float], unit: str) -> str:
 
 
 def rows(figures: Sequence[Figure]) -> list[tuple[str, ...]]:
-    out = []
+    out: list[tuple[str, ...]] = []
     for f in figures:
         ratio = "-" if f.ratio is None else f"{f.ratio:.2f}x"
         vs = f"{f.a} vs {f.b}" if f.b else f.a

@@ -26,7 +26,11 @@ FIGURES = (
     "reap --no-quarantine, 40 orphans",
     "reap with quarantine, 40 orphans",
 )
-INFORMATION = ("reap with quarantine, 40 written orphans",)  # shown with no target
+INFORMATION = (  # shown with no target
+    "floor: python, typer, read and int(), 40 rows",
+    "floor: + IPC_STAT and IPC_RMID each, 40 orphans",
+    "reap with quarantine, 40 written orphans",
+)
 
 
 def test_benchmark_runs_at_small_n(tmp_path: Path) -> None:
