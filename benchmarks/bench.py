@@ -559,6 +559,15 @@ def markdown(figures: Sequence[Figure], notes: dict[str, str], opt: Options,
         "state directory. Peak RSS is GNU time's %M, the largest of the `list --json` and "
         "`list` runs.",
         "",
+        "Rows with target `-` are for information. The floors are the least a Python "
+        "command on typer does, with none of shmjanitor's work: start the interpreter, "
+        "import typer, read `/proc/sysvipc/shm` and `int()` every field; for reap also one "
+        "`IPC_STAT` (the re-check) and one `IPC_RMID` per segment. A target below its "
+        "floor's ratio cannot be met by any change to shmjanitor's Python; the gap between "
+        "a floor and the command above it is what our own work costs. The written orphans "
+        "were attached and written by their creator, so each quarantine entry needs a real "
+        "copy (never-attached ones are saved as zeros without attaching).",
+        "",
     ]
     return "\n".join(lines)
 
