@@ -6,7 +6,7 @@ import io
 import json
 
 from shmjanitor.classify import Creator, State, Verdict
-from shmjanitor.render import _encode, plain, segment_json, segment_json_text
+from shmjanitor.render import SegmentJson, _encode, plain, segment_json
 from shmjanitor.scan import Segment
 
 
@@ -28,10 +28,13 @@ def test_fast_json_text_is_the_schema_dicts_encoding():
         verdict(creator=Creator(1, False, None), seg={"atime": 5, "rss": 4096, "mode": 0o600}),
         verdict(seg={"uid": 4_000_000_000, "swap": None}),  # no passwd entry: owner is the number
     ]
-    for v in cases:
-        text = segment_json_text(v)
-        assert text == _encode(segment_json(v))
-        assert json.loads(text) == segment_json(v)
+    # One encoder for all, twice over, as list --json uses it: the parts it reuses must
+    # be those of the right verdict; and one that remembers a single part at a time.
+    for encode in (SegmentJson(), SegmentJson(keep=1)):
+        for v in cases + cases[::-1]:
+            text = encode(v)
+            assert text == _encode(segment_json(v))
+            assert json.loads(text) == segment_json(v)
 
 
 def test_plain_aligns_every_column_but_the_reason():
