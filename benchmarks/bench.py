@@ -62,7 +62,7 @@ FLOOR_REAP = (
     FLOOR_LIST
     + """
 import ctypes, sysv_ipc
-shmctl, buf = ctypes.CDLL(None).shmctl, ctypes.create_string_buffer(112)
+shmctl, buf = ctypes.CDLL(None).shmctl, ctypes.create_string_buffer(256)  # >= shmid_ds
 for row in rows:
     shmctl(row[1], 2, buf)
     sysv_ipc.remove_shared_memory(row[1])
