@@ -6,7 +6,7 @@ import io
 import json
 
 from shmjanitor.classify import Creator, State, Verdict
-from shmjanitor.render import SegmentJson, _encode, plain, segment_json
+from shmjanitor.render import Cells, SegmentJson, _encode, cells, plain, segment_json
 from shmjanitor.scan import Segment
 
 
@@ -45,3 +45,17 @@ def test_plain_aligns_every_column_but_the_reason():
     starts = [line.index("removing") for line in lines[1:]]
     assert starts[0] == starts[1] and lines[0].index("STATE") == starts[0]
     assert lines[2].split()[4] == "953.7M" and lines[1].endswith("ünïcödé ✓")
+
+
+def test_fast_cells_are_the_plain_cells():
+    cases = [
+        verdict(),
+        verdict(creator=Creator(1, True, "server"), state=State.IDLE, reason="plain"),
+        verdict(creator=Creator(1, False, None), seg={"atime": 5, "mode": 0o600}),
+        verdict(seg={"uid": 4_000_000_000, "size": 10**9}),
+    ]
+    for exact in (False, True):
+        for make in (Cells(exact), Cells(exact, keep=1)):
+            assert [make(v) for v in cases + cases[::-1]] == [
+                cells(v, exact) for v in cases + cases[::-1]
+            ]
