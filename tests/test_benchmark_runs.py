@@ -28,6 +28,7 @@ FIGURES = (
 )
 INFORMATION = (  # shown with no target
     "floor: python, typer, read and int(), 40 rows",
+    "peak RSS, list (--json and plain), 40 distinct creators",
     "floor: + IPC_STAT and IPC_RMID each, 40 orphans",
     "reap with quarantine, 40 written orphans",
 )
