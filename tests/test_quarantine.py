@@ -253,12 +253,9 @@ def test_purge_bad_flags(tmp_path, bad):
     assert r.exit_code == 2
 
 
-def test_never_attached_orphan_is_saved_as_zeros_without_attaching(tmp_path, monkeypatch):
-    """An ipcmk-style leak (created, never attached) needs no attach to be quarantined:
-    its bytes can only be zero. It restores as zero bytes of its size, key and mode."""
-    (shmid,) = make(Spec(size=5000, key=0x5EED0002, mode=0o640), uid=1000).ids
-    touched = make(Spec(size=4096, touch=True)).ids[0]  # attached once: copied as usual
-    copied = []
+def copies_made(monkeypatch) -> list[int]:  # type: ignore[no-untyped-def]
+    """The ids remove.copy_out attaches to copy, in order (it still copies them)."""
+    copied: list[int] = []
     real_copy = remove.copy_out
 
     def counting_copy(v, forced):  # type: ignore[no-untyped-def]
@@ -266,6 +263,15 @@ def test_never_attached_orphan_is_saved_as_zeros_without_attaching(tmp_path, mon
         return real_copy(v, forced)
 
     monkeypatch.setattr(remove, "copy_out", counting_copy)
+    return copied
+
+
+def test_never_attached_orphan_is_saved_as_zeros_without_attaching(tmp_path, monkeypatch):
+    """An ipcmk-style leak (created, never attached) needs no attach to be quarantined:
+    its bytes can only be zero. It restores as zero bytes of its size, key and mode."""
+    (shmid,) = make(Spec(size=5000, key=0x5EED0002, mode=0o640), uid=1000).ids
+    touched = make(Spec(size=4096, touch=True)).ids[0]  # attached once: copied as usual
+    copied = copies_made(monkeypatch)
     out = reap(tmp_path)
     assert sorted(r["action"] for r in out["results"]) == ["removed", "removed"], out
     assert copied == [touched]  # the never-attached one was not attached to
@@ -310,14 +316,7 @@ def test_rm_force_copies_even_a_never_attached_segment(tmp_path, monkeypatch):
     """rm --force skips the in-use checks the zero shortcut rests on: it always copies."""
     maker = make(Spec(size=4096), stay=True)  # creator alive: idle, only --force removes it
     (shmid,) = maker.ids
-    copied = []
-    real_copy = remove.copy_out
-
-    def counting_copy(v, forced):  # type: ignore[no-untyped-def]
-        copied.append(v.segment.id)
-        return real_copy(v, forced)
-
-    monkeypatch.setattr(remove, "copy_out", counting_copy)
+    copied = copies_made(monkeypatch)
     r = cli("rm", str(shmid), "--force", "--state-dir", str(tmp_path), "--json")
     assert r.exit_code == 0, r.output
     assert copied == [shmid] and shmid not in rows()
