@@ -384,15 +384,20 @@ def benchmark(opt: Options, say: Callable[[str], None]) -> tuple[list[Figure], d
         figures.append(ratio_figure(f"list to a file, {n:,} segments", "shmjanitor list",
                                     "ipcs -m -p", pair, 1.0))  # fmt: skip
 
+        def peak_rss(ns: Namespace) -> float:
+            """The largest peak RSS of `list --json` and `list` in `ns`, up to 3 runs each."""
+            rss = []
+            for _ in range(max(1, min(runs, 3))):
+                with ns:
+                    rss.append(peak_rss_mib([*sj, "list", "--json"], out))
+                    rss.append(peak_rss_mib([*sj, "list"], out))
+            return max(rss)
+
         say("peak RSS ...")
-        rss = []
-        for _ in range(max(1, min(runs, 3))):
-            with single:
-                rss.append(peak_rss_mib([*sj, "list", "--json"], out))
-                rss.append(peak_rss_mib([*sj, "list"], out))
+        rss = peak_rss(single)
         figures.append(Figure(f"peak RSS, list (--json and plain), {n:,} segments",
-                              "shmjanitor list", "", max(rss), None, "MiB", "<= 64 MiB",
-                              max(rss) <= 64))  # fmt: skip
+                              "shmjanitor list", "", rss, None, "MiB", "<= 64 MiB",
+                              rss <= 64))  # fmt: skip
 
         distinct = Namespace(shmmni)
         with distinct:
@@ -411,13 +416,9 @@ def benchmark(opt: Options, say: Callable[[str], None]) -> tuple[list[Figure], d
                                     "distinct creators", "one creator", pair, 1.5))  # fmt: skip
         # The RSS target is measured on one creator's orphans (above); the worst case for
         # memory is this set (a reason and a creator per segment): shown, no target.
-        rss = []
-        for _ in range(max(1, min(runs, 3))):
-            with distinct:
-                rss.append(peak_rss_mib([*sj, "list", "--json"], out))
-                rss.append(peak_rss_mib([*sj, "list"], out))
         figures.append(Figure(f"peak RSS, list (--json and plain), {n:,} distinct creators",
-                              "shmjanitor list", "", max(rss), None, "MiB", "-", None))  # fmt: skip
+                              "shmjanitor list", "", peak_rss(distinct), None, "MiB", "-",
+                              None))  # fmt: skip
         distinct.close()
 
         smallns = Namespace(shmmni)
