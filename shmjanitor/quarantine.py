@@ -51,11 +51,6 @@ from shmjanitor.render import json_int, json_string
 VERSION = 2
 PENDING, REMOVED = "pending", "removed"
 
-# Never fill the state directory's file system: a user who fills a disk to its reserve
-# and leaks a few segments must not make root write into root's reserved blocks. Only
-# f_bavail counts (what non-root could still write) and this much is always left.
-MIN_FREE_BYTES = 64 << 20
-
 
 class RestoreError(JanitorError):
     exit_code = 1
@@ -674,10 +669,14 @@ class Batch:
             expect = 0
         if self.base_usage + self.offset + expect > budget and expect:
             return self._full(budget)
-        free = self._free()
-        if free - expect < MIN_FREE_BYTES:
+        # Never fill the state directory's file system: a user who fills a disk to its
+        # reserve and leaks a few segments must not make root write into root's reserved
+        # blocks. Only f_bavail counts (what non-root could still write).
+        free, floor = self._free(), self.store.cfg.quarantine_min_free_bytes
+        if free - expect < floor:
             return (f"not enough free space for its copy in {self.store.dir} "
-                    f"({format_size(free)} free, {format_size(MIN_FREE_BYTES)} always kept)")  # fmt: skip
+                    f"({format_size(free)} free, quarantine_min_free_bytes "
+                    f"{format_size(floor)} always left)")  # fmt: skip
         start = self.offset
         extents: list[tuple[int, int]] = []
         crc = 0
