@@ -14,6 +14,7 @@ IPC_RMID = 0
 IPC_SET = 1
 IPC_STAT = 2
 SHM_RDONLY = 0o10000
+SHM_NORESERVE = 0o10000  # a shmget flag; the same bits as SHM_RDONLY, a shmat flag
 CAP_IPC_OWNER = 15
 CAP_SYS_ADMIN = 21
 
@@ -130,7 +131,9 @@ def shm_create(key: int, size: int, mode: int) -> int:
     allocated until written). Raises OSError: EEXIST key in use, EINVAL size outside
     [shmmin, shmmax], ENOSPC/ENOMEM limits."""
     signed = key - (1 << 32) if key >= 0x80000000 else key  # key_t is a signed int
-    shmid = _libc.shmget(signed, size, IPC_CREAT | IPC_EXCL | (mode & 0o777))
+    # SHM_NORESERVE: no swap is reserved for pages never written, so a large sparse
+    # segment can be made again where the overcommit heuristic would refuse it.
+    shmid = _libc.shmget(signed, size, IPC_CREAT | IPC_EXCL | SHM_NORESERVE | (mode & 0o777))
     if shmid < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))

@@ -45,7 +45,7 @@ from typing import Any, Callable, NamedTuple, Optional
 from shmjanitor.classify import Verdict
 from shmjanitor.config import Config
 from shmjanitor.durations import format_size
-from shmjanitor.errors import JanitorError, StateDirError
+from shmjanitor.errors import JanitorError, SaveFailed, StateDirError
 from shmjanitor.render import json_int, json_string
 
 VERSION = 2
@@ -659,7 +659,9 @@ class Batch:
 
         `copier(write)` hands the segment's bytes to `write` and returns their extents;
         None means the segment is known to hold only zero bytes (remove.known_zero).
-        Raises OSError when the disk fails us (then nothing more is removed).
+        Raises SaveFailed when this copy could not be written (the run goes on), OSError
+        when the disk fails us in a way that leaves the file unknown (nothing more is
+        removed).
         """
         s = v.segment
         budget = self.store.cfg.quarantine_budget_bytes
@@ -684,21 +686,23 @@ class Batch:
             comp = zlib.compressobj(1)
             crcs = [0]
 
-            def write(data: bytes) -> None:
-                crcs[0] = zlib.crc32(data, crcs[0])
+            def put(blob: bytes) -> None:
                 try:
-                    self._write(comp.compress(data))
+                    self._write(blob)
                 except OSError as e:  # our disk, not the segment: told apart from a read
                     raise _WriteFailed(e) from None
+
+            def write(data: bytes) -> None:
+                crcs[0] = zlib.crc32(data, crcs[0])
+                put(comp.compress(data))
 
             try:
                 extents = copier(write)
                 if extents:
-                    self._write(comp.flush())
+                    put(comp.flush())
             except _WriteFailed as w:
-                with contextlib.suppress(OSError):
-                    self._truncate(start)
-                raise w.err from None
+                self._truncate(start)  # raises OSError if it cannot: then the run stops
+                raise SaveFailed(w.err.errno, w.err.strerror) from None
             except BaseException:
                 with contextlib.suppress(OSError):
                     self._truncate(start)

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
 from shmjanitor import kernel, segcopy
 from shmjanitor.classify import RECYCLE_SLACK, Verdict
 from shmjanitor.durations import format_size
+from shmjanitor.errors import SaveFailed
 from shmjanitor.scan import SHM_DEST
 
 if TYPE_CHECKING:
@@ -167,7 +168,9 @@ def changed_since_scan(v: Verdict, now: kernel.Stat, forced: bool) -> Optional[s
         return None
     if now.nattch:
         return f"changed since scan: {now.nattch} attached now"
-    if (now.atime, now.dtime, now.ctime) != (s.atime, s.dtime, s.ctime):
+    # Times are whole seconds: an attach and detach within the second of the scan leaves
+    # them as they were, but not lpid, the pid of the last shmat/shmdt.
+    if (now.atime, now.dtime, now.ctime, now.lpid) != (s.atime, s.dtime, s.ctime, s.lpid):
         return "changed since scan: attached, detached or IPC_SET since"
     if now.cpid != s.cpid or now.uid != s.uid:
         return "changed since scan: owner or creator differ"
@@ -431,6 +434,9 @@ def execute(
                 stopped = Result(v, Action.KEPT, refused) if refused else None
             else:
                 stopped = copy_out(v, forced, batch, c.reason)
+        except SaveFailed as e:  # this copy only: the data file was cut back
+            stopped = Result(v, Action.FAILED, f"not removed: quarantine copy could not be "
+                             f"saved ({e.strerror or e})")  # fmt: skip
         except OSError as e:
             return _save_failed(candidates, results, batch, e, on_result)
         if stopped is not None:
