@@ -186,6 +186,17 @@ def resident_pages(addr: int, length: int) -> bytes:
     return vec.raw[:pages]
 
 
+def shm_nattch(shmid: int) -> Optional[int]:
+    """nattch of `shmid`, or None when it is gone (EINVAL/EIDRM) or cannot be looked at.
+
+    After IPC_RMID: a segment nobody is attached to is gone at once; one still there has
+    users. Without an exception per call, as reap asks this of every segment it removes.
+    """
+    if _shmctl(shmid, IPC_STAT, _buf) != 0:
+        return None
+    return int(_unpack(_buf)[17])
+
+
 def has_cap(cap: int, status: Path = Path("/proc/self/status")) -> bool:
     """Whether capability number `cap` is in our effective set."""
     try:

@@ -285,16 +285,13 @@ def _last_instant(v: Verdict, reason: str, forced: bool, *, copied: bool = False
     # IPC_RMID frees a segment nobody is attached to at once (ipc/shm.c, do_shm_rmid);
     # one still there has users, who attached after our last look (only a privileged
     # process could, once the mode was 000). The kernel frees it at their last detach.
-    try:
-        after = kernel.shm_stat(shmid)
-    except OSError:
-        return Result(v, Action.REMOVED, reason)
-    if forced or not after.nattch:
+    nattch = kernel.shm_nattch(shmid)
+    if forced or not nattch:
         return Result(v, Action.REMOVED, reason)
     return Result(v, Action.REMOVED, (
-        f"{reason}; removed while {after.nattch} attached: a privileged process (pid "
-        f"{after.lpid}) attached at the last instant; it keeps its mapping until it "
-        "detaches" + ("; the quarantine copy may miss its last writes" if copied else "")
+        f"{reason}; removed while {nattch} attached: a privileged process attached at "
+        "the last instant; it keeps its mapping until it detaches"
+        + ("; the quarantine copy may miss its last writes" if copied else "")
     ))  # fmt: skip
 
 
