@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, NamedTuple, Optional
 import sysv_ipc
 
 from shmjanitor import kernel
-from shmjanitor.classify import RECYCLE_SLACK, Verdict
+from shmjanitor.classify import Verdict
 from shmjanitor.durations import format_size
+from shmjanitor.liveness import users_back
 from shmjanitor.scan import SHM_DEST
 
 if TYPE_CHECKING:
@@ -68,44 +69,6 @@ def _meaning(e: OSError) -> str:
     return _ERRNO_MEANING.get(e.errno or 0, e.strerror or str(e))
 
 
-def creator_is_back(v: Verdict, seen_dead: Optional[set[int]] = None) -> bool:
-    """Is there now a live process with the creator's pid that could be the creator?
-
-    A dead process never comes back, but its pid can be handed out again: a process
-    started after the segment's ctime is someone else (see classify.RECYCLE_SLACK).
-
-    `seen_dead` (one set per pass of execute) holds the pids kill(pid, 0) found free
-    earlier in this pass, and learns new ones. Asking again for such a pid cannot change
-    the answer: the pass runs after the survey, and a segment only gets this far when
-    IPC_STAT shows the ctime and cpid the survey saw, so it was created before the pid
-    was seen free; its creator had exited by then, and an exited process never comes
-    back. Whoever holds the pid later is someone else, which this check then already
-    answers "not back" for (started after ctime). So one kill(2) per distinct creator
-    per pass is as strict as one per segment (32,000 orphans of one creator: 1 call).
-    Only "free" is remembered: a pid found in use is asked about again every time.
-    """
-    pid = v.segment.cpid
-    if pid == 0:
-        return False
-    if seen_dead is not None and pid in seen_dead:
-        return False
-    if not kernel.pid_exists(pid):
-        if seen_dead is not None:
-            seen_dead.add(pid)
-        return False
-    import psutil
-
-    try:
-        p = psutil.Process(pid)
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return not p.create_time() > v.segment.ctime + RECYCLE_SLACK
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True  # cannot tell: assume it is
-
-
 def changed_since_scan(v: Verdict, now: kernel.Stat, forced: bool) -> Optional[str]:
     """Why the segment is no longer what we judged (None when it is the same). Pure."""
     s = v.segment
@@ -146,8 +109,10 @@ def _recheck(v: Verdict, forced: bool, seen_dead: Optional[set[int]] = None) -> 
     why = changed_since_scan(v, now, forced)
     if why:
         return Result(v, Action.KEPT, why)
-    if not forced and creator_is_back(v, seen_dead):
-        return Result(v, Action.KEPT, f"changed since scan: creator {v.segment.cpid} is alive")
+    if not forced:
+        back = users_back(v, seen_dead, now)
+        if back:
+            return Result(v, Action.KEPT, back)
     return None
 
 
@@ -249,7 +214,7 @@ def execute(
     """
     results: dict[int, Result] = {}
     copied: list[tuple[Candidate, bool]] = []  # with: saved as known_zero, not attached
-    seen_dead: set[int] = set()  # creators' pids found free in this pass (creator_is_back)
+    seen_dead: set[int] = set()  # pids found free in this pass (liveness.users_back)
     for c in candidates:
         v = c.verdict
         stopped = _recheck(v, forced, seen_dead)
