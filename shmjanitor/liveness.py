@@ -35,12 +35,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
-from shmjanitor import kernel, procs
+from shmjanitor import procs
 from shmjanitor.durations import format_age
 from shmjanitor.procs import Proc
 
 if TYPE_CHECKING:
     from shmjanitor.classify import Verdict
+    from shmjanitor.kernel import Stat
     from shmjanitor.scan import Segment
 
 # A process that started more than this after a segment's moment cannot be the one the
@@ -135,8 +136,6 @@ def observe(state_dir: Optional[Path], record: bool, proc_stat: Path = PROC_STAT
     except OSError:
         return Clock(btime, btime)
     if state_dir is None:
-        from shmjanitor.quarantine import default_state_dir
-
         state_dir = default_state_dir()
     path = state_dir / RECORD
     seen = _read_record(path)
@@ -146,6 +145,18 @@ def observe(state_dir: Optional[Path], record: bool, proc_stat: Path = PROC_STAT
     if record and (seen is None or seen != (boot, earliest)):
         _write_record(path, boot, earliest)
     return Clock(btime, earliest)
+
+
+def default_state_dir() -> Path:
+    """quarantine.default_state_dir, the same rule (tests/test_liveness.py pins them
+    equal): importing quarantine (and its config and TOML parser) would add 40 ms to
+    every `list`, which reads the record but never writes it."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/var/lib/shmjanitor")
+    xdg = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(xdg) / "shmjanitor"
 
 
 def _ours_alone(st: os.stat_result) -> bool:
@@ -191,7 +202,7 @@ def _write_record(path: Path, boot: str, earliest: float) -> None:
 
 
 def users_back(
-    v: Verdict, seen_dead: Optional[set[int]] = None, now: Optional[kernel.Stat] = None
+    v: Verdict, seen_dead: Optional[set[int]] = None, now: Optional[Stat] = None
 ) -> Optional[str]:
     """Before removing an orphan: is every process whose death made it one still dead?
 
@@ -211,6 +222,8 @@ def users_back(
     as one per segment (32,000 orphans of one creator: 1 call). Only "free" is
     remembered: a pid found in use is asked about again every time.
     """
+    from shmjanitor import kernel  # ctypes: not needed by list, only by removal
+
     s = v.segment
     if now is not None and now.lpid != s.lpid:
         return f"changed since scan: last attached or detached by pid {now.lpid} now"
@@ -227,6 +240,10 @@ def users_back(
                 seen_dead.add(pid)
             continue
         if clock is None:
+            # No step allowance here, and none needed: the survey judged this pid dead
+            # with all the evidence; a holder it called recycled still starts as late
+            # (later, after a forward step; a backward step only makes it "alive"), and
+            # one that took the pid since started after the survey.
             btime = procs.boot_time()
             clock = NO_EVIDENCE if btime is None else Clock(btime, btime)
         alive, evidence, _ = judge(pid, since, procs.look_up([pid], clock.btime, False), clock)

@@ -30,8 +30,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from shmjanitor import kernel
-
 # Notes for facts that are not a plain "alive" or "exited".
 ZOMBIE = "zombie"
 HIDDEN = "hidden by hidepid"
@@ -139,6 +137,8 @@ def look_up(
 def _by_kill(pid: int, why: str) -> Proc:
     """A pid /proc cannot tell us about: dead if kill(2) finds no such process, else it
     exists and is someone we cannot look at (perhaps the pid was recycled)."""
+    from shmjanitor import kernel  # ctypes: only where /proc is not enough (hidepid)
+
     if kernel.pid_exists(pid):
         return Proc(pid, None, None, None, why)
     return Proc(pid, False, None, None)
@@ -176,7 +176,7 @@ def _one(pid: int, btime: Optional[float]) -> Optional[Proc]:
         # last thread exits (kernel/exit.c, delay_group_leader), yet its other threads
         # run, attach and detach under its pid: the process is alive.
         return Proc(pid, True, started, name, LEADER_EXITED)
-    if state in (b"Z", b"X"):
+    if state in (b"Z", b"X", b"x"):  # zombie; dead (being reaped)
         # Exited: it can never attach again, only its parent's wait() is pending.
         return Proc(pid, False, started, name, ZOMBIE)
     return Proc(pid, True, started, name)

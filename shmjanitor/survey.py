@@ -26,7 +26,8 @@ def take(path: Path = scan.PROC_SHM, now: Optional[float] = None,
     """
     segments = scan.read(path)
     clock = liveness.observe(state_dir, record)
-    facts = procs.look_up({pid for s in segments for pid in (s.cpid, s.lpid)}, clock.btime)
+    pids = {pid for s in segments for pid in (s.cpid, s.lpid)}
+    facts = procs.look_up(pids, clock.btime or None)  # 0: no btime, no start times
     taken_at = time.time() if now is None else now
     return Survey(classify_all(segments, facts, taken_at, clock), scan.read_limits(), taken_at)
 

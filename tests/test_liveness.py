@@ -287,6 +287,21 @@ def test_record_keeps_the_earliest_boot_time_of_this_boot(tmp_path, state):
     assert sorted(os.listdir(state)) == [liveness.RECORD]  # no temporary file left
 
 
+@pytest.mark.parametrize("env", [
+    {"STATE_DIRECTORY": "/run/x:/run/y"}, {"XDG_STATE_HOME": "/tmp/xdg"}, {"HOME": "/tmp/h"},
+])  # fmt: skip
+@pytest.mark.parametrize("euid", [0, 1000])
+def test_the_record_lives_where_the_quarantine_does(monkeypatch, env, euid):
+    from shmjanitor import quarantine
+
+    for name in ("STATE_DIRECTORY", "XDG_STATE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(os, "geteuid", lambda: euid)
+    assert liveness.default_state_dir() == quarantine.default_state_dir()
+
+
 def test_record_is_never_written_where_the_state_dir_is_missing(tmp_path):
     stat, boot = _record_files(tmp_path, 1000)
     assert liveness.observe(tmp_path / "none", True, stat, boot) == liveness.Clock(1000, 1000)
