@@ -4,9 +4,12 @@ The rules, in order, each one an early return (as systemd's clean-ipc.c filters)
 
   removing  SHM_DEST is set: IPC_RMID was called, it goes when the last user detaches
   attached  nattch > 0
-  unknown   nattch 0, and whether the creator lives cannot be known
-  idle      nattch 0, the creator is alive and may attach again
-  orphan    nattch 0, the creator is dead (exited, zombie, or its pid was recycled)
+  idle      nattch 0, and the creator or the last user (lpid) is alive: may attach again
+  unknown   nattch 0, none of them alive, and whether one lives cannot be known
+  orphan    nattch 0, nobody could be using it: the creator is dead and so is the last
+            user, if anyone ever attached (exited, zombie, or pid recycled)
+
+Liveness (alive, dead, cannot know) is liveness.judge's; "cannot know" is never dead.
 """
 
 from __future__ import annotations
@@ -17,13 +20,9 @@ from sys import intern
 from typing import NamedTuple, Optional
 
 from shmjanitor.durations import format_age
+from shmjanitor.liveness import NO_EVIDENCE, Clock, judge, last_touch
 from shmjanitor.procs import Proc
 from shmjanitor.scan import Segment
-
-# A process that started more than this after the segment's ctime cannot have created
-# it: its pid was recycled. create_time comes from boot time + jiffies and ctime is
-# whole seconds, so the two clocks can disagree by about a second either way.
-RECYCLE_SLACK = 2.0
 
 
 class State(str, Enum):
@@ -38,7 +37,8 @@ class State(str, Enum):
 
 
 class Creator(NamedTuple):
-    """The creating process as far as we can tell: alive None means cannot be known."""
+    """A process the table names, its creator (cpid) or its last user (lpid), as far as
+    we can tell: alive None means cannot be known."""
 
     pid: int
     alive: Optional[bool]
@@ -51,52 +51,44 @@ class Verdict(NamedTuple):
     reason: str
     creator: Creator
     idle_for: int  # seconds since ctime/atime/dtime, whichever is latest
+    last_user: Optional[Creator] = None  # lpid's process; None when nobody ever attached
 
 
-def _creator(
-    seg: Segment, facts: Mapping[int, Proc], viewer_uid: Optional[int]
-) -> tuple[Creator, str]:
-    """The creator's liveness and a clause of evidence for the reason."""
+Evidence = tuple[Creator, str]  # a process's liveness and a clause for the reason
+
+
+def _creator(seg: Segment, facts: Mapping[int, Proc], clock: Clock) -> Evidence:
     pid = seg.cpid
     if pid == 0:
-        return Creator(0, None, None), ("creator not visible from this PID namespace (cpid 0)")
-    p = facts.get(pid)
-    if p is None:
-        return Creator(pid, None, None), f"creator {pid} not looked up"
-    if p.note == "hidden by hidepid":
-        # Our own processes stay visible under hidepid: a missing one of ours is gone.
-        if viewer_uid is not None and seg.cuid == viewer_uid:
-            return Creator(pid, False, None), f"creator {pid} exited"
-        return Creator(pid, None, None), f"creator {pid} not visible (/proc mounted with hidepid)"
-    if p.alive is None:
-        return Creator(pid, None, None), f"creator {pid}: {p.note or 'unknown'}"
-    if not p.alive:
-        if p.note == "zombie":
-            return Creator(pid, False, None), f"creator {pid} is a zombie (exited)"
-        return Creator(pid, False, None), f"creator {pid} exited"
-    if p.started is not None and p.started > seg.ctime + RECYCLE_SLACK:
-        later = format_age(p.started - seg.ctime)
-        return Creator(pid, False, None), (
-            f"creator {pid} exited; pid now used by a process started {later} later"
-        )
-    return Creator(pid, True, p.name), f"creator {pid} ({p.name}) alive"
+        return Creator(0, None, None), "creator not visible from this PID namespace (cpid 0)"
+    alive, evidence, name = judge(pid, seg.ctime, facts, clock)
+    return Creator(pid, alive, name), f"creator {evidence}"
 
 
-def classify(
-    seg: Segment, facts: Mapping[int, Proc], now: float, viewer_uid: Optional[int] = None
-) -> Verdict:
-    """One verdict for `seg` given process facts looked up at about `now`.
+def _last_user(seg: Segment, facts: Mapping[int, Proc], clock: Clock) -> Optional[Evidence]:
+    """The last attacher/detacher's liveness, judged as of its last attach/detach; None
+    when nobody ever attached (lpid 0, atime and dtime never set)."""
+    touched = last_touch(seg)
+    pid = seg.lpid
+    if pid == 0:
+        if touched is None:
+            return None
+        return Creator(0, None, None), "last user not visible from this PID namespace (lpid 0)"
+    alive, evidence, name = judge(pid, touched or seg.ctime, facts, clock)
+    return Creator(pid, alive, name), f"last user {evidence}"
 
-    `viewer_uid` is the euid the facts were gathered as (None for root, who sees every
-    process); it only matters when /proc hides other users' processes.
-    """
-    return _verdict(seg, _creator(seg, facts, viewer_uid), facts, now)
+
+def classify(seg: Segment, facts: Mapping[int, Proc], now: float,
+             clock: Clock = NO_EVIDENCE) -> Verdict:  # fmt: skip
+    """One verdict for `seg` given process facts looked up at about `now`, with start
+    times computed from `clock.btime` (`clock` carries the evidence of clock steps)."""
+    return _verdict(seg, _creator(seg, facts, clock), _last_user(seg, facts, clock), facts, now)
 
 
-def _verdict(
-    seg: Segment, creator_evidence: tuple[Creator, str], facts: Mapping[int, Proc], now: float
-) -> Verdict:
+def _verdict(seg: Segment, creator_evidence: Evidence, user_evidence: Optional[Evidence],
+             facts: Mapping[int, Proc], now: float) -> Verdict:  # fmt: skip
     creator, evidence = creator_evidence
+    user, user_said = user_evidence or (None, "")
     idle_for = max(0, int(now - seg.last_used))
     if seg.dest:
         return Verdict(
@@ -108,6 +100,7 @@ def _verdict(
             ),
             creator,
             idle_for,
+            user,
         )
     if seg.nattch > 0:
         last = facts.get(seg.lpid)
@@ -118,34 +111,49 @@ def _verdict(
             (f"{seg.nattch} attached; last attach/detach by pid {seg.lpid}{who}"),
             creator,
             idle_for,
+            user,
         )
     if seg.atime is None:
         quiet = f"never attached, created {format_age(int(now - seg.ctime))} ago"
     else:
         quiet = f"nobody attached for {format_age(idle_for)}"
     # Interned: a leak is often thousands of segments with one and the same reason.
-    if creator.alive is None:
-        return Verdict(seg, State.UNKNOWN, intern(f"{evidence}; {quiet}"), creator, idle_for)
     if creator.alive:
         reason = intern(f"{evidence}, may attach again; {quiet}")
-        return Verdict(seg, State.IDLE, reason, creator, idle_for)
-    return Verdict(seg, State.ORPHAN, intern(f"{evidence}; {quiet}"), creator, idle_for)
+        return Verdict(seg, State.IDLE, reason, creator, idle_for, user)
+    if user is not None and user.alive:
+        # A worker that attaches now and then outlives the process that made the
+        # segment (ipcmk, a parent that exited): between uses nattch is 0.
+        reason = intern(f"{user_said}, may attach again; {evidence}; {quiet}")
+        return Verdict(seg, State.IDLE, reason, creator, idle_for, user)
+    # The last user's clause, unless it is the creator's pid with the same answer.
+    if user is not None and (user.pid != creator.pid or user.alive != creator.alive):
+        evidence = f"{evidence}; {user_said}"
+    if creator.alive is None or (user is not None and user.alive is None):
+        return Verdict(seg, State.UNKNOWN, intern(f"{evidence}; {quiet}"), creator, idle_for,
+                       user)  # fmt: skip
+    return Verdict(seg, State.ORPHAN, intern(f"{evidence}; {quiet}"), creator, idle_for, user)
 
 
 def classify_all(
-    segments: Iterable[Segment],
-    facts: Mapping[int, Proc],
-    now: float,
-    viewer_uid: Optional[int] = None,
+    segments: Iterable[Segment], facts: Mapping[int, Proc], now: float, clock: Clock = NO_EVIDENCE
 ) -> list[Verdict]:
-    """Verdicts for a whole table. The creator's part of the verdict depends only on the
-    creator (pid, ctime, cuid), so it is worked out once per creator, not per segment."""
-    creators: dict[tuple[int, int, int], tuple[Creator, str]] = {}
+    """Verdicts for a whole table. A process's part of a verdict depends only on its pid
+    and the moment judged (ctime for the creator, the last attach/detach for the last
+    user), so it is worked out once per pair, not per segment."""
+    creators: dict[tuple[int, int], Evidence] = {}
+    users: dict[tuple[int, int], Optional[Evidence]] = {}
     verdicts = []
     for s in segments:
-        k = (s.cpid, s.ctime, s.cuid)
+        k = (s.cpid, s.ctime)
         ce = creators.get(k)
         if ce is None:
-            ce = creators[k] = _creator(s, facts, viewer_uid)
-        verdicts.append(_verdict(s, ce, facts, now))
+            ce = creators[k] = _creator(s, facts, clock)
+        touched = max(s.atime or 0, s.dtime or 0)  # last_touch, inlined: 32,000 calls
+        if not touched and s.lpid == 0:
+            ue = None  # never attached, as ipcmk leaves them
+        else:
+            u = (s.lpid, touched or s.ctime)
+            ue = users[u] if u in users else users.setdefault(u, _last_user(s, facts, clock))
+        verdicts.append(_verdict(s, ce, ue, facts, now))
     return verdicts

@@ -1,9 +1,26 @@
-"""Process facts for the pids a table mentions: alive, dead, or unknown, and since when.
+"""Process facts for the pids a table mentions: alive, dead, or cannot be known, and since
+when. Facts only; what they mean for a segment is liveness.py's judgement.
 
-One psutil lookup per distinct *live* pid. Which pids are alive at all comes from a
-single listing of /proc (as psutil.pids() reads it): a pid missing from it has exited, so
-32,000 segments left by 32,000 dead creators cost one directory read, not 32,000 lookups,
-and a table of orphans only does not even import psutil (a third of start-up).
+Which pids exist at all comes from one listing of /proc, so 32,000 segments left by
+32,000 dead creators cost one directory read, not 32,000 look-ups. That listing is the
+truth only when /proc is complete and ours; two things make it lie, and then a pid it
+lacks is asked about with kill(pid, 0), which answers in our own PID namespace and
+ignores /proc's mount options (ESRCH: no such process; success or EPERM: it exists):
+
+* hidepid: /proc mounted hidepid=1/2/4 (noaccess, invisible, ptraceable) shows a
+  process only to those who pass ptrace_may_access(PTRACE_MODE_READ) or are in its gid=
+  group (fs/proc/base.c, has_pid_permissions). That is a check of capabilities, not of
+  uids: root without CAP_SYS_PTRACE loses sight of other users' processes, and of its
+  own that hold capabilities it lacks (security/commoncap.c, cap_ptrace_access_check).
+  So a pid missing from such a /proc is not dead until kill(2) says so.
+* another PID namespace's /proc (a shell after `unshare --pid --fork` without
+  --mount-proc, a container given the host's /proc): /proc/sysvipc/shm prints pids as
+  the *reader's* PID namespace numbers them (ipc/util.c, sysvipc_proc_open), /proc
+  lists another namespace's. The same number is another process: /proc is not read.
+
+The rest is read from /proc/PID/stat directly (one read: state, threads, start), without
+psutil, so that the start time is computed from the boot time the caller chose and
+read once (liveness.Clock), not re-read per process while the clock may be stepping.
 """
 
 from __future__ import annotations
@@ -13,53 +30,118 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple, Optional
 
+# Notes for facts that are not a plain "alive" or "exited".
+ZOMBIE = "zombie"
+HIDDEN = "hidden by hidepid"
+DENIED = "access denied"
+FOREIGN = "another PID namespace's /proc"
+LEADER_EXITED = "main thread exited, other threads run"
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")  # the unit of starttime in /proc/PID/stat
+_COMM_LEN = 15  # TASK_COMM_LEN - 1: a longer command name is cut to this in stat
+
 
 class Proc(NamedTuple):
     """What we know about one pid at the time we looked."""
 
     pid: int
-    alive: Optional[bool]  # None: cannot be known (access denied, hidden by hidepid)
-    started: Optional[float]  # psutil create_time(), epoch seconds
+    alive: Optional[bool]  # None: it exists, but who it is cannot be known (see note)
+    started: Optional[float]  # epoch seconds: the boot time given + start after boot
     name: Optional[str]
-    note: Optional[str] = None  # "zombie", "access denied", "hidden by hidepid"
+    note: Optional[str] = None  # ZOMBIE, HIDDEN, DENIED, FOREIGN, LEADER_EXITED
 
 
-def _procfs_hides_others(mountinfo: Path = Path("/proc/self/mountinfo")) -> bool:
-    """True when /proc is mounted with hidepid=1/2/invisible/noaccess and we are not root.
-
-    Then other users' processes are missing from /proc although alive: their absence
-    proves nothing (systemd's ProtectProc=invisible does the same).
-    """
-    if os.geteuid() == 0:
-        return False
+def boot_time(stat: Path = Path("/proc/stat")) -> Optional[float]:
+    """btime of /proc/stat: wall clock minus time since boot, as the kernel computes it
+    at each read (fs/proc/stat.c, getboottime64). It moves with every step of the wall
+    clock; start times computed from it move with it (see liveness.Clock)."""
     try:
-        for line in mountinfo.read_text().splitlines():
-            parts = line.split(" - ", 1)
-            if len(parts) != 2 or parts[0].split()[4] != "/proc":
-                continue
-            for opt in parts[1].split()[2].split(","):
-                if opt.startswith("hidepid=") and opt.split("=", 1)[1] not in ("0", "off"):
-                    return True
-    except (OSError, IndexError):
+        with open(stat, "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def procfs_is_ours(proc: str = "/proc") -> bool:
+    """Does /proc number processes as our PID namespace does?
+
+    /proc/self names us in the namespace /proc belongs to (ENOENT if we are not in it);
+    NSpid lists our pid in each namespace from /proc's down to ours, so more than one
+    means /proc is an ancestor's, even if the numbers happen to be equal.
+    """
+    try:
+        if int(os.readlink(f"{proc}/self")) != os.getpid():
+            return False
+        with open(f"{proc}/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"NSpid:"):
+                    return len(line.split()) == 2
+    except (OSError, ValueError):
         return False
-    return False
+    return True  # no NSpid line (Linux < 4.1): the readlink is all there is
 
 
-def look_up(pids: Iterable[int]) -> dict[int, Proc]:
-    """Facts for each distinct pid (0, the "not visible" pid, is skipped)."""
+def procfs_hides(mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """Is /proc (the mount on top at /proc) mounted with a hidepid other than off?
+
+    Whether it hides anything from *us* depends on capabilities, groups and LSMs for
+    each process (see the module docstring); we do not guess: absent pids are then
+    asked about with kill(2), whoever we are.
+    """
+    options = ""
+    try:
+        with open(mountinfo) as f:
+            for line in f:
+                head, sep, tail = line.partition(" - ")
+                fields = head.split()
+                if sep and len(fields) > 4 and fields[4] == "/proc":
+                    options = tail.split()[2] if len(tail.split()) > 2 else ""
+    except OSError:
+        return True  # cannot tell: assume the worst, it only costs kill(2) calls
+    return any(
+        opt.startswith("hidepid=") and opt.split("=", 1)[1] not in ("0", "off")
+        for opt in options.split(",")
+    )
+
+
+def look_up(
+    pids: Iterable[int], btime: Optional[float] = None, listing: bool = True
+) -> dict[int, Proc]:
+    """Facts for each distinct pid (0, the "not visible" pid, is skipped).
+
+    `btime` is the boot time start times are computed with (read now when None).
+    `listing` lists /proc once for all (worth it for many pids); without it each pid's
+    /proc/PID/stat is opened directly.
+    """
     wanted = {pid for pid in pids if pid > 0}
-    live = _live_pids()
-    hidden = _procfs_hides_others()
+    if not wanted:
+        return {}
+    if not procfs_is_ours():
+        return {pid: _by_kill(pid, FOREIGN) for pid in wanted}
+    if btime is None:
+        btime = boot_time()
+    hides = procfs_hides()
+    live = _live_pids() if listing else None
     facts: dict[int, Proc] = {}
     for pid in wanted:
-        if pid not in live:
-            if hidden:
-                facts[pid] = Proc(pid, None, None, None, "hidden by hidepid")
-            else:
-                facts[pid] = Proc(pid, False, None, None)
-            continue
-        facts[pid] = _one(pid)
+        p = _one(pid, btime) if live is None or pid in live else None
+        if p is None:  # not in /proc
+            p = _by_kill(pid, HIDDEN) if hides else Proc(pid, False, None, None)
+        facts[pid] = p
     return facts
+
+
+def _by_kill(pid: int, why: str) -> Proc:
+    """A pid /proc cannot tell us about: dead if kill(2) finds no such process, else it
+    exists and is someone we cannot look at (perhaps the pid was recycled)."""
+    from shmjanitor import kernel  # ctypes: only where /proc is not enough (hidepid)
+
+    if kernel.pid_exists(pid):
+        return Proc(pid, None, None, None, why)
+    return Proc(pid, False, None, None)
 
 
 def _live_pids(proc: str = "/proc") -> set[int]:
@@ -67,22 +149,48 @@ def _live_pids(proc: str = "/proc") -> set[int]:
     return {int(name) for name in os.listdir(proc) if name.isdigit()}
 
 
-def _one(pid: int) -> Proc:
-    import psutil
-
+def _one(pid: int, btime: Optional[float]) -> Optional[Proc]:
+    """Facts from /proc/PID/stat; None when /proc has no such pid (now)."""
     try:
-        p = psutil.Process(pid)
-        with p.oneshot():
-            # A zombie has exited: it can never attach again, only its parent's wait()
-            # is pending. psutil may report it through status() or ZombieProcess.
-            if p.status() == psutil.STATUS_ZOMBIE:
-                return Proc(pid, False, p.create_time(), p.name(), "zombie")
-            return Proc(pid, True, p.create_time(), p.name())
-    except psutil.ZombieProcess:
-        return Proc(pid, False, None, None, "zombie")
-    except psutil.NoSuchProcess:
-        # Listed a moment ago, gone now: it exited while we looked.
-        return Proc(pid, False, None, None)
-    except psutil.AccessDenied:
-        # Exists, but we may not look: never call that dead.
-        return Proc(pid, None, None, None, "access denied")
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None  # gone since the listing, or hidden: the caller knows which
+    except PermissionError:
+        # hidepid=1 (noaccess) lists the pid but shuts its files: exists, unknown.
+        return Proc(pid, None, None, None, DENIED)
+    except OSError as e:
+        return Proc(pid, None, None, None, f"/proc/{pid}/stat: {e.strerror}")
+    try:
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        left, right = raw.index(b"("), raw.rindex(b")")
+        comm = raw[left + 1 : right].decode(errors="replace")
+        fields = raw[right + 2 :].split()
+        state, threads, ticks = fields[0], int(fields[17]), int(fields[19])  # 3, 20, 22
+    except (ValueError, IndexError):
+        return Proc(pid, None, None, None, f"/proc/{pid}/stat unreadable")
+    started = None if btime is None else btime + ticks / _CLK_TCK
+    name = _name(pid, comm)
+    if state == b"Z" and threads > 1:
+        # A thread-group leader that called pthread_exit() stays a zombie until the
+        # last thread exits (kernel/exit.c, delay_group_leader), yet its other threads
+        # run, attach and detach under its pid: the process is alive.
+        return Proc(pid, True, started, name, LEADER_EXITED)
+    if state in (b"Z", b"X", b"x"):  # zombie; dead (being reaped)
+        # Exited: it can never attach again, only its parent's wait() is pending.
+        return Proc(pid, False, started, name, ZOMBIE)
+    return Proc(pid, True, started, name)
+
+
+def _name(pid: int, comm: str) -> str:
+    """The command name as psutil.Process.name() gives it: comm, or argv[0]'s base name
+    when comm was cut to 15 characters and argv[0] starts with it."""
+    if len(comm) < _COMM_LEN:
+        return comm
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv0 = f.read().split(b"\0", 1)[0].decode(errors="replace")
+    except OSError:
+        return comm
+    base = os.path.basename(argv0)
+    return base if base.startswith(comm) else comm

@@ -75,7 +75,7 @@ def reap(cfg: _config.Config, *, dry_run: bool, quarantine: bool, state_dir: Opt
     with _locked(dry_run, cfg):
         # The survey is taken under the lock: a reaper that waited sees what the first
         # one left, so two reapers never both try the same segment.
-        sv = survey.take(proc_shm)
+        sv = survey.take(proc_shm, state_dir=state_dir or cfg.state_dir, record=not dry_run)
         decisions = policy.plan(sv.verdicts, cfg, caller())
         candidates = [Candidate(d.verdict, d.reason) for d in decisions if d.remove]
         done = _execute(sv, candidates, cfg, dry_run=dry_run, quarantine=quarantine,
@@ -128,7 +128,7 @@ def rm(ids: Sequence[int], keys: Sequence[int], cfg: _config.Config, *, force: b
        proc_shm: Path = survey.scan.PROC_SHM, hooks: Hooks = Hooks()) -> Outcome:  # fmt: skip
     """Remove the named segments, refusing any that is in use unless `force`."""
     with _locked(dry_run, cfg):
-        sv = survey.take(proc_shm)
+        sv = survey.take(proc_shm, state_dir=state_dir or cfg.state_dir, record=not dry_run)
         by_id = {v.segment.id: v for v in sv.verdicts}
         problems: list[str] = []
         wanted: list[int] = []

@@ -1,9 +1,9 @@
 """The one module that removes segments (IPC_RMID). reap and rm both come through here.
 
 For every segment a decision says may go, in order:
-  1. re-check it with IPC_STAT (no attach): same segment, nobody attached, times
-     unchanged, its users still dead; anything different and it is kept ("changed
-     since scan");
+  1. re-check it with IPC_STAT (no attach): same segment, nobody attached, times and
+     lpid unchanged, creator and last user still dead (liveness.users_back); anything
+     different and it is kept ("changed since scan");
   2. dry run: stop here and say "would-remove" (the same path, cut before any change);
   3. quarantine (unless off): attach read-only, copy the bytes that exist (segcopy:
      never a page the segment does not hold), detach, while nobody else attaches; the
@@ -37,9 +37,10 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
 
 from shmjanitor import kernel, segcopy
-from shmjanitor.classify import RECYCLE_SLACK, Verdict
+from shmjanitor.classify import Verdict
 from shmjanitor.durations import format_size
 from shmjanitor.errors import SaveFailed
+from shmjanitor.liveness import users_back
 from shmjanitor.scan import SHM_DEST
 
 if TYPE_CHECKING:
@@ -114,49 +115,6 @@ def _meaning(e: OSError) -> str:
     return _ERRNO_MEANING.get(e.errno or 0, e.strerror or str(e))
 
 
-def creator_is_back(v: Verdict, seen_dead: Optional[set[int]] = None) -> bool:
-    """Is there now a live process with the creator's pid that could be the creator?
-
-    A dead process never comes back, but its pid can be handed out again: a process
-    started after the segment's ctime is someone else (see classify.RECYCLE_SLACK).
-
-    `seen_dead` (one set per pass of execute) holds the pids kill(pid, 0) found free
-    earlier in this pass, and learns new ones. Asking again for such a pid cannot change
-    the answer: the pass runs after the survey, and a segment only gets this far when
-    IPC_STAT shows the ctime and cpid the survey saw, so it was created before the pid
-    was seen free; its creator had exited by then, and an exited process never comes
-    back. So one kill(2) per distinct creator per pass is as strict as one per segment.
-    Only "free" is remembered: a pid found in use is asked about again every time.
-    """
-    pid = v.segment.cpid
-    if pid == 0:
-        return False
-    if seen_dead is not None and pid in seen_dead:
-        return False
-    if not kernel.pid_exists(pid):
-        if seen_dead is not None:
-            seen_dead.add(pid)
-        return False
-    import psutil
-
-    try:
-        p = psutil.Process(pid)
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return not p.create_time() > v.segment.ctime + RECYCLE_SLACK
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True  # cannot tell: assume it is
-
-
-def _users_back(v: Verdict, seen_dead: Optional[set[int]]) -> Optional[str]:
-    """Why the segment may be in use again (a user of it is alive), or None."""
-    if creator_is_back(v, seen_dead):
-        return f"changed since scan: creator {v.segment.cpid} is alive"
-    return None
-
-
 def changed_since_scan(v: Verdict, now: kernel.Stat, forced: bool) -> Optional[str]:
     """Why the segment is no longer what we judged (None when it is the same). Pure."""
     s = v.segment
@@ -216,7 +174,7 @@ def _recheck(v: Verdict, forced: bool, seen_dead: Optional[set[int]] = None) -> 
         return result
     why = changed_since_scan(v, now, forced)
     if why is None and not forced:
-        why = _users_back(v, seen_dead)
+        why = users_back(v, seen_dead, now)
     return Result(v, Action.KEPT, why) if why else None
 
 
@@ -250,7 +208,7 @@ def _last_instant(v: Verdict, reason: str, forced: bool, *, copied: bool = False
     else:
         why = changed_since_scan(v, before, forced)
         if why is None and not forced:
-            why = _users_back(v, seen_dead)
+            why = users_back(v, seen_dead, before)
     if why:
         return Result(v, Action.KEPT, why)
     if not forced:
@@ -401,7 +359,7 @@ def execute(
         return Result(v, Action.KEPT, f"not removed: interrupted by {stop.name}")
 
     copied: list[tuple[Candidate, bool, int]] = []  # with: saved as zeros, entry number
-    seen_dead: set[int] = set()  # creators' pids found free in this pass (creator_is_back)
+    seen_dead: set[int] = set()  # pids found free in this pass (liveness.users_back)
     for c in candidates:
         v = c.verdict
         if stop:

@@ -165,7 +165,7 @@ def plain(verdicts: list[Verdict], exact_bytes: bool, out: IO[str]) -> None:
 def segment_json(v: Verdict) -> dict[str, Any]:
     """One segment as the README's JSON schema documents it (a contract for scripts)."""
     s = v.segment
-    c = v.creator
+    c, u = v.creator, v.last_user
     return {
         "id": s.id,
         "key": s.key,
@@ -190,6 +190,7 @@ def segment_json(v: Verdict) -> dict[str, Any]:
         "state": v.state.value,
         "reason": v.reason,
         "creator": {"pid": c.pid, "alive": c.alive, "name": c.name},
+        "last_user": None if u is None else {"pid": u.pid, "alive": u.alive, "name": u.name},
     }
 
 
@@ -223,6 +224,12 @@ def json_int(n: Optional[int]) -> str:
     return "null" if n is None else str(n)
 
 
+def _process(c: Optional[Creator]) -> str:
+    if c is None:
+        return "null"
+    return f'{{"pid":{c.pid},"alive":{_LITERAL[c.alive]},"name":{json_string(c.name)}}}'
+
+
 class SegmentJson(_Shared):
     """Encodes a verdict as `json.dumps(segment_json(v), separators=(",", ":"))` would.
 
@@ -236,7 +243,7 @@ class SegmentJson(_Shared):
     def __init__(self, keep: int = 4096) -> None:
         super().__init__(keep)
         self._who: dict[tuple[int, int, int, int, int], str] = {}
-        self._verdict: dict[tuple[State, str, Creator], str] = {}
+        self._verdict: dict[tuple[State, str, Creator, Optional[Creator]], str] = {}
 
     def __call__(self, v: Verdict) -> str:
         s = v.segment
@@ -246,11 +253,11 @@ class SegmentJson(_Shared):
             f'"cuid":{s.cuid},"cgid":{s.cgid},"perms":{s.perms},'
             f'"dest":{_LITERAL[s.dest]},"locked":{_LITERAL[s.locked]}'
         ))  # fmt: skip
-        c = v.creator
-        kv = (v.state, v.reason, c)
+        c, u = v.creator, v.last_user
+        kv = (v.state, v.reason, c, u)
         verdict = self._verdict.get(kv) or self._learn(self._verdict, kv, (
             f'"state":"{v.state.value}","reason":{json_string(v.reason)},'
-            f'"creator":{{"pid":{c.pid},"alive":{_LITERAL[c.alive]},"name":{json_string(c.name)}}}'
+            f'"creator":{_process(c)},"last_user":{_process(u)}'
         ))  # fmt: skip
         return (
             f'{{"id":{s.id},"key":{s.key},{who},"size":{s.size},"nattch":{s.nattch},'

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from shmjanitor import procs, scan
+from shmjanitor import liveness, procs, scan
 from shmjanitor.classify import State, Verdict, classify_all
 
 
@@ -17,21 +16,20 @@ class Survey(NamedTuple):
     taken_at: float
 
 
-def viewer_uid() -> Optional[int]:
-    """Our euid, or None for root (who sees every process whatever /proc's hidepid says)."""
-    euid = os.geteuid()
-    return None if euid == 0 else euid
-
-
-def take(path: Path = scan.PROC_SHM, now: Optional[float] = None) -> Survey:
+def take(path: Path = scan.PROC_SHM, now: Optional[float] = None,
+         state_dir: Optional[Path] = None, record: bool = False) -> Survey:  # fmt: skip
     """Read the table first, then look at processes: a process that dies in between is
-    seen dead, and one whose pid is reused in between is caught by its start time."""
+    seen dead, and one whose pid is reused in between is caught by its start time.
+
+    The clock evidence (liveness.observe) is read from `state_dir` (None: the default
+    state directory), and written back there with `record` (reap and rm, not dry runs).
+    """
     segments = scan.read(path)
-    facts = procs.look_up({pid for s in segments for pid in (s.cpid, s.lpid)})
+    clock = liveness.observe(state_dir, record)
+    pids = {pid for s in segments for pid in (s.cpid, s.lpid)}
+    facts = procs.look_up(pids, clock.btime or None)  # 0: no btime, no start times
     taken_at = time.time() if now is None else now
-    return Survey(
-        classify_all(segments, facts, taken_at, viewer_uid()), scan.read_limits(), taken_at
-    )
+    return Survey(classify_all(segments, facts, taken_at, clock), scan.read_limits(), taken_at)
 
 
 class Tally(NamedTuple):

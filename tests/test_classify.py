@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from shmjanitor.classify import State, classify
+from shmjanitor import procs
+from shmjanitor.classify import Creator, State, classify, classify_all
+from shmjanitor.liveness import Clock
 from shmjanitor.procs import Proc
 from shmjanitor.scan import Segment
 
@@ -78,7 +80,127 @@ def test_access_denied_is_unknown():
     assert v.state is State.UNKNOWN and "access denied" in v.reason
 
 
-def test_hidepid_hides_others_but_not_our_own():
-    hidden = {4242: Proc(4242, None, None, None, "hidden by hidepid")}
-    assert classify(seg(cuid=2000), hidden, NOW, viewer_uid=1000).state is State.UNKNOWN
-    assert classify(seg(cuid=1000), hidden, NOW, viewer_uid=1000).state is State.ORPHAN
+def test_hidden_by_hidepid_is_unknown_whoever_owns_it():
+    # procs.look_up asks kill(2) about a pid hidepid hides: "hidden" means it exists.
+    # Our own uid's processes can be hidden too (root without CAP_SYS_PTRACE does not
+    # see its own processes that hold more capabilities), so the owner changes nothing.
+    hidden = {4242: Proc(4242, None, None, None, procs.HIDDEN)}
+    for cuid in (0, 1000, 2000):
+        v = classify(seg(cuid=cuid), hidden, NOW)
+        assert v.state is State.UNKNOWN, v
+        assert "creator 4242 exists but is hidden (/proc mounted with hidepid)" in v.reason
+
+
+def test_another_pid_namespaces_proc_is_unknown():
+    v = classify(seg(), {4242: Proc(4242, None, None, None, procs.FOREIGN)}, NOW)
+    assert v.state is State.UNKNOWN and "another PID namespace" in v.reason
+
+
+def test_zombie_leader_with_running_threads_is_alive():
+    leader = {4242: Proc(4242, True, T0 - 5, "worker", procs.LEADER_EXITED)}
+    v = classify(seg(), leader, NOW)
+    assert v.state is State.IDLE
+    assert v.reason.startswith("creator 4242 (worker) alive; main thread exited")
+
+
+# -- the last user (lpid): nobody may be using it ---------------------------------------
+
+USED = dict(lpid=77, atime=T0 + 600, dtime=T0 + 660)  # last detach 11 min after ctime
+
+
+def test_live_last_user_keeps_it_idle_though_the_creator_exited():
+    v = classify(seg(**USED), {**DEAD, 77: Proc(77, True, T0 + 30, "worker")}, NOW)
+    assert v.state is State.IDLE
+    assert v.reason.startswith(
+        "last user 77 (worker) alive, may attach again; creator 4242 exited; nobody attached"
+    )
+    assert v.last_user == Creator(77, True, "worker") and v.creator.alive is False
+
+
+def test_dead_creator_and_dead_last_user_is_orphan_and_says_both():
+    v = classify(seg(**USED), {**DEAD, 77: Proc(77, False, None, None)}, NOW)
+    assert v.state is State.ORPHAN
+    assert v.reason.startswith("creator 4242 exited; last user 77 exited; nobody attached")
+
+
+def test_last_user_started_after_its_last_touch_is_a_recycled_pid():
+    later = {**DEAD, 77: Proc(77, True, T0 + 660 + 3600, "bash")}
+    v = classify(seg(**USED), later, NOW)
+    assert v.state is State.ORPHAN
+    assert "last user 77 exited; pid now used by a process started 1 h later" in v.reason
+
+
+def test_last_user_that_is_the_creator_is_said_once():
+    v = classify(seg(lpid=4242, atime=T0 + 5, dtime=T0 + 6), DEAD, NOW)
+    assert v.state is State.ORPHAN
+    assert v.reason.startswith("creator 4242 exited; nobody attached")
+
+
+def test_same_pid_new_process_is_not_the_creator_but_may_be_the_last_user():
+    # The creator exited; its pid went to a process that started after ctime and then
+    # attached and detached: that one is alive and may attach again.
+    v = classify(seg(lpid=4242, **{k: USED[k] for k in ("atime", "dtime")}),
+                 {4242: Proc(4242, True, T0 + 300, "worker")}, NOW)  # fmt: skip
+    assert v.state is State.IDLE
+    assert v.reason.startswith("last user 4242 (worker) alive, may attach again; creator 4242 "
+                               "exited; pid now used by a process started 5 min later")  # fmt: skip
+
+
+def test_unknown_last_user_is_unknown_never_orphan():
+    for facts, words in (
+        ({**DEAD, 77: Proc(77, None, None, None, procs.HIDDEN)}, "last user 77 exists but is"),
+        ({**DEAD, 77: Proc(77, None, None, None, procs.DENIED)}, "last user 77: access denied"),
+    ):
+        v = classify(seg(**USED), facts, NOW)
+        assert v.state is State.UNKNOWN and words in v.reason, v.reason
+
+
+def test_attached_from_another_pid_namespace_is_unknown():
+    # lpid 0 with an attach time: the last user is outside our PID namespace.
+    v = classify(seg(lpid=0, atime=T0 + 5, dtime=T0 + 9), DEAD, NOW)
+    assert v.state is State.UNKNOWN and "lpid 0" in v.reason
+
+
+def test_never_attached_has_no_last_user():
+    v = classify(seg(), DEAD, NOW)
+    assert v.state is State.ORPHAN and v.last_user is None
+
+
+# -- clock steps: a start time a step could explain is "cannot know" ----------------------
+
+STEPPED = {4242: Proc(4242, True, T0 + 3600, "server")}  # seems to start 1 h after ctime
+
+
+def test_a_recorded_step_explains_a_late_start():
+    stepped = Clock(btime=T0 - 86400 + 3600, earliest=T0 - 86400)  # boot time moved 1 h
+    v = classify(seg(), STEPPED, NOW, stepped)
+    assert v.state is State.UNKNOWN
+    assert "which a step of the clock this boot (1 h forward) could explain" in v.reason
+
+
+def test_a_step_too_small_to_explain_it_leaves_recycling():
+    small = Clock(btime=T0 - 86400 + 60, earliest=T0 - 86400)
+    assert classify(seg(), STEPPED, NOW, small).state is State.ORPHAN
+    assert classify(seg(), STEPPED, NOW).state is State.ORPHAN  # no evidence at all
+
+
+def test_a_segment_older_than_the_boot_proves_a_step():
+    after = Clock(btime=T0 + 100, earliest=T0 + 100)  # no record, but ctime < btime
+    v = classify(seg(), STEPPED, NOW, after)
+    assert v.state is State.UNKNOWN
+    assert "the clock was stepped forward at least 1 min since" in v.reason
+
+
+def test_the_last_users_moment_is_judged_against_the_clock_too():
+    stepped = Clock(btime=T0 - 86400 + 7200, earliest=T0 - 86400)
+    facts = {**DEAD, 77: Proc(77, True, T0 + 660 + 3600, "worker")}
+    assert classify(seg(**USED), facts, NOW, stepped).state is State.UNKNOWN
+    assert classify(seg(**USED), facts, NOW).state is State.ORPHAN
+
+
+def test_classify_all_is_classify_for_each():
+    segs = [seg(), seg(id=2, **USED), seg(id=3, lpid=4242, atime=T0 + 1, dtime=T0 + 2),
+            seg(id=4, cpid=77), seg(id=5, nattch=1, **USED), seg(id=6, **USED)]  # fmt: skip
+    facts = {**DEAD, 77: Proc(77, True, T0 + 30, "worker")}
+    clock = Clock(T0 - 50, T0 - 80)
+    assert classify_all(segs, facts, NOW, clock) == [classify(s, facts, NOW, clock) for s in segs]

@@ -19,6 +19,7 @@ import sysv_ipc
 from shmjanitor import kernel, remove, segcopy
 from shmjanitor.classify import Creator, State, Verdict
 from shmjanitor.config import Config
+from shmjanitor.liveness import users_back
 from shmjanitor.quarantine import Store, boot_id, ipc_namespace
 from shmjanitor.scan import Segment
 
@@ -69,7 +70,7 @@ def _dead_pid() -> int:
     return pid
 
 
-def test_creator_is_back_asks_once_per_dead_pid_and_always_for_a_live_one(monkeypatch):
+def test_users_back_asks_once_per_dead_pid_and_always_for_a_live_one(monkeypatch):
     asked: list[int] = []
     real = kernel.pid_exists
     monkeypatch.setattr(kernel, "pid_exists", lambda pid: asked.append(pid) or real(pid))
@@ -77,12 +78,12 @@ def test_creator_is_back_asks_once_per_dead_pid_and_always_for_a_live_one(monkey
     now = int(time.time())  # a ctime after our start: "it could be us"
     seen: set[int] = set()
     for _ in range(3):
-        assert not remove.creator_is_back(_verdict(dead, now), seen)
-        assert remove.creator_is_back(_verdict(alive, now + 60), seen)
+        assert not users_back(_verdict(dead, now), seen)
+        assert users_back(_verdict(alive, now + 60), seen)
     assert seen == {dead}  # a live pid is never remembered
     assert asked == [dead, alive, alive, alive]
     # Without the set (rm, other callers) every call asks the kernel.
-    assert not remove.creator_is_back(_verdict(dead, now))
+    assert not users_back(_verdict(dead, now))
     assert asked[-1] == dead
 
 

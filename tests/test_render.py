@@ -27,6 +27,8 @@ def test_fast_json_text_is_the_schema_dicts_encoding():
         verdict(creator=Creator(1, True, "server"), state=State.IDLE, reason="plain"),
         verdict(creator=Creator(1, False, None), seg={"atime": 5, "rss": 4096, "mode": 0o600}),
         verdict(seg={"uid": 4_000_000_000, "swap": None}),  # no passwd entry: owner is the number
+        verdict(state=State.IDLE, reason="plain", last_user=Creator(9, True, "worker")),
+        verdict(state=State.UNKNOWN, reason="plain", last_user=Creator(0, None, None)),
     ]
     # One encoder for all, twice over, as list --json uses it: the parts it reuses must
     # be those of the right verdict; and one that remembers a single part at a time.

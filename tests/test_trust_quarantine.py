@@ -160,12 +160,13 @@ def test_privileged_attach_after_the_lock_is_reported(tmp_path, monkeypatch):
 
 
 def in_tiny_tmpfs(state: Path, size: str, script: str) -> subprocess.CompletedProcess:
-    """Run `script` (sh) with a fresh tmpfs of `size` mounted on `state`, in a private
-    mount namespace (the test's IPC namespace is inherited)."""
-    state.mkdir(mode=0o700)
+    """Run `script` (sh) with a fresh tmpfs of `size` mounted on the quarantine of
+    `state`, in a private mount namespace (the test's IPC namespace is inherited)."""
+    (state / "quarantine").mkdir(mode=0o700, parents=True)
+    state.chmod(0o700)
     return subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-euc",
-         f"mount -t tmpfs -o size={size},mode=0700 none {state}\n{script}"],
+         f"mount -t tmpfs -o size={size},mode=0700 none {state}/quarantine\n{script}"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 

@@ -139,7 +139,8 @@ def test_no_option_that_blinds_the_janitor() -> None:
 def test_capabilities_are_exactly_what_reaping_needs() -> None:
     svc = directives(service_text(), "Service")
     caps = " ".join(svc["CapabilityBoundingSet"]).split()
-    assert sorted(caps) == ["CAP_IPC_OWNER", "CAP_SYS_ADMIN"]
+    # CAP_SYS_PTRACE: to see every process through a /proc mounted with hidepid.
+    assert sorted(caps) == ["CAP_IPC_OWNER", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]
     assert svc["NoNewPrivileges"] == ["yes"]
 
 
