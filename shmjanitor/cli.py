@@ -484,6 +484,10 @@ def install_units(
     (e.g. python3 -m venv /opt/shmjanitor && /opt/shmjanitor/bin/pip install .) and run
     /opt/shmjanitor/bin/shmjanitor install-units as root. The timer reaps 15 minutes after
     boot and hourly after that, with the policy of /etc/shmjanitor.toml.
+
+    Refused when the program, its interpreter or the shmjanitor package (or a directory
+    on the way to them) is not root's or is writable by group or others, or lies below
+    /tmp, /var/tmp, /home, /root or /run/user, which the service cannot see.
     """
     import shutil
     import subprocess
@@ -491,7 +495,9 @@ def install_units(
     from shmjanitor import units
 
     with errors_as_exit():
-        for path in units.install_units(dest, units.find_exec_path()):
+        exec_path = units.find_exec_path()
+        units.check_trusted(exec_path)  # root's service must not run what others can change
+        for path in units.install_units(dest, exec_path):
             typer.echo(f"wrote {printable(str(path))}")
     if not enable:
         return
