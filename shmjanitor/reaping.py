@@ -26,7 +26,8 @@ class Outcome(NamedTuple):
 
 
 def caller() -> policy.Caller:
-    return policy.Caller(os.geteuid(), kernel.has_cap_sys_admin(), _config.uid_min())
+    return policy.Caller(os.geteuid(), kernel.has_cap_sys_admin(), _config.uid_min(),
+                         _config.uid_max())  # fmt: skip
 
 
 def _execute(sv: survey.Survey, candidates: Sequence[Candidate], cfg: _config.Config, *,
