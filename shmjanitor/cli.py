@@ -297,19 +297,38 @@ def reap(
     failed, 2 usage, configuration or input error (nothing removed). With
     --metrics-file, shmjanitor_last_run_success is 1 exactly when the status is 0.
     """
-    from shmjanitor import reaping
+    from shmjanitor import reaping, remove, report
 
     with errors_as_exit(metrics_file):
         cfg = _load_config(
             config_path, min_age=_duration("--min-age", min_age), include_system=include_system
         )
-        outcome = reaping.reap(cfg, dry_run=dry_run, quarantine=not no_quarantine,
-                               state_dir=state_dir)  # fmt: skip
-        _show_outcome(outcome, as_json, verbose)
+        # Off a terminal and without --json, each removal is logged the moment it is
+        # done (journald sees it even if the run is killed); else shown at the end.
+        logger = None if as_json or sys.stdout.isatty() else report.Logger(
+            sys.stdout, sys.stderr, verbose)  # fmt: skip
+        with remove.stop_on_signals() as stop:
+            hooks = reaping.Hooks(
+                on_result=logger.result if logger else reaping.Hooks().on_result,
+                on_note=logger.note if logger else _note,
+                stop=stop,
+            )
+            outcome = reaping.reap(cfg, dry_run=dry_run, quarantine=not no_quarantine,
+                                   state_dir=state_dir, hooks=hooks)  # fmt: skip
+        if logger is not None:
+            logger.finish(outcome)
+        else:
+            _show_outcome(outcome, as_json, verbose)
         if metrics_file is not None:
             _write_reap_metrics(metrics_file, outcome)
+    if outcome.interrupted:
+        raise typer.Exit(128 + outcome.interrupted)  # 130 SIGINT, 143 SIGTERM, as shells say
     if not outcome.ok:
         raise typer.Exit(1)
+
+
+def _note(text: str) -> None:
+    typer.echo(f"shmjanitor: note: {printable(text)}", err=True)
 
 
 def _write_reap_metrics(path: Path, outcome) -> None:  # type: ignore[no-untyped-def]
@@ -323,7 +342,7 @@ def _write_reap_metrics(path: Path, outcome) -> None:  # type: ignore[no-untyped
         removed=len(removed),
         removed_bytes=sum(r.verdict.segment.size for r in removed),
         kept=sum(r.action is Action.KEPT for r in outcome.results),
-        success=outcome.ok,
+        success=outcome.ok and not outcome.interrupted,  # 130/143 is not a success
     )
     left = [v for v in outcome.survey.verdicts if v.segment.id not in gone]
     metrics.write(path, left, run=run, now=outcome.survey.taken_at)
@@ -351,16 +370,21 @@ def rm(
     the last detach. Exit status: 0 done, 1 a segment was missing, refused or failed,
     2 usage or configuration error.
     """
-    from shmjanitor import reaping
+    from shmjanitor import reaping, remove
 
     with errors_as_exit():
         keys = [reaping.parse_key(k) for k in key or ()]
         if not ids and not keys:
             raise fail("name at least one segment: shmjanitor rm ID... or --key KEY")
         cfg = _load_config(config_path)
-        outcome = reaping.rm(ids or [], keys, cfg, force=force, dry_run=dry_run,
-                             quarantine=not no_quarantine, state_dir=state_dir)  # fmt: skip
+        with remove.stop_on_signals() as stop:
+            hooks = reaping.Hooks(on_note=_note, stop=stop)
+            outcome = reaping.rm(ids or [], keys, cfg, force=force, dry_run=dry_run,
+                                 quarantine=not no_quarantine, state_dir=state_dir,
+                                 hooks=hooks)  # fmt: skip
         _show_outcome(outcome, as_json, verbose=True)
+    if outcome.interrupted:
+        raise typer.Exit(128 + outcome.interrupted)
     if not outcome.ok:
         raise typer.Exit(1)
 
@@ -375,7 +399,7 @@ app.add_typer(quarantine_app, name="quarantine")
 def _store(config_path: Optional[Path], state_dir: Optional[Path]):  # type: ignore[no-untyped-def]
     from shmjanitor.quarantine import store_for
 
-    return store_for(_load_config(config_path), state_dir)
+    return store_for(_load_config(config_path), state_dir, note=_note)
 
 
 @quarantine_app.command("list")
@@ -387,8 +411,9 @@ def quarantine_list(
     """List quarantine entries: the handle to restore by, old id, key, size, owner, when
     and why it was removed, and whether it was restored."""
     with errors_as_exit():
-        entries = _store(config_path, state_dir).entries()
-        _print_entries(entries, as_json)
+        store = _store(config_path, state_dir)
+        store.tidy()
+        _print_entries(store.entries(), as_json)
 
 
 def _print_entries(entries, as_json: bool) -> None:  # type: ignore[no-untyped-def]
@@ -401,7 +426,7 @@ def _print_entries(entries, as_json: bool) -> None:  # type: ignore[no-untyped-d
         "entry": e.name, "id": e.doc["id"], "key": e.doc["key"], "size": e.doc["size"],
         "uid": e.doc["uid"], "owner": owner_name(e.doc["uid"]), "mode": e.doc["mode"],
         "removed_at": e.doc["removed_at"], "reason": e.doc["reason"],
-        "restored_as": e.doc.get("restored_as"),
+        "restored_as": e.doc.get("restored_as"), "status": e.doc["status"],
     } for e in entries]  # fmt: skip
     if as_json:
         typer.echo(json.dumps({"entries": rows}))
@@ -411,6 +436,8 @@ def _print_entries(entries, as_json: bool) -> None:  # type: ignore[no-untyped-d
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["removed_at"]))
         restored = f" restored as id {r['restored_as']}" if r["restored_as"] is not None else ""
+        if r["status"] != "removed":
+            restored += f" {printable(r['status'])} (not restorable yet)"
         typer.echo(f"{printable(r['entry'])}  id={r['id']} key=0x{r['key']:08x} "
                    f"size={format_size(r['size'])} owner={printable(r['owner'])} "
                    f"removed={when}{restored}  {printable(r['reason'])}")  # fmt: skip
@@ -434,7 +461,9 @@ def quarantine_purge(
         raise fail("say what to purge: --older-than DURATION or --all (one of them)")
     age = _duration("--older-than", older_than)
     with errors_as_exit():
-        dropped = _store(config_path, state_dir).purge(age, time.time())
+        store = _store(config_path, state_dir)
+        store.tidy()
+        dropped = store.purge(age, time.time())
         typer.echo(f"purged {len(dropped)} run(s)")
 
 

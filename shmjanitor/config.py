@@ -37,6 +37,8 @@ class Config:
     quarantine_max_bytes: int = 256 * MiB  # largest segment we copy before removing
     quarantine_budget_bytes: int = 2048 * MiB  # disk the quarantine may use in all
     quarantine_days: int = 7  # entries older than this are pruned
+    # free space always left on the quarantine's file system (f_bavail, not root's reserve)
+    quarantine_min_free_bytes: int = 64 * MiB
     lock_timeout: int = 60  # seconds a reaper waits for another one
 
     def with_overrides(self, **flags: Any) -> Config:
@@ -108,6 +110,7 @@ _KEYS = {
     "quarantine_max_bytes": (_size, False, "a number of bytes"),
     "quarantine_budget_bytes": (_size, False, "a number of bytes"),
     "quarantine_days": (_size, False, "a whole number of days"),
+    "quarantine_min_free_bytes": (_size, False, "a number of bytes"),
     "lock_timeout": (_size, False, "a number of seconds"),
 }
 

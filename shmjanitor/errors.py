@@ -56,3 +56,8 @@ class MetricsError(JanitorError):
 
 class StateDirError(JanitorError):
     """The state directory (quarantine) cannot be used."""
+
+
+class SaveFailed(OSError):
+    """One quarantine copy could not be written (disk full, I/O error). The data file
+    was cut back to where it was, so the run goes on with the other segments."""

@@ -10,7 +10,12 @@ import struct
 from pathlib import Path
 from typing import NamedTuple, Optional
 
+IPC_RMID = 0
+IPC_SET = 1
 IPC_STAT = 2
+SHM_RDONLY = 0o10000
+SHM_NORESERVE = 0o10000  # a shmget flag; the same bits as SHM_RDONLY, a shmat flag
+CAP_IPC_OWNER = 15
 CAP_SYS_ADMIN = 21
 
 
@@ -97,15 +102,115 @@ def shm_stat(shmid: int) -> Stat:
                             atime or None, dtime or None, ctime))  # fmt: skip
 
 
-def has_cap_sys_admin(status: Path = Path("/proc/self/status")) -> bool:
-    """CAP_SYS_ADMIN in our effective set: what IPC_RMID on others' segments needs."""
+# Offset of ipc_perm.mode in the buffer (after key, uid, gid, cuid, cgid: five 4-byte ints).
+_MODE_AT = 20
+_mode = struct.Struct("@H")
+
+
+def set_mode_after_stat(shmid: int, mode: int) -> None:
+    """IPC_SET the permission bits of `shmid` to `mode`, right after `shm_stat(shmid)`.
+
+    IPC_SET writes uid, gid and mode together (ipc/util.c, ipc_update_perm), so they
+    come from the buffer the IPC_STAT just filled: call this with no other shm_stat in
+    between (nothing in shmjanitor runs two at once). IPC_SET also sets ctime to now.
+    Raises OSError: EPERM not ours, EINVAL/EIDRM gone.
+    """
+    _mode.pack_into(_buf, _MODE_AT, mode & 0o777)
+    if _shmctl(shmid, IPC_SET, _buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+_libc.shmget.argtypes = (ctypes.c_int, ctypes.c_size_t, ctypes.c_int)
+IPC_CREAT = 0o1000
+IPC_EXCL = 0o2000
+
+
+def shm_create(key: int, size: int, mode: int) -> int:
+    """shmget(key, size, IPC_CREAT | IPC_EXCL | mode): a new segment of zero pages (none
+    allocated until written). Raises OSError: EEXIST key in use, EINVAL size outside
+    [shmmin, shmmax], ENOSPC/ENOMEM limits."""
+    signed = key - (1 << 32) if key >= 0x80000000 else key  # key_t is a signed int
+    # SHM_NORESERVE: no swap is reserved for pages never written, so a large sparse
+    # segment can be made again where the overcommit heuristic would refuse it.
+    shmid = _libc.shmget(signed, size, IPC_CREAT | IPC_EXCL | SHM_NORESERVE | (mode & 0o777))
+    if shmid < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(shmid)
+
+
+def shm_rmid(shmid: int) -> None:
+    """IPC_RMID. Raises OSError: EINVAL/EIDRM gone, EPERM neither ours nor privileged."""
+    if _shmctl(shmid, IPC_RMID, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+_libc.shmat.restype = ctypes.c_void_p
+_libc.shmat.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
+_libc.shmdt.argtypes = (ctypes.c_void_p,)
+_libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def shm_attach_ro(shmid: int) -> int:
+    """shmat(shmid, NULL, SHM_RDONLY): the address. Attaching never allocates a page; only
+    touching one does (raises OSError as shmat's errno)."""
+    addr = _libc.shmat(shmid, None, SHM_RDONLY)
+    if addr is None or addr == ctypes.c_void_p(-1).value:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(addr)
+
+
+def shm_detach(addr: int) -> None:
+    if _libc.shmdt(ctypes.c_void_p(addr)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def resident_pages(addr: int, length: int) -> bytes:
+    """mincore(2) over a mapping: one byte per page, bit 0 set when the page is in memory.
+
+    For a shared memory mapping this is the segment's own page cache, whatever our
+    mapping has touched: a page never written is absent (a hole) and reading it would
+    make the kernel allocate it (or, for SHM_HUGETLB without free huge pages, SIGBUS).
+    Swapped-out pages are absent too, so this alone cannot tell a hole from swap.
+    """
+    pages = (length + PAGE_SIZE - 1) // PAGE_SIZE
+    vec = ctypes.create_string_buffer(max(1, pages))
+    if _libc.mincore(ctypes.c_void_p(addr), length, vec) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return vec.raw[:pages]
+
+
+def shm_nattch(shmid: int) -> Optional[int]:
+    """nattch of `shmid`, or None when it is gone (EINVAL/EIDRM) or cannot be looked at.
+
+    After IPC_RMID: a segment nobody is attached to is gone at once; one still there has
+    users. Without an exception per call, as reap asks this of every segment it removes.
+    """
+    if _shmctl(shmid, IPC_STAT, _buf) != 0:
+        return None
+    return int(_unpack(_buf)[17])
+
+
+def has_cap(cap: int, status: Path = Path("/proc/self/status")) -> bool:
+    """Whether capability number `cap` is in our effective set."""
     try:
         for line in status.read_text().splitlines():
             if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) >> CAP_SYS_ADMIN & 1)
+                return bool(int(line.split()[1], 16) >> cap & 1)
     except (OSError, ValueError, IndexError):
         pass
     return False
+
+
+def has_cap_sys_admin(status: Path = Path("/proc/self/status")) -> bool:
+    """CAP_SYS_ADMIN in our effective set: what IPC_RMID on others' segments needs."""
+    return has_cap(CAP_SYS_ADMIN, status)
 
 
 def pid_exists(pid: int) -> bool:

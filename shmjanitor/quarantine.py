@@ -1,40 +1,63 @@
-"""The quarantine: a durable, compact copy of every segment before it is removed.
+"""The quarantine: a durable copy of every segment before it is removed, and an index
+that tells the truth at every instant, even when a run is killed.
 
-Layout under the state directory (0700; files 0600):
+Layout under the state directory (0700, created by us; files 0600, owned by us):
 
-    quarantine/<run>.data   the copies of one run, back to back (zlib; all-zero
-                            segments, common among leaks, take no bytes at all)
-    quarantine/<run>.json   the run's index: metadata, offsets, crc32, status
+    quarantine/<run>.data.tmp  the copies while a run makes them (flock held by the run)
+    quarantine/<run>.data      the copies, back to back (zlib, only the bytes that exist)
+    quarantine/<run>.json      the run's index: metadata, extents, crc32, status
+    quarantine/<run>.journal   one line per segment removed, appended as each goes
+    quarantine/<name>.damaged  an index or data file that failed its checks, set aside
 
-A run's files are written, fsynced and renamed into place *before* any of its segments
-is removed (remove.py); afterwards the index is rewritten to keep only the entries
-whose segment really was removed. An entry is named `<run>.<n>`. Pruning (age, then
-budget, oldest first) works on whole runs.
+A run's lifecycle (remove.execute drives it):
+
+1. copies stream into `.data.tmp`; no segment has been removed yet;
+2. commit: fsync the data, rename it, write the index with every entry `pending`
+   (write-ahead: nothing is removed before this is durable);
+3. each removal appends the entry's number to `.journal` right after IPC_RMID;
+4. finish: the index is rewritten with `removed` entries only; the journal goes.
+
+An entry is restorable only when its status is `removed`. A run that died between 2
+and 4 still holds `pending` entries: the next command that opens the store settles it
+(`settle`): in the same boot and IPC namespace, an entry whose segment is still there
+(same id, key, creator) was not removed, and is dropped (its mode is put back if our
+last-instant lock had set it to 000); one whose segment is gone is `removed`. After a
+reboot every segment of the old boot is gone, so every pending entry is `removed`.
+A run in another IPC namespace is left pending (not restorable) until settled there.
+Temporary files of dead runs (their flock is free) are deleted; an index or data file
+that fails its checks is renamed `.damaged`, reported, and never blocks the rest.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import stat
 import time
 import zlib
-from functools import lru_cache
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from shmjanitor.classify import Verdict
 from shmjanitor.config import Config
 from shmjanitor.durations import format_size
-from shmjanitor.errors import JanitorError, StateDirError
+from shmjanitor.errors import JanitorError, SaveFailed, StateDirError
 from shmjanitor.render import json_int, json_string
 
-VERSION = 1
+VERSION = 2
+PENDING, REMOVED = "pending", "removed"
 
 
 class RestoreError(JanitorError):
     exit_code = 1
+
+
+class Damaged(Exception):
+    """An index or data file that fails its checks (a message says which)."""
 
 
 def default_state_dir() -> Path:
@@ -47,32 +70,83 @@ def default_state_dir() -> Path:
     return Path(xdg) / "shmjanitor"
 
 
-def store_for(cfg: Config, state_dir: Optional[Path] = None) -> Store:
+def store_for(cfg: Config, state_dir: Optional[Path] = None,
+              note: Optional[Callable[[str], None]] = None) -> Store:  # fmt: skip
     """The quarantine a command uses: --state-dir, else config state_dir, else default."""
-    return Store(state_dir or cfg.state_dir or default_state_dir(), cfg)
+    return Store(state_dir or cfg.state_dir or default_state_dir(), cfg, note)
 
 
-def _private_dir(path: Path) -> Path:
-    """Create `path` 0700 (parents as needed), or check an existing one is ours alone."""
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = path.lstat()
-    except OSError as e:
-        raise StateDirError(f"state directory {path}: {e.strerror}") from None
+def _check_dir(path: Path, st: os.stat_result, private: bool) -> None:
+    """A directory we trust: a real directory (no symlink), ours, that nobody else can
+    write into (and, for the quarantine itself, nobody else can read)."""
     if not stat.S_ISDIR(st.st_mode):
         raise StateDirError(f"state directory {path}: not a directory")
     if st.st_uid != os.geteuid():
-        raise StateDirError(f"state directory {path}: owned by uid {st.st_uid}, not by us")
-    if stat.S_IMODE(st.st_mode) != 0o700:
+        raise StateDirError(
+            f"state directory {path}: owned by uid {st.st_uid}, not by us (uid "
+            f"{os.geteuid()}); use a directory of our own (--state-dir)"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & (0o077 if private else 0o022):
+        # Never chmod it: a directory others could write may already hold their files
+        # (issue 10: a planted index was trusted), and a directory we did not make may
+        # be someone's (--state-dir /var/lib once made /var/lib/postgresql unreadable).
+        need = "0700" if private else "not writable by group or others"
+        raise StateDirError(
+            f"state directory {path}: mode {mode:04o} is too open (must be {need}); "
+            f"check nobody else's files are in it, then chmod {'700' if private else 'go-w'} "
+            f"{path}"
+        )
+
+
+def _private_dir(path: Path, private: bool = True) -> Path:
+    """Create `path` 0700 (and missing parents, 0700), or check an existing one."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
         try:
-            path.chmod(0o700)
+            path.mkdir(mode=0o700, parents=True)
+        except FileExistsError:
+            pass
         except OSError as e:
             raise StateDirError(f"state directory {path}: {e.strerror}") from None
+        try:
+            st = path.lstat()
+        except OSError as e:
+            raise StateDirError(f"state directory {path}: {e.strerror}") from None
+    except OSError as e:
+        raise StateDirError(f"state directory {path}: {e.strerror}") from None
+    _check_dir(path, st, private)
     return path
 
 
+def _open_trusted(path: Path, flags: int = os.O_RDONLY) -> int:
+    """Open a file of ours: never through a symlink, only a regular file that we own and
+    nobody else may write. Raises Damaged for anything else, OSError as the kernel says."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Damaged(f"{path.name}: not a regular file")
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise Damaged(
+                f"{path.name}: owned by uid {st.st_uid} mode {stat.S_IMODE(st.st_mode):04o}, "
+                "not a file this program wrote"
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_trusted(path: Path) -> bytes:
+    fd = _open_trusted(path)
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
 def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -80,36 +154,98 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Atomically: temp file, fsync, rename, fsync the directory."""
-    tmp = path.with_suffix(".json.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Atomically: temp file, fsync, rename, fsync the directory. Cleans up on failure."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)  # fmt: skip
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     _fsync_dir(path.parent)
 
 
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    # json.dumps, not json.dump: dump streams through the pure-Python encoder in tiny
-    # writes (~1.5 s for a run of 32,000 entries); dumps encodes in C at once.
-    _write_text(path, json.dumps(doc))
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
 
 
-# A run's index, encoded by hand: json.dumps spends ~8 us an entry re-escaping the same
-# 24 keys, and the index is written twice (commit, finish). Each entry is encoded once,
-# in add(), up to its "removed" status; commit and finish only append the status. The
-# text is exactly what json.dumps(doc) gives for these entries (ints, None, str; tests
-# compare the two), so readers see no difference. Strings and nullable ints go through
-# the same cached encoders as `list --json` (render.json_string, render.json_int).
+def ipc_namespace() -> int:
+    """The inode of our IPC namespace: segment ids mean something only inside it."""
+    try:
+        return os.stat("/proc/self/ns/ipc").st_ino
+    except OSError:
+        return 0
 
 
-def _entry_head(n: int, v: Verdict, removed_at: int, reason: str, zero: bool, offset: int,
-                length: int, crc32: int) -> str:  # fmt: skip
-    """An index entry's JSON up to and including '"removed": ' (the entry is documented in
-    Batch.records; built from the values, not from a dict: ~4 us an entry less)."""
+# --- The index: checked on the way in, written by hand on the way out --------------------
+
+_INT_FIELDS = ("n", "id", "key", "size", "mode", "uid", "gid", "cuid", "cgid", "cpid", "lpid",
+               "ctime", "removed_at", "offset", "length", "crc32")  # fmt: skip
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_entry(e: Any, version: int) -> None:
+    if not isinstance(e, dict):
+        raise Damaged("an entry is not an object")
+    for name in _INT_FIELDS:
+        if not _is_int(e.get(name)) or e[name] < 0:
+            raise Damaged(f"entry {e.get('n')!r}: {name} missing or not a whole number")
+    for name in ("atime", "dtime", "restored_as", "restored_at"):
+        if e.get(name) is not None and not _is_int(e[name]):
+            raise Damaged(f"entry {e['n']}: {name} is not a whole number")
+    if not isinstance(e.get("reason"), str):
+        raise Damaged(f"entry {e['n']}: reason missing")
+    if version == 1:  # written by shmjanitor 0.1: "removed" true, or null while running
+        if e.get("encoding") not in ("zero", "zlib"):
+            raise Damaged(f"entry {e['n']}: unknown encoding {e.get('encoding')!r}")
+        e["status"] = REMOVED if e.get("removed") is True else PENDING
+        e["extents"] = [] if e["encoding"] == "zero" else [[0, e["size"]]]
+        return
+    if e.get("encoding") != "extents" or e.get("status") not in (PENDING, REMOVED):
+        raise Damaged(f"entry {e['n']}: unknown encoding or status")
+    ext = e.get("extents")
+    if not isinstance(ext, list) or not all(
+        isinstance(x, list) and len(x) == 2 and all(_is_int(v) and v >= 0 for v in x)
+        and x[0] + x[1] <= e["size"]
+        for x in ext
+    ):  # fmt: skip
+        raise Damaged(f"entry {e['n']}: extents are not [offset, length] pairs in the segment")
+
+
+def check_index(doc: Any) -> dict[str, Any]:
+    """The index document if it is one this program could have written; else Damaged."""
+    if not isinstance(doc, dict):
+        raise Damaged("the index is not a JSON object")
+    version = doc.get("version")
+    if version not in (1, VERSION):
+        raise Damaged(f"unknown index version {version!r}")
+    if not isinstance(doc.get("run"), str) or not _is_int(doc.get("created_at")):
+        raise Damaged("run name or created_at missing")
+    if not isinstance(doc.get("entries"), list):
+        raise Damaged("entries missing")
+    for e in doc["entries"]:
+        _check_entry(e, version)
+    return doc
+
+
+def _entry_head(n: int, v: Verdict, removed_at: int, reason: str, extents: list[tuple[int, int]],
+                offset: int, length: int, crc32: int) -> str:  # fmt: skip
+    """An index entry's JSON up to and including '"status": ' (by hand: a reap writes
+    32,000 of these; json.dumps of a dict costs ~4 us more an entry)."""
     s = v.segment
+    ext = ", ".join(f"[{o}, {n}]" for o, n in extents)
     return (
         f'{{"n": {n}, "id": {s.id}, "key": {s.key}, "size": {s.size}, '
         f'"mode": {s.perms}, "uid": {s.uid}, "gid": {s.gid}, "cuid": {s.cuid}, '
@@ -117,39 +253,13 @@ def _entry_head(n: int, v: Verdict, removed_at: int, reason: str, zero: bool, of
         f'"atime": {json_int(s.atime)}, "dtime": {json_int(s.dtime)}, "ctime": {s.ctime}, '
         f'"creator": {json_string(v.creator.name)}, '
         f'"removed_at": {removed_at}, "reason": {json_string(reason)}, '
-        f'"encoding": {_ENCODING[zero]}, "offset": {offset}, '
-        f'"length": {length}, "crc32": {crc32}, "removed": '
+        f'"encoding": "extents", "extents": [{ext}], "offset": {offset}, '
+        f'"length": {length}, "crc32": {crc32}, "status": '
     )
 
 
-_ENCODING = {True: '"zero"', False: '"zlib"'}
-
-
-# The rest of an entry in a batch: its status, and never restored yet.
-_TAIL = {None: 'null, "restored_as": null, "restored_at": null}',
-         True: 'true, "restored_as": null, "restored_at": null}'}  # fmt: skip
-
-
-# All-zero copies (most leaks) are the common case: compare with zero bytes of the same
-# length (a memcmp, ~0.5 us for 4 KiB; bytes.strip(b"\0") took ~20 us) and take their
-# crc32 from a cache. Sizes up to 1 MiB are cached, a few at a time (a leak is usually
-# thousands of segments of one size); larger ones get fresh zero bytes (calloc).
-_ZERO_CACHE_MAX = 1 << 20
-
-
-@lru_cache(maxsize=8)
-def _zeros(size: int) -> bytes:
-    return bytes(size)
-
-
-def _is_zero(data: bytes) -> bool:
-    n = len(data)
-    return data == (_zeros(n) if n <= _ZERO_CACHE_MAX else bytes(n))
-
-
-@lru_cache(maxsize=64)
-def _zero_crc32(size: int) -> int:
-    return zlib.crc32(_zeros(size) if size <= _ZERO_CACHE_MAX else bytes(size))
+_TAIL = {PENDING: '"pending", "restored_as": null, "restored_at": null}',
+         REMOVED: '"removed", "restored_as": null, "restored_at": null}'}  # fmt: skip
 
 
 class Entry(NamedTuple):
@@ -162,68 +272,178 @@ class Entry(NamedTuple):
 
 
 class Store:
-    """The quarantine directory of one state dir, with the config's limits."""
+    """The quarantine directory of one state dir, with the config's limits.
 
-    def __init__(self, state_dir: Path, cfg: Config) -> None:
+    `notes` collects what a command should tell its user about the store itself: runs
+    pruned, runs settled after an interruption, files set aside as damaged.
+    """
+
+    def __init__(self, state_dir: Path, cfg: Config, note: Optional[Callable[[str], None]] = None
+                 ) -> None:  # fmt: skip
         self.dir = state_dir / "quarantine"
         self.state_dir = state_dir
         self.cfg = cfg
+        self.notes: list[str] = []
+        self._note_cb = note
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        if self._note_cb is not None:
+            self._note_cb(text)
 
     def ensure(self) -> Path:
-        _private_dir(self.state_dir)
+        _private_dir(self.state_dir, private=False)
         return _private_dir(self.dir)
 
+    def exists(self) -> bool:
+        """Whether there is a quarantine to read; its directory is checked if there is."""
+        try:
+            st = self.dir.lstat()
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise StateDirError(f"state directory {self.dir}: {e.strerror}") from None
+        _check_dir(self.dir, st, private=True)
+        return True
+
+    def _names(self, suffix: str) -> list[str]:
+        return sorted(p.name[: -len(suffix)] for p in self.dir.iterdir()
+                      if p.name.endswith(suffix))  # fmt: skip
+
     def runs(self) -> list[str]:
-        """Committed runs, oldest first (run names start with a UTC timestamp)."""
-        if not self.dir.is_dir():
-            return []
-        return sorted(p.name[: -len(".json")] for p in self.dir.glob("*.json"))
+        """Runs with an index, oldest first (run names start with a UTC timestamp)."""
+        return self._names(".json") if self.exists() else []
+
+    def load(self, run: str) -> dict[str, Any]:
+        """A run's index, checked; Damaged when it is not one we wrote."""
+        try:
+            raw = _read_trusted(self.dir / f"{run}.json")
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise Damaged(f"{run}.json: not JSON ({e})") from None
+        except OSError as e:
+            raise Damaged(f"{run}.json: {e.strerror}") from None
+        return check_index(doc)
+
+    def set_aside(self, run: str, why: str) -> None:
+        """Rename a damaged run's files to *.damaged: reported, kept for a person to look
+        at, counted in the budget, purged with the rest; never read again."""
+        for suffix in (".json", ".data", ".journal"):
+            p = self.dir / f"{run}{suffix}"
+            if p.exists() or p.is_symlink():
+                with contextlib.suppress(OSError):
+                    os.replace(p, p.with_name(p.name + ".damaged"))
+        self.note(f"quarantine run {run} is damaged ({why}); set aside as {run}.*.damaged")
 
     def index(self, run: str) -> dict[str, Any]:
         try:
-            doc: dict[str, Any] = json.loads((self.dir / f"{run}.json").read_text())
-        except (OSError, ValueError) as e:
-            raise StateDirError(f"quarantine index {run}.json unreadable: {e}") from None
-        return doc
+            return self.load(run)
+        except Damaged as e:
+            raise StateDirError(f"quarantine index {run}.json: {e}") from None
+
+    def tidy(self) -> None:
+        """Delete temporary files of dead runs, set damaged runs aside and settle runs
+        that were interrupted. Any command that reads or writes the store runs this."""
+        if not self.exists():
+            return
+        for p in self.dir.iterdir():
+            if p.name.endswith(".tmp") and _owner_is_gone(p):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    self.note(f"deleted {p.name}, left by a run that died")
+        for run in self._names(".json"):
+            try:
+                doc = self.load(run)
+            except Damaged as e:
+                self.set_aside(run, str(e))
+                continue
+            if any(e["status"] == PENDING for e in doc["entries"]):
+                data = self.dir / f"{run}.data"
+                if data.exists() and not _owner_is_gone(data):
+                    continue  # its run is still going
+                settle(self, run, doc)
+        # A data file or journal without its index: the run died before its index was
+        # written, so nothing of it was removed; or it was set aside.
+        for suffix in (".data", ".journal"):
+            for run in self._names(suffix):
+                p = self.dir / f"{run}{suffix}"
+                if not (self.dir / f"{run}.json").exists() and _owner_is_gone(p):
+                    with contextlib.suppress(OSError):
+                        p.unlink()
 
     def entries(self) -> list[Entry]:
-        return [Entry(run, e) for run in self.runs() for e in self.index(run)["entries"]]
+        out: list[Entry] = []
+        for run in self.runs():
+            try:
+                doc = self.load(run)
+            except Damaged:
+                continue  # tidy() sets it aside; a read-only look just skips it
+            out.extend(Entry(run, e) for e in doc["entries"])
+        return out
 
     def usage(self) -> int:
-        """Bytes the quarantine's files take."""
+        """Bytes the quarantine's files take (temporary and damaged ones included)."""
         if not self.dir.is_dir():
             return 0
-        return sum(p.stat().st_size for p in self.dir.iterdir() if p.is_file())
+        total = 0
+        for p in self.dir.iterdir():
+            with contextlib.suppress(OSError):
+                st = p.lstat()
+                total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+        return total
 
     def drop(self, run: str) -> None:
-        for suffix in (".json", ".data"):
+        for suffix in (".json", ".data", ".journal"):
             (self.dir / f"{run}{suffix}").unlink(missing_ok=True)
 
+    def _created_at(self, run: str) -> Optional[int]:
+        try:
+            return int(self.load(run)["created_at"])
+        except Damaged:
+            return None
+
     def purge(self, older_than: Optional[int], now: float) -> list[str]:
-        """Drop runs created more than `older_than` seconds ago (all runs when None)."""
+        """Drop runs created more than `older_than` seconds ago (all runs when None), and
+        set-aside files of that age (all when None)."""
         dropped = []
         for run in self.runs():
-            if older_than is None or self.index(run)["created_at"] < now - older_than:
+            created = self._created_at(run)
+            if older_than is None or (created is not None and created < now - older_than):
                 self.drop(run)
                 dropped.append(run)
+        if self.exists():
+            for p in self.dir.iterdir():
+                if p.name.endswith((".damaged", ".tmp")) and (
+                    older_than is None or p.lstat().st_mtime < now - older_than
+                ) and (p.name.endswith(".damaged") or _owner_is_gone(p)):  # fmt: skip
+                    p.unlink(missing_ok=True)
         return dropped
 
-    def prune(self, now: float, room: int = 0) -> None:
-        """Drop runs past quarantine_days, then oldest runs until `room` more bytes fit."""
-        self.purge(self.cfg.quarantine_days * 86400, now)
+    def prune(self, now: float) -> None:
+        """Drop runs past quarantine_days, each one said. The budget never evicts a
+        younger run: a full quarantine keeps the next segment instead, so one user's
+        large leak cannot push another user's copy out early."""
+        days = self.cfg.quarantine_days
         for run in self.runs():
-            if self.usage() + room <= self.cfg.quarantine_budget_bytes:
-                break
-            self.drop(run)
+            created = self._created_at(run)
+            if created is not None and created < now - days * 86400:
+                n = len(self.load(run)["entries"])
+                self.drop(run)
+                self.note(f"pruned quarantine run {run} ({n} entries, older than {days} d)")
+        if self.exists():
+            for p in self.dir.iterdir():
+                if p.name.endswith(".damaged") and p.lstat().st_mtime < now - days * 86400:
+                    p.unlink(missing_ok=True)
 
     def open_batch(self, now: float) -> Batch:
         self.ensure()
+        self.tidy()
         self.prune(now)
         return Batch(self, now)
 
     def find(self, name: str) -> Entry:
         run, _, n = name.rpartition(".")
-        if run in self.runs():
+        if run and run in self.runs():
             for e in self.index(run)["entries"]:
                 if str(e["n"]) == n:
                     return Entry(run, e)
@@ -232,17 +452,42 @@ class Store:
             "shows the entries"
         )
 
-    def read(self, entry: Entry) -> bytes:
+    def read(self, entry: Entry) -> Iterator[tuple[int, bytes]]:
+        """The entry's stored bytes as (offset, piece), at most 1 MiB at a time; raises
+        RestoreError "damaged" when they do not decompress, are short or long, or do not
+        match the crc32 (checked as the last piece is handed out)."""
         e = entry.doc
-        if e["encoding"] == "zero":
-            data = bytes(e["size"])
-        else:
-            with open(self.dir / f"{entry.run}.data", "rb") as f:
-                f.seek(e["offset"])
-                data = zlib.decompress(f.read(e["length"]))
-        if len(data) != e["size"] or zlib.crc32(data) != e["crc32"]:
-            raise RestoreError(f"quarantine entry {entry.name} is damaged (size or crc32)")
-        return data
+        damaged = RestoreError(
+            f"quarantine entry {entry.name} is damaged (its data is truncated or does not "
+            "match its crc32); it cannot be restored"
+        )
+        extents = [(int(o), int(n)) for o, n in e["extents"]]
+        if not extents:
+            return
+        try:
+            fd = _open_trusted(self.dir / f"{entry.run}.data")
+        except (OSError, Damaged) as err:
+            raise RestoreError(
+                f"quarantine entry {entry.name}: data file unusable: {err}"
+            ) from None
+        with os.fdopen(fd, "rb") as f:
+            f.seek(e["offset"])
+            stream = _inflate(f, e["length"], damaged)
+            crc = 0
+            buf = b""
+            for off, want in extents:
+                while want:
+                    if not buf:
+                        buf = next(stream, b"")
+                        if not buf:
+                            raise damaged
+                    piece, buf = buf[:want], buf[want:]
+                    crc = zlib.crc32(piece, crc)
+                    yield off, piece
+                    off += len(piece)
+                    want -= len(piece)
+            if buf or next(stream, b"") or crc != e["crc32"]:
+                raise damaged
 
     def mark_restored(self, entry: Entry, new_id: int, now: float) -> None:
         doc = self.index(entry.run)
@@ -250,11 +495,135 @@ class Store:
             if e["n"] == entry.doc["n"]:
                 e["restored_as"] = new_id
                 e["restored_at"] = int(now)
-        _write_json(self.dir / f"{entry.run}.json", doc)
+        _write_text(self.dir / f"{entry.run}.json", json.dumps(doc))
+
+
+def _inflate(f: Any, length: int, damaged: Exception) -> Iterator[bytes]:
+    """Decompress `length` bytes of `f`, never more than 1 MiB of output at a time."""
+    d = zlib.decompressobj()
+    left = length
+    raw = b""
+    try:
+        while True:
+            if not raw:
+                if not left:
+                    break
+                raw = f.read(min(left, 1 << 20))
+                if not raw:
+                    raise damaged  # the data file is shorter than the index says
+                left -= len(raw)
+            out = d.decompress(raw, 1 << 20)
+            raw = d.unconsumed_tail
+            if out:
+                yield out
+        tail = d.flush()
+        if tail:
+            yield tail
+    except zlib.error:
+        raise damaged from None
+    if not d.eof:
+        raise damaged
+
+
+def _owner_is_gone(path: Path) -> bool:
+    """Whether the run that wrote `path` has ended: it holds a flock on its data file for
+    as long as it lives (a pid could be reused; a flock dies with its process)."""
+    data = path
+    for suffix in (".journal", ".json.tmp", ".json"):
+        if path.name.endswith(suffix):
+            data = path.with_name(path.name[: -len(suffix)] + ".data")
+    if path.name.endswith(".data.tmp"):
+        data = path
+    candidates = [data, data.with_name(data.name + ".tmp")] if data.name.endswith(".data") \
+        else [data]  # fmt: skip
+    for p in candidates:
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+    return True
+
+
+def settle(store: Store, run: str, doc: dict[str, Any]) -> None:
+    """Decide every `pending` entry of an interrupted run (see the module docstring)."""
+    from shmjanitor import kernel
+
+    here = doc.get("boot_id") == boot_id() and doc.get("ipc_ns") == ipc_namespace()
+    rebooted = doc.get("boot_id") not in (None, boot_id())
+    if not here and not rebooted:
+        store.note(
+            f"quarantine run {run} was interrupted in IPC namespace {doc.get('ipc_ns')}; its "
+            "pending entries are settled by a shmjanitor run there"
+        )
+        return
+    journal: set[int] = set()
+    with contextlib.suppress(OSError, Damaged, ValueError):
+        journal = {int(x) for x in _read_trusted(store.dir / f"{run}.journal").split()}
+    kept = []
+    for e in doc["entries"]:
+        if e["status"] != PENDING:
+            kept.append(e)
+            continue
+        if rebooted:
+            why = "the machine rebooted"
+        elif e["n"] in journal:
+            why = "removed before the run was stopped"
+        else:
+            try:
+                now = kernel.shm_stat(e["id"])
+            except OSError as err:
+                if err.errno not in (errno.EINVAL, errno.EIDRM):
+                    store.note(f"quarantine entry {run}.{e['n']}: cannot settle: {err.strerror}")
+                    kept.append(e)
+                    continue
+                now = None
+            if now is not None and (now.key, now.cpid, now.cuid) == (
+                e["key"],
+                e["cpid"],
+                e["cuid"],
+            ):
+                # Still there: the run stopped before removing it. Our last-instant lock
+                # may have set its mode to 000 (or 0400; and IPC_SET moved its ctime):
+                # put the saved mode back.
+                if now.mode & 0o777 in (0, 0o400) and now.ctime != e["ctime"] and e["mode"]:
+                    with contextlib.suppress(OSError):
+                        kernel.shm_stat(e["id"])
+                        kernel.set_mode_after_stat(e["id"], e["mode"])
+                continue  # dropped: it was not removed
+            why = "its segment is gone"
+        e["status"] = REMOVED
+        kept.append(e)
+        if why:  # said even if the run logged it: a line twice beats a removal unsaid
+            store.note(
+                f"action=removed id={e['id']} key=0x{e['key']:08x} size={e['size']} "
+                f'uid={e["uid"]} entry={run}.{e["n"]} reason="settled after an interrupted '
+                f'run: {why}"'
+            )
+    doc["entries"] = kept
+    doc["version"] = VERSION if doc.get("version") == VERSION else doc["version"]
+    if not kept:
+        store.drop(run)
+        store.note(f"quarantine run {run} was interrupted before removing anything; dropped")
+        return
+    _write_text(store.dir / f"{run}.json", json.dumps(doc))
+    (store.dir / f"{run}.journal").unlink(missing_ok=True)
+    store.note(f"settled quarantine run {run}: {len(kept)} entries removed and restorable")
+
+
+class _WriteFailed(Exception):
+    def __init__(self, err: OSError) -> None:
+        self.err = err
 
 
 class Batch:
-    """One reap's copies: add() streams them to disk, commit() makes them durable."""
+    """One run's copies: `save` streams them to disk, `commit` makes them durable before
+    anything is removed, `removed` journals each removal, `finish` closes the run."""
 
     def __init__(self, store: Store, now: float) -> None:
         self.store = store
@@ -265,136 +634,244 @@ class Batch:
         while (store.dir / f"{self.run}.json").exists():
             self.run += "x"
         self.tmp = store.dir / f"{self.run}.data.tmp"
-        # Entries, as JSON text up to their status (_entry_head), with their segment ids.
-        # Every entry of a batch has the same status: None until finish(), then True.
+        self.data = store.dir / f"{self.run}.data"
         self._heads: list[str] = []
         self._ids: list[int] = []
-        self._status: Optional[bool] = None
+        self._removed: list[bool] = []
         self.offset = 0
         self.base_usage = store.usage()
+        self._journal = -1
         # Opened now, before any segment is attached to copy it: a state dir we cannot
-        # write fails the run here, with every segment left exactly as it was.
-        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        self._file: Optional[Any] = os.fdopen(fd, "wb")
+        # write fails the run here, with every segment left exactly as it was. The flock
+        # says "this run is alive" to tidy() in other processes.
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)  # fmt: skip
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._fd = fd
 
-    def add(self, v: Verdict, data: Optional[bytes], reason: str) -> Optional[str]:
-        """Append one copy; a reason when it cannot be kept within the budget.
+    def _free(self) -> int:
+        st = os.statvfs(self.store.dir)
+        return st.f_bavail * st.f_frsize
 
-        `data` None: the segment is known to be all zero bytes (remove.known_zero).
+    def save(self, v: Verdict, reason: str, copier: Optional[Callable[[Callable[[bytes], None]],
+             list[tuple[int, int]]]]) -> Optional[str]:  # fmt: skip
+        """Append one copy; a reason when it cannot be kept (budget, free space).
+
+        `copier(write)` hands the segment's bytes to `write` and returns their extents;
+        None means the segment is known to hold only zero bytes (remove.known_zero).
+        Raises SaveFailed when this copy could not be written (the run goes on), OSError
+        when the disk fails us in a way that leaves the file unknown (nothing more is
+        removed).
         """
         s = v.segment
-        if data is None or _is_zero(data):
-            zero, blob, crc32 = True, b"", _zero_crc32(s.size if data is None else len(data))
-        else:
-            zero, blob, crc32 = False, zlib.compress(data, 1), zlib.crc32(data)
         budget = self.store.cfg.quarantine_budget_bytes
-        if self.base_usage + self.offset + len(blob) > budget:
-            self.store.prune(self.now, room=self.offset + len(blob))
-            self.base_usage = self.store.usage()
-            if self.base_usage + self.offset + len(blob) > budget:
-                return f"quarantine budget ({format_size(budget)}) is full: kept"
-        if blob:
-            assert self._file is not None, "add() after commit() or abort()"
-            self._file.write(blob)
-        self._heads.append(_entry_head(len(self._heads), v, int(self.now), reason, zero,
-                                       self.offset, len(blob), crc32))  # fmt: skip
+        # At most the bytes the segment holds are written (compressed, usually far less).
+        expect = min(s.size, (s.rss or 0) + (s.swap or 0)) if s.rss is not None else s.size
+        if copier is None:
+            expect = 0
+        if self.base_usage + self.offset + expect > budget and expect:
+            return self._full(budget)
+        # Never fill the state directory's file system: a user who fills a disk to its
+        # reserve and leaks a few segments must not make root write into root's reserved
+        # blocks. Only f_bavail counts (what non-root could still write).
+        free, floor = self._free(), self.store.cfg.quarantine_min_free_bytes
+        if free - expect < floor:
+            return (f"not enough free space for its copy in {self.store.dir} "
+                    f"({format_size(free)} free, quarantine_min_free_bytes "
+                    f"{format_size(floor)} always left)")  # fmt: skip
+        start = self.offset
+        extents: list[tuple[int, int]] = []
+        crc = 0
+        if copier is not None:
+            comp = zlib.compressobj(1)
+            crcs = [0]
+
+            def put(blob: bytes) -> None:
+                try:
+                    self._write(blob)
+                except OSError as e:  # our disk, not the segment: told apart from a read
+                    raise _WriteFailed(e) from None
+
+            def write(data: bytes) -> None:
+                crcs[0] = zlib.crc32(data, crcs[0])
+                put(comp.compress(data))
+
+            try:
+                extents = copier(write)
+                if extents:
+                    put(comp.flush())
+            except _WriteFailed as w:
+                self._truncate(start)  # raises OSError if it cannot: then the run stops
+                raise SaveFailed(w.err.errno, w.err.strerror) from None
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    self._truncate(start)
+                raise
+            crc = crcs[0]
+            if self.base_usage + self.offset > budget:
+                self._truncate(start)
+                return self._full(budget)
+        self._heads.append(_entry_head(len(self._heads), v, int(self.now), reason, extents,
+                                       start, self.offset - start, crc))  # fmt: skip
         self._ids.append(s.id)
-        self.offset += len(blob)
+        self._removed.append(False)
         return None
 
+    def _full(self, budget: int) -> str:
+        self.store.note(
+            f"quarantine budget ({format_size(budget)}) is full: segments are kept until "
+            f"older runs expire (quarantine_days) or are purged"
+        )
+        return f"quarantine budget ({format_size(budget)}) is full: kept"
+
+    def _write(self, blob: bytes) -> None:
+        view = memoryview(blob)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+            self.offset += n
+
+    def _truncate(self, size: int) -> None:
+        os.ftruncate(self._fd, size)
+        os.lseek(self._fd, size, os.SEEK_SET)
+        self.offset = size
+
     @property
-    def records(self) -> list[dict[str, Any]]:
-        """The entries as the index holds them: n, id, key, size, mode (permission bits),
-        uid, gid, cuid, cgid, cpid, lpid, atime, dtime, ctime (the segment's, as the
-        survey saw it), creator (command name or None), removed_at, reason, encoding
-        ("zero": no bytes stored, or "zlib"), offset and length in the .data file, crc32
-        of the segment's bytes, removed (None until finish(), then True), restored_as and
-        restored_at (None until `shmjanitor restore`). Decoded from the text: for tests."""
-        return [json.loads(h + _TAIL[self._status]) for h in self._heads]
+    def count(self) -> int:
+        return len(self._heads)
 
-    def _doc(self) -> dict[str, Any]:
-        return {"version": VERSION, "run": self.run, "created_at": int(self.now),
-                "entries": self.records}  # fmt: skip
-
-    def _index_text(self) -> str:
-        """json.dumps(self._doc()), from the entries' heads and their common status."""
-        tail = _TAIL[self._status]
-        entries = (tail + ", ").join(self._heads) + tail if self._heads else ""
+    def _index_text(self, only_removed: bool) -> str:
+        if only_removed:
+            entries = ", ".join(h + _TAIL[REMOVED] for h, r in zip(self._heads, self._removed) if r)
+        else:
+            entries = ", ".join(h + _TAIL[PENDING] for h in self._heads)
         return (f'{{"version": {VERSION}, "run": {json_string(self.run)}, '
-                f'"created_at": {int(self.now)}, "entries": [{entries}]}}')  # fmt: skip
+                f'"created_at": {int(self.now)}, "boot_id": {json_string(boot_id())}, '
+                f'"ipc_ns": {ipc_namespace()}, "pid": {os.getpid()}, '
+                f'"entries": [{entries}]}}')  # fmt: skip
 
     def commit(self) -> None:
-        """Make every copy durable before anything is removed. Raises OSError."""
-        d = self.store.dir
+        """Make every copy durable, and the index (every entry pending), before anything
+        is removed. Raises OSError (after cleaning up)."""
         try:
-            assert self._file is not None, "commit() twice or after abort()"
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
-            os.replace(self.tmp, d / f"{self.run}.data")
-            _write_text(d / f"{self.run}.json", self._index_text())
+            os.fsync(self._fd)
+            os.replace(self.tmp, self.data)
+            _write_text(self.store.dir / f"{self.run}.json", self._index_text(False))
+            self._journal = os.open(
+                self.store.dir / f"{self.run}.journal",
+                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+            )
         except OSError:
             self.abort()
             raise
 
-    def finish(self, removed: set[int]) -> None:
+    def removed(self, n: int) -> None:
+        """Entry n's segment was removed: say so on disk at once (one write, no fsync: a
+        lost line after a power cut is settled from the kernel, which lost it too)."""
+        self._removed[n] = True
+        if self._journal >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._journal, b"%d\n" % n)
+
+    def finish(self) -> None:
         """Keep only the entries whose segment was removed; drop the run if none was."""
-        if not removed.issuperset(self._ids):  # else: keep them all
-            kept = [(i, h) for i, h in zip(self._ids, self._heads) if i in removed]
-            self._ids = [i for i, _ in kept]
-            self._heads = [h for _, h in kept]
-        self._status = True
-        if not self._heads:
-            self.store.drop(self.run)
-            return
-        _write_text(self.store.dir / f"{self.run}.json", self._index_text())
+        try:
+            if not any(self._removed):
+                self.store.drop(self.run)
+                return
+            _write_text(self.store.dir / f"{self.run}.json", self._index_text(True))
+            (self.store.dir / f"{self.run}.journal").unlink(missing_ok=True)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        for fd in (self._journal, self._fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._journal = self._fd = -1
 
     def abort(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        for p in (self.tmp, self.store.dir / f"{self.run}.data"):
-            with contextlib.suppress(OSError):  # best effort: we are already failing
+        """Nothing of this run was removed: delete its files, whatever fails on the way."""
+        for p in (self.tmp, self.data, self.store.dir / f"{self.run}.json",
+                  self.store.dir / f"{self.run}.journal"):  # fmt: skip
+            with contextlib.suppress(OSError):
                 p.unlink()
+        self._close()
 
 
 def restore(store: Store, name: str, now: float) -> tuple[int, int]:
     """Recreate entry `name`: same key, size, mode, owner and bytes. Returns (id, key).
 
-    A keyed segment whose key is in use again is refused: two programs would share it.
-    An IPC_PRIVATE one comes back under a new id. The entry stays, marked restored.
+    Only an entry whose segment was removed can be restored. A keyed segment whose key
+    is in use again is refused: two programs would share it. An IPC_PRIVATE one comes
+    back under a new id. The entry stays, marked restored.
     """
     import sysv_ipc
 
+    from shmjanitor import kernel
+
+    store.tidy()
     entry = store.find(name)
     e = entry.doc
+    if e["status"] != REMOVED:
+        raise RestoreError(
+            f"entry {name} is pending: its run was interrupted and it is not known yet "
+            "whether its segment was removed; it is settled by the next shmjanitor run in "
+            "the IPC namespace where it was made"
+        )
     if e.get("restored_as") is not None:
         raise RestoreError(
             f"entry {name} was already restored as id {e['restored_as']}; "
             "`shmjanitor quarantine purge` removes old entries"
         )
-    data = store.read(entry)
-    key = e["key"] if e["key"] else sysv_ipc.IPC_PRIVATE
     try:
-        # 0600 while we fill it; the saved mode is set once the bytes are in.
-        shm = sysv_ipc.SharedMemory(key, sysv_ipc.IPC_CREX, mode=0o600, size=e["size"],
-                                    init_character=b"\0")  # fmt: skip
-    except sysv_ipc.ExistentialError:
-        raise RestoreError(
-            f"key 0x{e['key']:08x} is in use by another segment now; remove that one "
-            f"first (shmjanitor list --json shows it) or leave entry {name} be"
-        ) from None
-    except sysv_ipc.Error as e2:
-        raise RestoreError(f"cannot create the segment: {e2}") from None
+        # 0600 while we fill it; the saved mode is set once the bytes are in. The
+        # kernel gives zero pages and allocates none until written: only the stored
+        # extents are written, so a sparse segment comes back sparse.
+        shmid = kernel.shm_create(e["key"], e["size"], 0o600)
+    except OSError as err:
+        raise RestoreError(_create_failed(name, e, err)) from None
     try:
-        shm.write(data)
+        shm = sysv_ipc.attach(shmid)
+    except sysv_ipc.Error as err:
+        kernel.shm_rmid(shmid)
+        raise RestoreError(f"cannot attach to the new segment: {err}") from None
+    try:
+        for off, chunk in store.read(entry):
+            shm.write(chunk, off)
         shm.uid, shm.gid = e["uid"], e["gid"]
         shm.mode = e["mode"]
-    except (sysv_ipc.Error, OSError) as e2:
+    except (sysv_ipc.Error, OSError, RestoreError) as err:
         shm.detach()
-        shm.remove()
-        raise RestoreError(f"cannot restore owner or mode of entry {name}: {e2}") from None
+        kernel.shm_rmid(shmid)
+        if isinstance(err, RestoreError):
+            raise
+        raise RestoreError(f"cannot restore owner or mode of entry {name}: {err}") from None
     shm.detach()
-    store.mark_restored(entry, shm.id, now)
-    return int(shm.id), int(e["key"])
+    store.mark_restored(entry, shmid, now)
+    return shmid, int(e["key"])
+
+
+def _create_failed(name: str, e: dict[str, Any], err: OSError) -> str:
+    if err.errno == errno.EEXIST:
+        return (
+            f"key 0x{e['key']:08x} is in use by another segment now; remove that one "
+            f"first (shmjanitor list --json shows it) or leave entry {name} be"
+        )
+    limit = _shmmax()
+    if err.errno == errno.EINVAL and limit is not None and e["size"] > limit:
+        return (
+            f"cannot restore entry {name}: its {format_size(e['size'])} is more than "
+            f"kernel.shmmax ({format_size(limit)}); raise it (sysctl kernel.shmmax) and "
+            "try again"
+        )
+    return f"cannot create the segment for entry {name}: {err.strerror}"
+
+
+def _shmmax() -> Optional[int]:
+    try:
+        return int(Path("/proc/sys/kernel/shmmax").read_text())
+    except (OSError, ValueError):
+        return None

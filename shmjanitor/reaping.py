@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 from shmjanitor import config as _config
 from shmjanitor import kernel, lock, policy, remove, survey
 from shmjanitor.classify import State
 from shmjanitor.errors import ConfigError, JanitorError
-from shmjanitor.remove import Action, Candidate, Result
+from shmjanitor.remove import Action, Candidate, Result, Stop
 
 
 class Outcome(NamedTuple):
@@ -19,10 +19,21 @@ class Outcome(NamedTuple):
     results: list[Result]
     dry_run: bool
     problems: list[str]  # things that make the exit code 1 without a result of their own
+    interrupted: Optional[int] = None  # the signal (SIGINT, SIGTERM) that stopped the run
 
     @property
     def ok(self) -> bool:
         return not self.problems and all(r.action is not Action.FAILED for r in self.results)
+
+
+class Hooks(NamedTuple):
+    """What a run tells its caller as it goes: each result the moment it is final, and
+    notes about the quarantine (runs pruned, settled, set aside). `stop` is set by a
+    signal handler."""
+
+    on_result: Callable[[Result], None] = lambda _r: None
+    on_note: Callable[[str], None] = lambda _n: None
+    stop: Optional[Stop] = None
 
 
 def caller() -> policy.Caller:
@@ -31,21 +42,25 @@ def caller() -> policy.Caller:
 
 
 def _execute(sv: survey.Survey, candidates: Sequence[Candidate], cfg: _config.Config, *,
-             dry_run: bool, quarantine: bool, state_dir: Optional[Path],
+             dry_run: bool, quarantine: bool, state_dir: Optional[Path], hooks: Hooks,
              forced: bool = False) -> list[Result]:  # fmt: skip
     if not candidates or dry_run or not quarantine:
         limit = cfg.quarantine_max_bytes if quarantine else None
         return remove.execute(candidates, dry_run=dry_run, batch=None, max_copy=limit,
-                              forced=forced)  # fmt: skip
+                              forced=forced, on_result=hooks.on_result, stop=hooks.stop)  # fmt: skip
     from shmjanitor.quarantine import store_for
 
     try:
-        batch = store_for(cfg, state_dir).open_batch(sv.taken_at)
+        batch = store_for(cfg, state_dir, note=hooks.on_note).open_batch(sv.taken_at)
     except (JanitorError, OSError) as e:
         why = f"not removed: quarantine unusable ({e}); fix it or use --no-quarantine"
-        return [Result(c.verdict, Action.FAILED, why) for c in candidates]
+        failed = [Result(c.verdict, Action.FAILED, why) for c in candidates]
+        for r in failed:
+            hooks.on_result(r)
+        return failed
     return remove.execute(candidates, dry_run=False, batch=batch,
-                          max_copy=cfg.quarantine_max_bytes, forced=forced)  # fmt: skip
+                          max_copy=cfg.quarantine_max_bytes, forced=forced,
+                          on_result=hooks.on_result, stop=hooks.stop)  # fmt: skip
 
 
 def _locked(dry_run: bool, cfg: _config.Config):  # type: ignore[no-untyped-def]
@@ -56,7 +71,7 @@ def _locked(dry_run: bool, cfg: _config.Config):  # type: ignore[no-untyped-def]
 
 
 def reap(cfg: _config.Config, *, dry_run: bool, quarantine: bool, state_dir: Optional[Path],
-         proc_shm: Path = survey.scan.PROC_SHM) -> Outcome:  # fmt: skip
+         proc_shm: Path = survey.scan.PROC_SHM, hooks: Hooks = Hooks()) -> Outcome:  # fmt: skip
     """Remove the orphans the policy lets go; a result for every orphan considered."""
     with _locked(dry_run, cfg):
         # The survey is taken under the lock: a reaper that waited sees what the first
@@ -65,7 +80,7 @@ def reap(cfg: _config.Config, *, dry_run: bool, quarantine: bool, state_dir: Opt
         decisions = policy.plan(sv.verdicts, cfg, caller())
         candidates = [Candidate(d.verdict, d.reason) for d in decisions if d.remove]
         done = _execute(sv, candidates, cfg, dry_run=dry_run, quarantine=quarantine,
-                        state_dir=state_dir)  # fmt: skip
+                        state_dir=state_dir, hooks=hooks)  # fmt: skip
     # execute gives a result per candidate, in order; candidates are the decisions to
     # remove, in order: walk both (no dict of 32,000 ids to build and look up).
     done_in_order = iter(done)
@@ -76,8 +91,14 @@ def reap(cfg: _config.Config, *, dry_run: bool, quarantine: bool, state_dir: Opt
             assert r.verdict is d.verdict, "execute must answer every candidate, in order"
             results.append(r)
         else:
-            results.append(Result(d.verdict, Action.KEPT, d.reason))
-    return Outcome(sv, results, dry_run, [])
+            r = Result(d.verdict, Action.KEPT, d.reason)
+            hooks.on_result(r)
+            results.append(r)
+    return Outcome(sv, results, dry_run, [], _signal(hooks))
+
+
+def _signal(hooks: Hooks) -> Optional[int]:
+    return hooks.stop.signum if hooks.stop is not None else None
 
 
 # States `rm` refuses without --force, and why in a word.
@@ -105,7 +126,7 @@ def parse_key(text: str) -> int:
 
 def rm(ids: Sequence[int], keys: Sequence[int], cfg: _config.Config, *, force: bool,
        dry_run: bool, quarantine: bool, state_dir: Optional[Path],
-       proc_shm: Path = survey.scan.PROC_SHM) -> Outcome:  # fmt: skip
+       proc_shm: Path = survey.scan.PROC_SHM, hooks: Hooks = Hooks()) -> Outcome:  # fmt: skip
     """Remove the named segments, refusing any that is in use unless `force`."""
     with _locked(dry_run, cfg):
         sv = survey.take(proc_shm)
@@ -134,11 +155,11 @@ def rm(ids: Sequence[int], keys: Sequence[int], cfg: _config.Config, *, force: b
             candidates.append(Candidate(v, "named on the command line"
                                         + (" (--force)" if v.state in _IN_USE else "")))  # fmt: skip
         done = _execute(sv, candidates, cfg, dry_run=dry_run, quarantine=quarantine,
-                        state_dir=state_dir, forced=force)  # fmt: skip
+                        state_dir=state_dir, hooks=hooks, forced=force)  # fmt: skip
     # Every segment named was asked for: one kept for any reason (refused as in use,
     # larger than quarantine_max_bytes, changed since the scan) leaves the job undone,
     # exit 1. One "gone" is done: someone else removed it first.
     results = refused + done
     problems.extend(f"segment {r.verdict.segment.id}: {r.reason}"
                     for r in results if r.action is Action.KEPT)  # fmt: skip
-    return Outcome(sv, results, dry_run, problems)
+    return Outcome(sv, results, dry_run, problems, _signal(hooks))

@@ -1,31 +1,45 @@
 """The one module that removes segments (IPC_RMID). reap and rm both come through here.
 
 For every segment a decision says may go, in order:
-  1. re-check it with IPC_STAT (no attach): same key, nobody attached, times unchanged,
-     creator still dead; anything different and it is kept ("changed since scan");
-  2. dry run: stop here and say "would-remove" (the same path, cut at the last step);
-  3. quarantine (unless off): attach read-only, copy, detach, and make the copy durable
-     (write, fsync, rename) before anything is removed; a copy that cannot be made or
-     saved keeps the segment (fail closed). A segment nobody ever attached to is all
-     zero bytes without looking (`known_zero`): its entry is written, no attach is made;
-  4. re-check again: after our own detach, nobody else may have attached (lpid is ours;
-     for a `known_zero` one: still never attached);
-  5. IPC_RMID. EINVAL/EIDRM mean someone else removed it first: "gone", not a failure.
+  1. re-check it with IPC_STAT (no attach): same segment, nobody attached, times
+     unchanged, its users still dead; anything different and it is kept ("changed
+     since scan");
+  2. dry run: stop here and say "would-remove" (the same path, cut before any change);
+  3. quarantine (unless off): attach read-only, copy the bytes that exist (segcopy:
+     never a page the segment does not hold), detach, while nobody else attaches; the
+     copies are made durable, with an index of `pending` entries, before anything is
+     removed; a copy that cannot be saved keeps the segment (fail closed). A segment
+     nobody ever attached to is all zero bytes without looking (`known_zero`);
+  4. the last instant (`_last_instant`): IPC_STAT (nobody attached since the scan, or
+     since our copy), IPC_SET its mode to 000 so that no unprivileged process can
+     attach any more, IPC_STAT again (nobody attached in between), IPC_RMID, and IPC_STAT
+     once more: a segment still there was attached by a privileged process at the last
+     instant, which is said ("removed while attached"). A check that fails puts the
+     mode back and keeps the segment;
+  5. the quarantine journals each removal, then it is reported as it happens
+     (`on_result`: the log line; a run killed in between has it said when the next run
+     settles it). EINVAL/EIDRM mean someone else removed it first:
+     "gone", not a failure.
+
+A `Stop` set by SIGINT or SIGTERM ends the run after the current segment: the rest
+are kept ("interrupted"), and what was done is recorded as usual.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Sequence
+import signal
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from enum import Enum
-from typing import TYPE_CHECKING, NamedTuple, Optional
+from functools import lru_cache
+from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
 
-import sysv_ipc
-
-from shmjanitor import kernel
+from shmjanitor import kernel, segcopy
 from shmjanitor.classify import RECYCLE_SLACK, Verdict
 from shmjanitor.durations import format_size
+from shmjanitor.errors import SaveFailed
 from shmjanitor.scan import SHM_DEST
 
 if TYPE_CHECKING:
@@ -56,7 +70,39 @@ class Candidate(NamedTuple):
     reason: str
 
 
-# errno of IPC_STAT / IPC_RMID -> what it means for us (one table, as pyudev keeps one).
+class Stop:
+    """Set from a signal handler; the removal loop stops after the current segment."""
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+
+    def __bool__(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else ""
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[Stop]:
+    """SIGINT and SIGTERM (Ctrl-C; systemd's stop or TimeoutStartSec) ask for a stop
+    instead of killing us halfway through a segment. The handlers are put back after."""
+    stop = Stop()
+
+    def handler(signum: int, _frame: object) -> None:
+        if stop.signum is None:
+            stop.signum = signum
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+# errno of IPC_STAT / IPC_SET / IPC_RMID / shmat -> what it means for us (one table).
 _GONE = {errno.EINVAL, errno.EIDRM}
 _ERRNO_MEANING = {
     errno.EPERM: "permission denied (needs root or ownership)",
@@ -79,9 +125,7 @@ def creator_is_back(v: Verdict, seen_dead: Optional[set[int]] = None) -> bool:
     the answer: the pass runs after the survey, and a segment only gets this far when
     IPC_STAT shows the ctime and cpid the survey saw, so it was created before the pid
     was seen free; its creator had exited by then, and an exited process never comes
-    back. Whoever holds the pid later is someone else, which this check then already
-    answers "not back" for (started after ctime). So one kill(2) per distinct creator
-    per pass is as strict as one per segment (32,000 orphans of one creator: 1 call).
+    back. So one kill(2) per distinct creator per pass is as strict as one per segment.
     Only "free" is remembered: a pid found in use is asked about again every time.
     """
     pid = v.segment.cpid
@@ -106,6 +150,13 @@ def creator_is_back(v: Verdict, seen_dead: Optional[set[int]] = None) -> bool:
         return True  # cannot tell: assume it is
 
 
+def _users_back(v: Verdict, seen_dead: Optional[set[int]]) -> Optional[str]:
+    """Why the segment may be in use again (a user of it is alive), or None."""
+    if creator_is_back(v, seen_dead):
+        return f"changed since scan: creator {v.segment.cpid} is alive"
+    return None
+
+
 def changed_since_scan(v: Verdict, now: kernel.Stat, forced: bool) -> Optional[str]:
     """Why the segment is no longer what we judged (None when it is the same). Pure."""
     s = v.segment
@@ -117,10 +168,30 @@ def changed_since_scan(v: Verdict, now: kernel.Stat, forced: bool) -> Optional[s
         return None
     if now.nattch:
         return f"changed since scan: {now.nattch} attached now"
-    if (now.atime, now.dtime, now.ctime) != (s.atime, s.dtime, s.ctime):
+    # Times are whole seconds: an attach and detach within the second of the scan leaves
+    # them as they were, but not lpid, the pid of the last shmat/shmdt.
+    if (now.atime, now.dtime, now.ctime, now.lpid) != (s.atime, s.dtime, s.ctime, s.lpid):
         return "changed since scan: attached, detached or IPC_SET since"
     if now.cpid != s.cpid or now.uid != s.uid:
         return "changed since scan: owner or creator differ"
+    return None
+
+
+def untouched_since_copy(v: Verdict, now: kernel.Stat, zero: bool, forced: bool) -> Optional[str]:
+    """Why a segment we copied cannot go now (None when nobody touched it since). Pure.
+
+    After our own detach, lpid is ours; anyone else's attach or detach since would show
+    as their lpid. A segment saved as zeros without attaching must still be unattached
+    ever (atime unset).
+    """
+    if now.key != v.segment.key or now.mode & SHM_DEST or now.cpid != v.segment.cpid:
+        return "changed since scan: removed or replaced while copying"
+    if zero:
+        if now.nattch or now.atime is not None:
+            return "changed since scan: attached by another process while it was saved"
+        return None
+    if not forced and (now.nattch or now.lpid != os.getpid()):
+        return "changed since scan: attached by another process after it was copied"
     return None
 
 
@@ -144,51 +215,84 @@ def _recheck(v: Verdict, forced: bool, seen_dead: Optional[set[int]] = None) -> 
     if now is None:
         return result
     why = changed_since_scan(v, now, forced)
+    if why is None and not forced:
+        why = _users_back(v, seen_dead)
+    return Result(v, Action.KEPT, why) if why else None
+
+
+@lru_cache(maxsize=1)
+def lock_mode() -> int:
+    """The mode a segment gets for its last instant: 000 when we can still look at it
+    (CAP_IPC_OWNER: root), else 0400, since IPC_STAT needs read permission even for the
+    owner (ipc/util.c, ipcperms). With 0400 only the owner's own processes could still
+    attach, read-only; without CAP_SYS_ADMIN we only remove segments we own anyway."""
+    return 0 if kernel.has_cap(kernel.CAP_IPC_OWNER) else 0o400
+
+
+def _put_mode_back(shmid: int, mode: int) -> None:
+    try:
+        kernel.shm_stat(shmid)
+        kernel.set_mode_after_stat(shmid, mode)
+    except OSError:
+        pass  # gone meanwhile: nothing to put back
+
+
+def _last_instant(v: Verdict, reason: str, forced: bool, *, copied: bool = False,
+                  zero: bool = False, seen_dead: Optional[set[int]] = None) -> Result:  # fmt: skip
+    """Check, lock, check, remove, and check the kernel's answer (module docstring, 4)."""
+    shmid = v.segment.id
+    before, result = _stat(v)
+    if before is None:
+        assert result is not None
+        return result
+    if copied:
+        why = untouched_since_copy(v, before, zero, forced)
+    else:
+        why = changed_since_scan(v, before, forced)
+        if why is None and not forced:
+            why = _users_back(v, seen_dead)
     if why:
         return Result(v, Action.KEPT, why)
-    if not forced and creator_is_back(v, seen_dead):
-        return Result(v, Action.KEPT, f"changed since scan: creator {v.segment.cpid} is alive")
-    return None
-
-
-def _rmid(v: Verdict, reason: str) -> Result:
-    try:
-        sysv_ipc.remove_shared_memory(v.segment.id)
-    except sysv_ipc.ExistentialError:
-        return Result(v, Action.GONE, "already gone")
-    except sysv_ipc.PermissionsError:
-        return Result(v, Action.FAILED, _ERRNO_MEANING[errno.EPERM])
-    except sysv_ipc.Error as e:
-        return Result(v, Action.FAILED, f"IPC_RMID failed: {e}")
-    return Result(v, Action.REMOVED, reason)
-
-
-def copy_out(v: Verdict, forced: bool) -> tuple[Optional[bytes], Optional[Result]]:
-    """Attach read-only, copy the bytes, detach; or the result when the copy is not sound.
-
-    Sound means nobody else was attached while we copied: just before we detach, nattch
-    is 1 (us) and lpid is our pid, so nobody attached or detached since our attach.
-    """
-    try:
-        # flags= by name: attach's second positional argument is the address, and
-        # SHM_RDONLY there (0x1000) made a read-write attach at address 0x1000.
-        shm = sysv_ipc.attach(v.segment.id, flags=sysv_ipc.SHM_RDONLY)
-    except sysv_ipc.ExistentialError:
-        return None, Result(v, Action.GONE, "already gone")
-    except sysv_ipc.Error as e:
-        return None, Result(v, Action.FAILED, f"not removed: cannot attach to copy it: {e}")
-    try:
-        data = bytes(shm.read(v.segment.size))
-        now, result = _stat(v)
-        if now is None:
-            return None, result
-        if not forced and (now.nattch != 1 or now.lpid != os.getpid()):
-            return None, Result(v, Action.KEPT, (
-                "changed since scan: attached by another process while copying"
+    if not forced:
+        # From here on only a process with CAP_IPC_OWNER can attach (ipcperms): the
+        # window between our last look and IPC_RMID is closed for everyone else (for a
+        # reaper without it, for everyone but the owner's own read-only attaches).
+        try:
+            kernel.set_mode_after_stat(shmid, lock_mode())
+        except OSError as e:
+            if e.errno in _GONE:
+                return Result(v, Action.GONE, "already gone")
+            return Result(v, Action.FAILED, f"not removed: {_meaning(e)}")
+        locked, result = _stat(v)
+        if locked is None:
+            assert result is not None
+            return result
+        if locked.nattch or locked.mode & SHM_DEST or (
+            locked.key, locked.atime, locked.dtime, locked.lpid
+        ) != (before.key, before.atime, before.dtime, before.lpid):  # fmt: skip
+            _put_mode_back(shmid, before.mode)
+            return Result(v, Action.KEPT, (
+                "changed since scan: attached at the last instant; its mode was put back"
             ))  # fmt: skip
-        return data, None
-    finally:
-        shm.detach()
+    try:
+        kernel.shm_rmid(shmid)
+    except OSError as e:
+        if e.errno in _GONE:
+            return Result(v, Action.GONE, "already gone")
+        if not forced:
+            _put_mode_back(shmid, before.mode)
+        return Result(v, Action.FAILED, f"not removed: IPC_RMID: {_meaning(e)}")
+    # IPC_RMID frees a segment nobody is attached to at once (ipc/shm.c, do_shm_rmid);
+    # one still there has users, who attached after our last look (only a privileged
+    # process could, once the mode was 000). The kernel frees it at their last detach.
+    nattch = kernel.shm_nattch(shmid)
+    if forced or not nattch:
+        return Result(v, Action.REMOVED, reason)
+    return Result(v, Action.REMOVED, (
+        f"{reason}; removed while {nattch} attached: a privileged process attached at "
+        "the last instant; it keeps its mapping until it detaches"
+        + ("; the quarantine copy may miss its last writes" if copied else "")
+    ))  # fmt: skip
 
 
 def known_zero(v: Verdict, forced: bool) -> bool:
@@ -197,48 +301,85 @@ def known_zero(v: Verdict, forced: bool) -> bool:
     Yes when nobody ever attached to it (atime 0, shown as None) and the kernel holds
     no page of it (rss and swap 0). A System V segment is only ever written through an
     attach, and every attach sets atime (ipc/shm.c, __shm_open: shmat, and the fork of
-    an attached process). The re-check before the copy (IPC_STAT: atime unchanged, so
-    still 0) and the one after it is saved (`_untouched_since_copy`) show that nobody
-    attached in between either. Leaks made by `ipcmk`, or by a program that died before
-    its shmat, are like this. Not for rm --force, which skips the in-use checks.
+    an attached process). The re-check before the save (atime unchanged, so still 0)
+    and the one at the last instant (`untouched_since_copy`) show that nobody attached
+    in between either. Not for rm --force, which skips the in-use checks.
     """
     s = v.segment
     return not forced and s.atime is None and s.rss == 0 and s.swap == 0
 
 
-def _untouched_since_copy(v: Verdict, forced: bool, zero: bool = False) -> Optional[Result]:
-    now, result = _stat(v)
-    if now is None:
-        return result
-    if now.key != v.segment.key or now.mode & SHM_DEST:
-        return Result(v, Action.KEPT, "changed since scan: removed or replaced while copying")
-    if zero:  # not attached by us either: it must still be never attached
-        if now.nattch or now.atime is not None:
-            return Result(v, Action.KEPT, (
-                "changed since scan: attached by another process while it was saved"
-            ))  # fmt: skip
-        return None
-    if not forced and (now.nattch or now.lpid != os.getpid()):
-        return Result(v, Action.KEPT, (
-            "changed since scan: attached by another process after it was copied"
-        ))  # fmt: skip
-    return None
+class _Abandon(Exception):
+    """Raised inside a copy to drop it; `result` says why."""
+
+    def __init__(self, result: Result) -> None:
+        self.result = result
+
+
+def copy_out(v: Verdict, forced: bool, batch: Batch, reason: str) -> Optional[Result]:
+    """Attach read-only, save the bytes that exist into `batch`, detach. None when the
+    copy is saved; else the result to report (kept: budget, changed; failed; gone).
+
+    Sound means nobody else was attached while we copied: just before we detach, nattch
+    is 1 (us) and lpid is our pid, so nobody attached or detached since our attach.
+    Raises OSError when the quarantine's disk fails (then nothing more is removed).
+    """
+    try:
+        addr = kernel.shm_attach_ro(v.segment.id)
+    except OSError as e:
+        if e.errno in _GONE:
+            return Result(v, Action.GONE, "already gone")
+        return Result(v, Action.FAILED, f"not removed: cannot attach to copy it: {_meaning(e)}")
+    try:
+
+        def copier(write: Callable[[bytes], None]) -> list[tuple[int, int]]:
+            try:
+                extents = segcopy.copy(addr, v.segment.size, write)
+            except OSError as e:
+                failed = Result(v, Action.FAILED, f"not removed: cannot copy it: {e}")
+                raise _Abandon(failed) from None
+            now, result = _stat(v)
+            if now is None:
+                assert result is not None
+                raise _Abandon(result)
+            if not forced and (now.nattch != 1 or now.lpid != os.getpid()):
+                raise _Abandon(Result(v, Action.KEPT, (
+                    "changed since scan: attached by another process while copying"
+                )))  # fmt: skip
+            return extents
+
+        try:
+            refused = batch.save(v, reason, copier)
+        except _Abandon as a:
+            return a.result
+        return Result(v, Action.KEPT, refused) if refused else None
+    finally:
+        kernel.shm_detach(addr)
 
 
 def _save_failed(candidates: Sequence[Candidate], results: dict[int, Result], batch: Batch,
-                 e: OSError) -> list[Result]:  # fmt: skip
+                 e: OSError, on_result: Callable[[Result], None]) -> list[Result]:  # fmt: skip
     """The quarantine could not store a copy: nothing more is removed (fail closed)."""
     batch.abort()
     why = f"not removed: quarantine copy could not be saved ({e.strerror or e})"
-    return [
-        results.get(c.verdict.segment.id) or Result(c.verdict, Action.FAILED, why)
-        for c in candidates
-    ]
+    out = []
+    for c in candidates:
+        r = results.get(c.verdict.segment.id)
+        if r is None:
+            r = Result(c.verdict, Action.FAILED, why)
+            on_result(r)
+        out.append(r)
+    return out
+
+
+def _ignore(_r: Result) -> None:
+    pass
 
 
 def execute(
     candidates: Sequence[Candidate], *, dry_run: bool, batch: Optional[Batch],
     max_copy: Optional[int] = None, forced: bool = False,
+    on_result: Callable[[Result], None] = _ignore, stop: Optional[Stop] = None,
 ) -> list[Result]:  # fmt: skip
     """Remove what may go (see the module docstring); a result for every candidate.
 
@@ -246,65 +387,82 @@ def execute(
     this is a dry run. `max_copy` is the largest segment the quarantine copies (None:
     quarantine off); a dry run applies it too, so it shows what the real run would do.
     `forced` (rm --force) skips the in-use checks, never the identity checks.
+    `on_result` hears each result the moment it is final (a removal: right after its
+    IPC_RMID and the quarantine's journal line).
     """
     results: dict[int, Result] = {}
-    copied: list[tuple[Candidate, bool]] = []  # with: saved as known_zero, not attached
+    stop = stop or Stop()
+
+    def done(r: Result) -> None:
+        results[r.verdict.segment.id] = r
+        on_result(r)
+
+    def interrupted(v: Verdict) -> Result:
+        return Result(v, Action.KEPT, f"not removed: interrupted by {stop.name}")
+
+    copied: list[tuple[Candidate, bool, int]] = []  # with: saved as zeros, entry number
     seen_dead: set[int] = set()  # creators' pids found free in this pass (creator_is_back)
     for c in candidates:
         v = c.verdict
+        if stop:
+            done(interrupted(v))
+            continue
+        if batch is None and not dry_run:  # quarantine off: straight to the last instant
+            done(_last_instant(v, c.reason, forced, seen_dead=seen_dead))
+            continue
         stopped = _recheck(v, forced, seen_dead)
         if stopped is not None:
-            results[v.segment.id] = stopped
+            done(stopped)
             continue
         if max_copy is not None and v.segment.size > max_copy:
-            results[v.segment.id] = Result(v, Action.KEPT, (
+            done(Result(v, Action.KEPT, (
                 f"larger than quarantine_max_bytes ({format_size(v.segment.size)} > "
                 f"{format_size(max_copy)}); --no-quarantine removes without a copy"
-            ))  # fmt: skip
+            )))  # fmt: skip
             continue
-        if dry_run:
-            results[v.segment.id] = Result(v, Action.WOULD_REMOVE, c.reason)
-            continue
-        if batch is None:
-            results[v.segment.id] = _rmid(v, c.reason)
+        if dry_run or batch is None:
+            done(Result(v, Action.WOULD_REMOVE, c.reason))
             continue
         zero = known_zero(v, forced)
-        data: Optional[bytes] = None
-        if not zero:
-            data, stopped = copy_out(v, forced)
-            if stopped is not None or data is None:
-                results[v.segment.id] = stopped or Result(v, Action.FAILED, "not copied")
-                continue
+        n = batch.count
         try:
-            refused = batch.add(v, data, c.reason)
+            if zero:
+                refused = batch.save(v, c.reason, None)
+                stopped = Result(v, Action.KEPT, refused) if refused else None
+            else:
+                stopped = copy_out(v, forced, batch, c.reason)
+        except SaveFailed as e:  # this copy only: the data file was cut back
+            stopped = Result(v, Action.FAILED, f"not removed: quarantine copy could not be "
+                             f"saved ({e.strerror or e})")  # fmt: skip
         except OSError as e:
-            return _save_failed(candidates, results, batch, e)
-        if refused:
-            results[v.segment.id] = Result(v, Action.KEPT, refused)
+            return _save_failed(candidates, results, batch, e, on_result)
+        if stopped is not None:
+            done(stopped)
             continue
-        copied.append((c, zero))
+        copied.append((c, zero, n))
 
-    if batch is not None and not copied:
+    if batch is None:
+        return [results[c.verdict.segment.id] for c in candidates]
+    if not copied:
         batch.abort()  # nothing was copied: leave no empty run behind
-    elif batch is not None:
-        try:
-            batch.commit()
-        except OSError as e:
-            return _save_failed(candidates, results, batch, e)
-        removed: set[int] = set()
-        for c, zero in copied:
-            v = c.verdict
-            stopped = _untouched_since_copy(v, forced, zero)
-            if stopped is not None:
-                results[v.segment.id] = stopped
+        return [results[c.verdict.segment.id] for c in candidates]
+    try:
+        batch.commit()
+    except OSError as e:
+        return _save_failed(candidates, results, batch, e, on_result)
+    try:
+        for c, zero, n in copied:
+            if stop:
+                done(interrupted(c.verdict))
                 continue
-            r = _rmid(v, c.reason)
-            results[v.segment.id] = r
+            r = _last_instant(c.verdict, c.reason, forced, copied=True, zero=zero)
             if r.action is Action.REMOVED:
-                removed.add(v.segment.id)
+                batch.removed(n)  # on disk first: a log line lost is said again by settle
+            done(r)
+    finally:
         try:
-            batch.finish(removed)
-        except OSError as e:  # the copies are safe; only the index's final status is not
+            batch.finish()
+        except OSError as e:  # the copies are safe and the run is settled next time
             import sys
 
             print(f"shmjanitor: warning: quarantine index not updated: {e}", file=sys.stderr)

@@ -7,6 +7,7 @@ table and the log lines print them through text.printable, JSON escapes them its
 from __future__ import annotations
 
 import json
+import signal
 from functools import lru_cache
 from typing import IO, Any
 
@@ -44,6 +45,7 @@ def summary(o: Outcome) -> dict[str, Any]:
         "bytes_freed": freed if not o.dry_run else 0,
         "bytes_would_free": freed if o.dry_run else 0,
         "problems": o.problems,
+        "interrupted": signal.Signals(o.interrupted).name if o.interrupted else None,
     }
 
 
@@ -91,6 +93,7 @@ def summary_line(o: Outcome) -> str:
         f"summary dry_run={str(o.dry_run).lower()} considered={sm['considered']} "
         f"removed={sm['removed']} would_remove={sm['would_remove']} kept={sm['kept']} "
         f"failed={sm['failed']} gone={sm['gone']} bytes={freed}"
+        + (f" interrupted={sm['interrupted']}" if sm["interrupted"] else "")
     )
 
 
@@ -143,3 +146,38 @@ def table(o: Outcome, out: IO[str], width: int | None = None) -> None:
     )
     for p in o.problems:
         console.print(Text.assemble(("problem:", "red"), " ", printable(p)))
+
+
+class Logger:
+    """Log output as it happens: a line per result the moment it is final (kept orphans
+    only with -v; failures on stderr), then problems and the summary at the end. A run
+    that is killed has said every removal it made up to that instant."""
+
+    def __init__(self, out: IO[str], err: IO[str], verbose: bool) -> None:
+        self.out, self.err, self.verbose = out, err, verbose
+
+    def result(self, r: Result) -> None:
+        if r.action is Action.FAILED:
+            self.err.write(log_line(r) + "\n")
+            self.err.flush()
+        elif self.verbose or r.action is not Action.KEPT:
+            self.out.write(log_line(r) + "\n")
+            self.out.flush()
+
+    def note(self, text: str) -> None:
+        """A line about the quarantine: removals settled after an interrupted run are
+        log lines like any removal (made by log_line, so already escaped); anything
+        else is a note on stderr, which may quote a file name."""
+        if text.startswith("action="):
+            self.out.write(text + "\n")
+            self.out.flush()
+        else:
+            self.err.write(f"shmjanitor: note: {printable(text)}\n")
+            self.err.flush()
+
+    def finish(self, o: Outcome) -> None:
+        for p in o.problems:
+            self.err.write(f"problem: {printable(p)}\n")
+        self.err.flush()
+        self.out.write(summary_line(o) + "\n")
+        self.out.flush()

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import sysv_ipc
 
-from shmjanitor import kernel, remove
+from shmjanitor import kernel, remove, segcopy
 from shmjanitor.classify import Creator, State, Verdict
 from shmjanitor.config import Config
-from shmjanitor.quarantine import Store, _is_zero, _zero_crc32
+from shmjanitor.quarantine import Store, boot_id, ipc_namespace
 from shmjanitor.scan import Segment
 
 
@@ -86,28 +86,32 @@ def test_creator_is_back_asks_once_per_dead_pid_and_always_for_a_live_one(monkey
     assert asked[-1] == dead
 
 
-@pytest.mark.parametrize("size", [1, 4096, 12345, (1 << 20) + 1])
-def test_zero_check_and_its_crc32(size):
-    zeros = bytes(size)
-    assert _is_zero(zeros) and _zero_crc32(size) == zlib.crc32(zeros)
-    for at in (0, size // 2, size - 1):
-        data = bytearray(size)
-        data[at] = 1
-        assert not _is_zero(bytes(data))
-
-
 def _entry(n: int, v: Verdict, now: int, data: bytes, offset: int, length: int,
-           removed: bool | None) -> dict:  # fmt: skip
-    """An index entry as a plain dict, built the slow way (what Batch.add used to build)."""
-    s, zero = v.segment, not data.strip(b"\0")
+           status: str) -> dict:  # fmt: skip
+    """An index entry as a plain dict, built the slow way."""
+    s = v.segment
+    stored = data.rstrip(b"\0")  # these test copies keep their zeros at the end only
     return {
         "n": n, "id": s.id, "key": s.key, "size": s.size, "mode": s.perms, "uid": s.uid,
         "gid": s.gid, "cuid": s.cuid, "cgid": s.cgid, "cpid": s.cpid, "lpid": s.lpid,
         "atime": s.atime, "dtime": s.dtime, "ctime": s.ctime, "creator": v.creator.name,
-        "removed_at": now, "reason": v.reason, "encoding": "zero" if zero else "zlib",
-        "offset": offset, "length": length, "crc32": zlib.crc32(data), "removed": removed,
-        "restored_as": None, "restored_at": None,
+        "removed_at": now, "reason": v.reason, "encoding": "extents",
+        "extents": [[0, len(stored)]] if stored else [], "offset": offset, "length": length,
+        "crc32": zlib.crc32(stored), "status": status, "restored_as": None,
+        "restored_at": None,
     }  # fmt: skip
+
+
+def _copier(data: bytes):  # type: ignore[no-untyped-def]
+    """A copier as segcopy.copy behaves for `data` whose zeros are all at its end."""
+    stored = data.rstrip(b"\0")
+
+    def copier(write):  # type: ignore[no-untyped-def]
+        if stored:
+            write(stored)
+        return [(0, len(stored))] if stored else []
+
+    return copier
 
 
 def test_index_text_is_exactly_json_dumps(tmp_path: Path):
@@ -122,59 +126,67 @@ def test_index_text_is_exactly_json_dumps(tmp_path: Path):
     datas = [bytes(4096), os.urandom(4096), b"\1" + bytes(4095)]
     expected, offset = [], 0
     for n, (v, data) in enumerate(zip(verdicts, datas)):
-        assert batch.add(v, data, v.reason) is None
-        length = 0 if n == 0 else batch.offset - offset
-        expected.append(_entry(n, v, now, data, offset, length, None))
+        assert batch.save(v, v.reason, _copier(data)) is None
+        expected.append(_entry(n, v, now, data, offset, batch.offset - offset, "pending"))
         offset = batch.offset
-    doc = {"version": 1, "run": batch.run, "created_at": now, "entries": expected}
-    assert batch._index_text() == json.dumps(doc) and batch.records == expected
+    head = {"version": 2, "run": batch.run, "created_at": now, "boot_id": boot_id(),
+            "ipc_ns": ipc_namespace(), "pid": os.getpid()}  # fmt: skip
+    doc = dict(head, entries=expected)
+    assert batch._index_text(False) == json.dumps(doc)
     batch.commit()
     index = tmp_path / "quarantine" / f"{batch.run}.json"
     assert index.read_text() == json.dumps(doc)
     assert json.loads(index.read_text())["entries"][2]["reason"] == tricky
-    batch.finish({1, 3})
-    doc["entries"] = [dict(expected[0], removed=True), dict(expected[2], removed=True)]
+    batch.removed(0)
+    batch.removed(2)
+    batch.finish()
+    doc["entries"] = [dict(expected[0], status="removed"), dict(expected[2], status="removed")]
     assert index.read_text() == json.dumps(doc)
     store = Store(tmp_path, Config())  # and restore reads the copies back from it
-    assert [store.read(e) for e in store.entries()] == [datas[0], datas[2]]
+    got = [b"".join(piece for _, piece in store.read(e)) for e in store.entries()]
+    assert got == [b"", b"\1"]
 
 
 def test_finish_with_every_entry_removed_keeps_them_all(tmp_path: Path):
     batch = Store(tmp_path, Config()).open_batch(1_700_000_000.0)
     verdicts = [_verdict(100, 1_600_000_000, shmid=i, reason="orphan") for i in range(1, 4)]
     for v in verdicts:
-        assert batch.add(v, bytes(64), v.reason) is None
+        assert batch.save(v, v.reason, None) is None
     batch.commit()
-    batch.finish({1, 2, 3, 99})
-    written = (tmp_path / "quarantine" / f"{batch.run}.json").read_text()
-    entries = [_entry(n, v, 1_700_000_000, bytes(64), 0, 0, True) for n, v in enumerate(verdicts)]
-    assert written == json.dumps(
-        {"version": 1, "run": batch.run, "created_at": 1_700_000_000, "entries": entries}
-    )
+    for n in range(3):
+        batch.removed(n)
+    batch.finish()
+    written = json.loads((tmp_path / "quarantine" / f"{batch.run}.json").read_text())
+    entries = [_entry(n, v, 1_700_000_000, bytes(64), 0, 0, "removed")
+               for n, v in enumerate(verdicts)]  # fmt: skip
+    assert written["entries"] == entries
+    assert not (tmp_path / "quarantine" / f"{batch.run}.journal").exists()
 
 
-def test_the_quarantine_copy_attaches_read_only_where_the_kernel_chooses(monkeypatch):
+def test_the_quarantine_copy_attaches_read_only_where_the_kernel_chooses(monkeypatch, tmp_path):
     seen: list[tuple[int, str]] = []
-    real_attach = sysv_ipc.attach
+    real_copy = segcopy.copy
 
-    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
-        shm = real_attach(*args, **kwargs)
-        start = f"{shm.address:x}-"
+    def spy(addr, size, write):  # type: ignore[no-untyped-def]
+        start = f"{addr:x}-"
         (line,) = [m for m in Path("/proc/self/maps").read_text().splitlines()
                    if m.startswith(start)]  # fmt: skip
-        seen.append((shm.address, line.split()[1]))
-        return shm
+        seen.append((addr, line.split()[1]))
+        return real_copy(addr, size, write)
 
-    monkeypatch.setattr(sysv_ipc, "attach", spy)
-    shm = sysv_ipc.SharedMemory(None, sysv_ipc.IPC_CREX, mode=0o600, size=8192)
+    monkeypatch.setattr(segcopy, "copy", spy)
+    shm = sysv_ipc.SharedMemory(None, sysv_ipc.IPC_CREX, mode=0o600, size=8192,
+                                init_character=b"\0")  # fmt: skip
     shm.write(b"keep me")
     shm.detach()
+    batch = Store(tmp_path, Config()).open_batch(time.time())
     try:
         v = _verdict(os.getpid(), 0, shmid=shm.id)
-        data, stopped = remove.copy_out(v, forced=False)
+        stopped = remove.copy_out(v, False, batch, "test")
     finally:
         shm.remove()
-    assert stopped is None and data is not None and data.startswith(b"keep me")
+    assert stopped is None and batch.count == 1
     ((address, perms),) = seen
     assert perms == "r--s"  # read-only, shared: the copy cannot write to the segment
     assert address != 0x1000  # SHM_RDONLY passed as the address, as it once was
+    batch.abort()
