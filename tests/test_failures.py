@@ -210,3 +210,26 @@ def test_version_into_a_closed_pipe_is_141_too():
     finally:
         os.close(w)
     assert (p.returncode, p.stderr) == (141, "")
+
+
+TERM_AFTER_SCAN = (
+    "import os, signal, sys; from shmjanitor import survey\n"
+    "take = survey.take\n"
+    "def take_then_term(*a, **k):\n"
+    "    sv = take(*a, **k); os.kill(os.getpid(), signal.SIGTERM); return sv\n"
+    "survey.take = take_then_term\n"
+    "sys.argv[0] = 'shmjanitor'\n"
+    "from shmjanitor.cli import main; main()\n"
+)
+
+
+def test_a_reap_stopped_by_sigterm_is_a_failed_run(tmp_path):
+    keep = make(Spec(), Spec()).ids
+    prom = tmp_path / "shm.prom"
+    succeeded_once(prom)
+    p = subprocess.run([sys.executable, "-c", TERM_AFTER_SCAN, "reap", "--min-age", "0",
+                        "--include-system", "--no-quarantine", "--metrics-file", str(prom)],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert p.returncode == 143, p.stderr  # stopped before the first segment
+    assert set(rows()) == set(keep)
+    assert last_run(prom)[0] == 0  # 143 is not 0
