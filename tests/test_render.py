@@ -96,3 +96,24 @@ def test_reap_report_prints_hostile_text_as_text():
     assert line.endswith('reason="creator 7 ([/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff) alive"')
     assert line in out.getvalue().splitlines()
     assert err.getvalue() == "problem: segment 7: [/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff\n"
+
+
+def test_streamed_log_lines_and_notes_escape_too():
+    from shmjanitor import report
+    from shmjanitor.reaping import Outcome
+    from shmjanitor.remove import Action, Result
+    from shmjanitor.scan import Limits
+    from shmjanitor.survey import Survey
+
+    v = verdict(state=State.IDLE, reason=f"creator 7 ({HOSTILE}) alive")
+    r = Result(v, Action.KEPT, v.reason)
+    out, err = io.StringIO(), io.StringIO()
+    log = report.Logger(out, err, verbose=True)
+    log.result(r)
+    log.note(f"set aside {HOSTILE}.json")
+    log.finish(Outcome(Survey([v], Limits(None, None, None), 0.0), [r], False, [HOSTILE]))
+    assert out.getvalue().splitlines()[0] == report.log_line(r)
+    assert err.getvalue().splitlines() == [
+        "shmjanitor: note: set aside [/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff.json",
+        "problem: [/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff",
+    ]
