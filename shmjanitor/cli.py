@@ -1,24 +1,29 @@
 """The command line: each command parses its options and calls into the core.
 
-Exit codes: 0 as planned, 1 the job was not done in full, 2 usage/config/input error
-(see shmjanitor.errors and the README).
+Exit codes: 0 as planned, 1 the job was not done in full, 2 usage/config/input error,
+70 a bug, 141 a closed pipe (see shmjanitor.errors and the README). Every message goes
+through text.printable: it may quote a process name, a user name or a path.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import sys
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import typer
+from click.utils import PacifyFlushWrapper
 
 from shmjanitor.classify import State
-from shmjanitor.errors import JanitorError
+from shmjanitor.errors import EXIT_BROKEN_PIPE, EXIT_BUG, JanitorError, MetricsError, OutputClosed
 from shmjanitor.render import Format
+from shmjanitor.text import printable
 
 app = typer.Typer(
     name="shmjanitor",
@@ -31,31 +36,108 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
-) -> None:
-    if version:
+def _version(value: bool) -> None:
+    if value:
         from shmjanitor import __version__
 
         typer.echo(f"shmjanitor {__version__}")
         raise typer.Exit(0)
 
 
+@app.callback()
+def _root(
+    # Eager, with a callback: otherwise click wants a command first ("Missing command").
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    pass
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"shmjanitor: {message}", err=True)
+    typer.echo(f"shmjanitor: {printable(message)}", err=True)
     return typer.Exit(code)
 
 
-@contextmanager
-def errors_as_exit() -> Iterator[None]:
-    """Foreseeable failures become one line on stderr and their exit code, never a traceback."""
+def _record_failure(metrics_file: Optional[Path]) -> None:
+    """With --metrics-file, a run that does not exit 0 says so: last_run_success 0."""
+    if metrics_file is None:
+        return
+    from shmjanitor import metrics
+
     try:
+        metrics.write(metrics_file, None, run=None, now=time.time(), success=False)
+    except Exception as e:  # the first failure is the one to report; this one is a note
+        typer.echo(f"shmjanitor: also: {printable(str(e))}", err=True)
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null, so that the interpreter's last flush of what is still
+    buffered cannot fail again and print "Exception ignored ..." on the way out."""
+    with suppress(OSError, ValueError, AttributeError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+
+
+def _bug(e: BaseException) -> typer.Exit:
+    """An exception nobody foresaw: one line (the traceback only when asked for)."""
+    if os.environ.get("SHMJANITOR_DEBUG"):
+        import traceback
+
+        traceback.print_exception(type(e), e, e.__traceback__)
+    return fail(
+        f"internal error (a bug, please report it): {type(e).__name__}: {e}; "
+        "SHMJANITOR_DEBUG=1 shows the traceback",
+        EXIT_BUG,
+    )
+
+
+@contextmanager
+def errors_as_exit(metrics_file: Optional[Path] = None) -> Iterator[None]:
+    """Every failure becomes one line on stderr and its exit code, never a traceback.
+
+    With `metrics_file`, any exit but 0 also writes shmjanitor_last_run_success 0 and
+    the time (a run that exits 0 writes its own metrics).
+    """
+    try:
+        if sys.stdout is None:  # started with fd 1 closed: Python leaves sys.stdout None
+            raise OutputClosed(
+                "standard output is closed, so nothing was done: a run must be able to say "
+                "what it did (redirect it to /dev/null to discard it)"
+            )
         yield
+        # Output still buffered goes out now, while a failure to write it (a closed
+        # pipe, a full disk) is still this run's failure and reaches the metrics.
+        sys.stdout.flush()
+    except typer.Exit as e:  # a usage error said by `fail`, or an exit code on purpose
+        if e.exit_code != 0:
+            _record_failure(metrics_file)
+        raise
+    except BrokenPipeError:
+        # The reader went away (`list | head -1`). Like ipcs and lsipc, which die of
+        # SIGPIPE, say nothing; exit as such a death would (128 + 13) so a pipeline
+        # under `set -o pipefail` still learns that not all of the output was read.
+        _silence_stdout()
+        _record_failure(metrics_file)
+        raise typer.Exit(EXIT_BROKEN_PIPE) from None
     except JanitorError as e:
+        if not isinstance(e, MetricsError):  # which could not be written again either
+            _record_failure(metrics_file)
         raise fail(str(e), e.exit_code) from None
     except OSError as e:  # the machine said no (disk full, read-only, ...): say so plainly
+        _record_failure(metrics_file)
         raise fail(f"error: {e}", 1) from None
+    except Exception as e:
+        _record_failure(metrics_file)
+        raise _bug(e) from None
+    except SystemExit as e:
+        if e.code not in (0, None):
+            _record_failure(metrics_file)
+        raise
+    except BaseException:  # KeyboardInterrupt: the run stopped short
+        _record_failure(metrics_file)
+        raise
 
 
 METRICS_OPT = typer.Option(
@@ -114,7 +196,7 @@ def list_(
     """
     from shmjanitor import listing
 
-    with errors_as_exit():
+    with errors_as_exit(metrics_file):
         listing.run(
             states=set(state or ()),
             owner=owner,
@@ -176,7 +258,7 @@ def _show_outcome(outcome, as_json: bool, verbose: bool) -> None:  # type: ignor
     if as_json:
         sys.stdout.write(report.to_json(outcome))
         for p in outcome.problems:
-            typer.echo(f"shmjanitor: {p}", err=True)
+            typer.echo(f"shmjanitor: {printable(p)}", err=True)
     elif sys.stdout.isatty():
         report.table(outcome, sys.stdout)
     else:
@@ -212,11 +294,12 @@ def reap(
     quarantine first (see `shmjanitor restore`).
 
     Exit status: 0 all went as planned (including nothing to do), 1 some removal
-    failed, 2 usage, configuration or input error (nothing removed).
+    failed, 2 usage, configuration or input error (nothing removed). With
+    --metrics-file, shmjanitor_last_run_success is 1 exactly when the status is 0.
     """
     from shmjanitor import reaping, remove, report
 
-    with errors_as_exit():
+    with errors_as_exit(metrics_file):
         cfg = _load_config(
             config_path, min_age=_duration("--min-age", min_age), include_system=include_system
         )
@@ -245,7 +328,7 @@ def reap(
 
 
 def _note(text: str) -> None:
-    typer.echo(f"shmjanitor: note: {text}", err=True)
+    typer.echo(f"shmjanitor: note: {printable(text)}", err=True)
 
 
 def _write_reap_metrics(path: Path, outcome) -> None:  # type: ignore[no-untyped-def]
@@ -259,7 +342,7 @@ def _write_reap_metrics(path: Path, outcome) -> None:  # type: ignore[no-untyped
         removed=len(removed),
         removed_bytes=sum(r.verdict.segment.size for r in removed),
         kept=sum(r.action is Action.KEPT for r in outcome.results),
-        success=outcome.ok,
+        success=outcome.ok and not outcome.interrupted,  # 130/143 is not a success
     )
     left = [v for v in outcome.survey.verdicts if v.segment.id not in gone]
     metrics.write(path, left, run=run, now=outcome.survey.taken_at)
@@ -327,15 +410,18 @@ def quarantine_list(
 ) -> None:
     """List quarantine entries: the handle to restore by, old id, key, size, owner, when
     and why it was removed, and whether it was restored."""
+    with errors_as_exit():
+        store = _store(config_path, state_dir)
+        store.tidy()
+        _print_entries(store.entries(), as_json)
+
+
+def _print_entries(entries, as_json: bool) -> None:  # type: ignore[no-untyped-def]
     import json
 
     from shmjanitor.durations import format_size
     from shmjanitor.render import owner_name
 
-    with errors_as_exit():
-        store = _store(config_path, state_dir)
-        store.tidy()
-        entries = store.entries()
     rows = [{
         "entry": e.name, "id": e.doc["id"], "key": e.doc["key"], "size": e.doc["size"],
         "uid": e.doc["uid"], "owner": owner_name(e.doc["uid"]), "mode": e.doc["mode"],
@@ -351,10 +437,10 @@ def quarantine_list(
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["removed_at"]))
         restored = f" restored as id {r['restored_as']}" if r["restored_as"] is not None else ""
         if r["status"] != "removed":
-            restored += f" {r['status']} (not restorable yet)"
-        typer.echo(f"{r['entry']}  id={r['id']} key=0x{r['key']:08x} "
-                   f"size={format_size(r['size'])} owner={r['owner']} removed={when}"
-                   f"{restored}  {r['reason']}")  # fmt: skip
+            restored += f" {printable(r['status'])} (not restorable yet)"
+        typer.echo(f"{printable(r['entry'])}  id={r['id']} key=0x{r['key']:08x} "
+                   f"size={format_size(r['size'])} owner={printable(r['owner'])} "
+                   f"removed={when}{restored}  {printable(r['reason'])}")  # fmt: skip
     if not rows:
         typer.echo("quarantine is empty", err=True)
 
@@ -378,7 +464,7 @@ def quarantine_purge(
         store = _store(config_path, state_dir)
         store.tidy()
         dropped = store.purge(age, time.time())
-    typer.echo(f"purged {len(dropped)} run(s)")
+        typer.echo(f"purged {len(dropped)} run(s)")
 
 
 @app.command()
@@ -401,10 +487,10 @@ def restore(
 
     with errors_as_exit():
         new_id, key = quarantine.restore(_store(config_path, state_dir), entry, time.time())
-    if as_json:
-        typer.echo(json.dumps({"id": new_id, "key": key}))
-    else:
-        typer.echo(f"restored {entry} as id {new_id} (key 0x{key:08x})")
+        if as_json:
+            typer.echo(json.dumps({"id": new_id, "key": key}))
+        else:
+            typer.echo(f"restored {printable(entry)} as id {new_id} (key 0x{key:08x})")
 
 
 @app.command("install-units")
@@ -427,6 +513,10 @@ def install_units(
     (e.g. python3 -m venv /opt/shmjanitor && /opt/shmjanitor/bin/pip install .) and run
     /opt/shmjanitor/bin/shmjanitor install-units as root. The timer reaps 15 minutes after
     boot and hourly after that, with the policy of /etc/shmjanitor.toml.
+
+    Refused when the program, its interpreter or the shmjanitor package (or a directory
+    on the way to them) is not root's or is writable by group or others, or lies below
+    /tmp, /var/tmp, /home, /root or /run/user, which the service cannot see.
     """
     import shutil
     import subprocess
@@ -434,9 +524,10 @@ def install_units(
     from shmjanitor import units
 
     with errors_as_exit():
-        written = units.install_units(dest, units.find_exec_path())
-    for path in written:
-        typer.echo(f"wrote {path}")
+        exec_path = units.find_exec_path()
+        units.check_trusted(exec_path)  # root's service must not run what others can change
+        for path in units.install_units(dest, exec_path):
+            typer.echo(f"wrote {printable(str(path))}")
     if not enable:
         return
     systemctl = shutil.which("systemctl")
@@ -455,4 +546,26 @@ def main() -> None:
     # collector would only re-scan the growing heap over and over, which is 40% of `list`
     # at 32,000 segments (benchmarks/bench.py). So it stays off.
     gc.disable()
-    app()
+    code: Union[str, int, None] = 0
+    try:
+        app()  # typer ends with SystemExit, whatever happened
+    except SystemExit as e:
+        code = e.code
+        if isinstance(sys.stdout, PacifyFlushWrapper):
+            code = EXIT_BROKEN_PIPE  # click's sign that --help met a closed pipe (exit 1)
+    except OSError as e:  # --help into a full disk: outside any command, still one line
+        code = fail(f"error: cannot write the output: {e}", 1).exit_code
+    except Exception as e:  # escaped typer itself, outside any command: still one line
+        code = _bug(e).exit_code
+    # What is still buffered (--help, --version) goes out here, not in the interpreter's
+    # shutdown, which would print "Exception ignored ..." for a closed pipe.
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        code = code or EXIT_BROKEN_PIPE
+    except OSError as e:
+        _silence_stdout()
+        code = code or fail(f"error: cannot write the output: {e}", 1).exit_code
+    sys.exit(code)

@@ -176,13 +176,23 @@ def parse(data: dict[str, Any], source: str) -> Config:
     return Config(**values)
 
 
-def uid_min(login_defs: Path = Path("/etc/login.defs")) -> int:
-    """UID_MIN from login.defs, 1000 when absent: accounts below it are system accounts."""
+def _login_defs(name: str, default: int, login_defs: Path) -> int:
     try:
         for line in login_defs.read_text().splitlines():
             parts = line.split()
-            if len(parts) >= 2 and parts[0] == "UID_MIN" and parts[1].isdigit():
+            if len(parts) >= 2 and parts[0] == name and parts[1].isdigit():
                 return int(parts[1])
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         pass
-    return 1000
+    return default
+
+
+def uid_min(login_defs: Path = Path("/etc/login.defs")) -> int:
+    """UID_MIN from login.defs, 1000 when absent: accounts below it are system accounts."""
+    return _login_defs("UID_MIN", 1000, login_defs)
+
+
+def uid_max(login_defs: Path = Path("/etc/login.defs")) -> int:
+    """UID_MAX from login.defs, 60000 when absent (as systemd-logind): accounts above it,
+    nobody (65534) among them, are system accounts too."""
+    return _login_defs("UID_MAX", 60000, login_defs)

@@ -1,9 +1,16 @@
-"""One reaper at a time: flock on a lock file; a second one waits, bounded."""
+"""One reaper at a time per IPC namespace: flock on a lock file; a second one waits, bounded.
+
+The lock is per IPC namespace because segments are: a reaper in a container (or under
+`unshare --ipc`) sees and removes only its namespace's segments, so it neither races
+nor needs to wait for the host's reaper. The namespace is named by the inode of
+/proc/self/ns/ipc, the number `readlink /proc/self/ns/ipc` shows (ipc:[4026531839]).
+"""
 
 from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,17 +18,69 @@ from pathlib import Path
 
 from shmjanitor.errors import LockTimeout, StateDirError
 
+ROOT_LOCK_DIR = Path("/run/shmjanitor")
+
+
+def ipc_namespace(ns: str = "/proc/self/ns/ipc") -> int:
+    """The inode that names our IPC namespace."""
+    try:
+        return os.stat(ns).st_ino
+    except OSError as e:
+        raise StateDirError(
+            f"cannot tell which IPC namespace this is: {ns}: {e.strerror}"
+        ) from None
+
+
+def _runtime_directory() -> Path | None:
+    """Our directory from $RUNTIME_DIRECTORY (systemd's RuntimeDirectory=shmjanitor).
+
+    Only an entry named shmjanitor counts: a wrapper unit with a RuntimeDirectory= of its
+    own passes its variable on to us, and a lock there would not exclude the timer's
+    reaper, which locks in /run/shmjanitor.
+    """
+    for entry in os.environ.get("RUNTIME_DIRECTORY", "").split(":"):
+        if entry and os.path.basename(entry.rstrip("/")) == "shmjanitor":
+            return Path(entry)
+    return None
+
+
+def _lock_dir(path: Path) -> Path:
+    """Create `path` 0700, or check that an existing one is ours and closed to others.
+
+    An existing directory is never chmod'ed: one that others can write is not ours to fix
+    (a planted lock file could be a symlink, or a lock that makes every reaper wait).
+    """
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = path.lstat()
+    except OSError as e:
+        raise StateDirError(f"lock directory {path}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise StateDirError(f"lock directory {path}: not a directory; remove it")
+    if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise StateDirError(
+            f"lock directory {path}: owned by uid {st.st_uid} with mode "
+            f"{stat.S_IMODE(st.st_mode):04o}; it must be ours and not writable by others: "
+            f"remove it (it is made again, 0700)"
+        )
+    return path
+
 
 def default_path() -> Path:
-    """/run/shmjanitor.lock for root; $XDG_RUNTIME_DIR (or the state dir) otherwise."""
+    """The lock of this IPC namespace: in $RUNTIME_DIRECTORY under systemd, in
+    /run/shmjanitor for root, in $XDG_RUNTIME_DIR (or the state dir) otherwise."""
+    name = f"ipc-{ipc_namespace()}.lock"
+    runtime = _runtime_directory()
+    if runtime is not None:
+        return _lock_dir(runtime) / name
     if os.geteuid() == 0:
-        return Path("/run/shmjanitor.lock")
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isdir(runtime):
-        return Path(runtime) / "shmjanitor.lock"
+        return _lock_dir(ROOT_LOCK_DIR) / name
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg):
+        return Path(xdg) / f"shmjanitor-{name}"
     from shmjanitor.quarantine import _private_dir, default_state_dir
 
-    return _private_dir(default_state_dir()) / "reap.lock"
+    return _private_dir(default_state_dir()) / f"reap-{name}"
 
 
 @contextmanager

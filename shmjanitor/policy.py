@@ -19,7 +19,8 @@ class Caller(NamedTuple):
 
     euid: int
     cap_sys_admin: bool
-    uid_min: int  # from /etc/login.defs: accounts below it are system accounts
+    uid_min: int  # UID_MIN of /etc/login.defs: accounts below it are system accounts
+    uid_max: int = 60000  # UID_MAX: accounts above it (nobody, 65534) are too
 
 
 class Decision(NamedTuple):
@@ -35,25 +36,46 @@ def decide(v: Verdict, cfg: Config, caller: Caller) -> Optional[Decision]:
     return _decide_orphan(v, cfg, caller)
 
 
+def system_account(uid: int, cuid: int, caller: Caller) -> Optional[str]:
+    """Why the segment is a system account's, or None when it is an ordinary user's.
+
+    The owner (uid) decides; so does the creator (cuid), unless the creator is root.
+    A system account's daemon (PostgreSQL, say) manages its own segments, and keeps
+    owner's access to one it made even after giving it to a user (ipcperms() grants
+    the creator the owner's bits), so it may come back for it. Root, though, makes
+    segments *for* users: `shmjanitor restore` run by root, a setuid helper, a login
+    service. Such a segment is its owner's, and an orphan of an ordinary owner is
+    reaped like any other, not kept for ever as "system account root".
+    """
+    lo, hi = caller.uid_min, caller.uid_max
+    if uid < lo or uid > hi:
+        who, u = "system account", uid
+    elif cuid != 0 and (cuid < lo or cuid > hi):
+        who, u = "created by system account", cuid
+    else:
+        return None
+    limit = f"< UID_MIN {lo}" if u < lo else f"> UID_MAX {hi}"
+    return f"{who} {owner_name(u)} (uid {u} {limit})"
+
+
 def _decide_orphan(v: Verdict, cfg: Config, caller: Caller) -> Decision:
     s = v.segment
     uid, cuid = s.uid, s.cuid
     # Each `if` first asks the cheap question that is almost always "no" (empty set, both
-    # uids at or above UID_MIN), then the rule in full: plan() runs this 32,000 times.
+    # uids ordinary ones), then the rule in full: plan() runs this 32,000 times.
     if cfg.protect_keys and s.key in cfg.protect_keys:
         return Decision(v, False, f"protected key 0x{s.key:08x} (protect_keys)")
     if cfg.protect_owners:
         for u in (uid, cuid):
             if u in cfg.protect_owners:
                 return Decision(v, False, f"protected owner {owner_name(u)} (protect_owners)")
-    if not cfg.include_system and (uid < caller.uid_min or cuid < caller.uid_min):
+    lo, hi = caller.uid_min, caller.uid_max
+    if not cfg.include_system and not (lo <= uid <= hi and lo <= cuid <= hi):
         # As systemd-logind's RemoveIPC: system accounts (databases such as PostgreSQL
         # among them) manage their own segments and may come back for them.
-        u = uid if uid < caller.uid_min else cuid
-        return Decision(v, False, (
-            f"system account {owner_name(u)} (uid {u} < UID_MIN {caller.uid_min});"
-            " --include-system to reap"
-        ))  # fmt: skip
+        why = system_account(uid, cuid, caller)
+        if why is not None:
+            return Decision(v, False, f"{why}; --include-system to reap")
     if v.idle_for < cfg.min_age:
         return Decision(v, False, (
             f"idle {format_age(v.idle_for)}, younger than min-age {format_age(cfg.min_age)}"

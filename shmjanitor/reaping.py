@@ -37,7 +37,8 @@ class Hooks(NamedTuple):
 
 
 def caller() -> policy.Caller:
-    return policy.Caller(os.geteuid(), kernel.has_cap_sys_admin(), _config.uid_min())
+    return policy.Caller(os.geteuid(), kernel.has_cap_sys_admin(), _config.uid_min(),
+                         _config.uid_max())  # fmt: skip
 
 
 def _execute(sv: survey.Survey, candidates: Sequence[Candidate], cfg: _config.Config, *,
@@ -155,5 +156,10 @@ def rm(ids: Sequence[int], keys: Sequence[int], cfg: _config.Config, *, force: b
                                         + (" (--force)" if v.state in _IN_USE else "")))  # fmt: skip
         done = _execute(sv, candidates, cfg, dry_run=dry_run, quarantine=quarantine,
                         state_dir=state_dir, hooks=hooks, forced=force)  # fmt: skip
-    problems.extend(f"segment {r.verdict.segment.id}: {r.reason}" for r in refused)
-    return Outcome(sv, refused + done, dry_run, problems, _signal(hooks))
+    # Every segment named was asked for: one kept for any reason (refused as in use,
+    # larger than quarantine_max_bytes, changed since the scan) leaves the job undone,
+    # exit 1. One "gone" is done: someone else removed it first.
+    results = refused + done
+    problems.extend(f"segment {r.verdict.segment.id}: {r.reason}"
+                    for r in results if r.action is Action.KEPT)  # fmt: skip
+    return Outcome(sv, results, dry_run, problems, _signal(hooks))

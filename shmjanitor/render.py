@@ -1,6 +1,8 @@
 """Show verdicts: a coloured table for people, plain columns for pipes, JSON for scripts.
 
-Nothing here reads the kernel or removes anything: verdicts in, text out.
+Nothing here reads the kernel or removes anything: verdicts in, text out. Names and
+reasons come from outside (a process names itself), so every text cell goes through
+text.printable; JSON escapes them itself.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import IO, Any, Optional, TypeVar
 from shmjanitor import survey as _survey
 from shmjanitor.classify import Creator, State, Verdict
 from shmjanitor.durations import format_age, format_size
+from shmjanitor.text import printable
 
 PAGE_SIZE = 4096
 _T = TypeVar("_T")
@@ -61,7 +64,7 @@ def creator_cell(v: Verdict) -> str:
     if c.pid == 0:
         return "?"
     if c.alive:
-        return f"{c.pid} {c.name}"
+        return f"{c.pid} {printable(c.name or '')}"
     return f"{c.pid} exited" if c.alive is False else f"{c.pid} ?"
 
 
@@ -76,7 +79,7 @@ def cells(v: Verdict, exact_bytes: bool) -> tuple[str, ...]:
     return (
         f"0x{s.key:08x}",
         str(s.id),
-        owner_name(s.uid),
+        printable(owner_name(s.uid)),
         f"{s.perms:03o}",
         str(s.size) if exact_bytes else format_size(s.size),
         str(s.nattch),
@@ -84,7 +87,7 @@ def cells(v: Verdict, exact_bytes: bool) -> tuple[str, ...]:
         str(s.lpid),
         format_age(v.idle_for),
         v.state.value,
-        v.reason,
+        printable(v.reason),
     )
 
 
@@ -122,11 +125,11 @@ class Cells(_Shared):
         s = v.segment
         k = (s.uid, s.mode)
         owner, perms = self._who.get(k) or self._learn(self._who, k, (
-            owner_name(s.uid), f"{s.perms:03o}"
+            printable(owner_name(s.uid)), f"{s.perms:03o}"
         ))  # fmt: skip
         kv = (v.state, v.reason, v.creator)
         creator, state, reason = self._verdict.get(kv) or self._learn(self._verdict, kv, (
-            creator_cell(v), v.state.value, v.reason
+            creator_cell(v), v.state.value, printable(v.reason)
         ))  # fmt: skip
         size = str(s.size) if self._exact else format_size(s.size)
         return (f"0x{s.key:08x}", str(s.id), owner, perms, size, str(s.nattch), creator,
@@ -216,7 +219,11 @@ _LITERAL = {True: "true", False: "false", None: "null"}
 
 @lru_cache(maxsize=65536)
 def json_string(text: Optional[str]) -> str:
-    """A JSON string (or null); cached, since owners and reasons repeat down a table."""
+    """A JSON string (or null); cached, since owners and reasons repeat down a table.
+
+    ASCII only: every control character, non-ASCII character and lone surrogate is a
+    \\uXXXX escape, so a hostile process name reaches a terminal only as text.
+    """
     return "null" if text is None else encode_basestring_ascii(text)
 
 

@@ -1,4 +1,8 @@
-"""Show what reap/rm did: a table for people, key=value lines for journald, JSON."""
+"""Show what reap/rm did: a table for people, key=value lines for journald, JSON.
+
+Owner names, reasons (which quote process names) and problems come from outside: the
+table and the log lines print them through text.printable, JSON escapes them itself.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from shmjanitor.durations import format_age, format_size
 from shmjanitor.reaping import Outcome
 from shmjanitor.remove import Action, Result
 from shmjanitor.render import owner_name
+from shmjanitor.text import printable
 
 ACTION_STYLE = {
     Action.REMOVED: "bold green",
@@ -61,13 +66,14 @@ def to_json(o: Outcome) -> str:
 
 @lru_cache(maxsize=4096)
 def _quote(text: str) -> str:
-    # Cached: a leak is thousands of lines with one and the same reason.
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    # Cached: a leak is thousands of lines with one and the same reason. printable
+    # doubles backslashes and escapes controls, so a name cannot end the line early.
+    return '"' + printable(text).replace('"', '\\"') + '"'
 
 
 @lru_cache(maxsize=4096)
 def _owner_uid(uid: int) -> str:
-    return f"owner={owner_name(uid)} uid={uid}"
+    return f"owner={printable(owner_name(uid))} uid={uid}"
 
 
 def log_line(r: Result) -> str:
@@ -102,7 +108,7 @@ def log(o: Outcome, out: IO[str], err: IO[str], verbose: bool) -> None:
         elif verbose or r.action is not kept:
             lines.append(log_line(r))
     for p in o.problems:
-        err.write(f"problem: {p}\n")
+        err.write(f"problem: {printable(p)}\n")
     err.flush()
     lines.append(summary_line(o))
     out.write("\n".join(lines) + "\n")
@@ -112,6 +118,7 @@ def log(o: Outcome, out: IO[str], err: IO[str], verbose: bool) -> None:
 def table(o: Outcome, out: IO[str], width: int | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console(file=out, width=width, highlight=False)
     t = Table(title="shmjanitor reap (dry run)" if o.dry_run else None)
@@ -121,9 +128,10 @@ def table(o: Outcome, out: IO[str], width: int | None = None) -> None:
         t.add_column(name, justify=justify)  # type: ignore[arg-type]
     for r in o.results:
         s = r.verdict.segment
-        t.add_row(str(s.id), f"0x{s.key:08x}", owner_name(s.uid), format_size(s.size),
-                  format_age(r.verdict.idle_for),
-                  f"[{ACTION_STYLE[r.action]}]{r.action.value}[/]", r.reason,
+        # Text, not markup strings: a "[" in a process name must print, not style.
+        t.add_row(str(s.id), f"0x{s.key:08x}", Text(printable(owner_name(s.uid))),
+                  format_size(s.size), format_age(r.verdict.idle_for),
+                  Text(r.action.value, ACTION_STYLE[r.action]), Text(printable(r.reason)),
                   )  # fmt: skip
     if o.results:
         console.print(t)
@@ -137,7 +145,7 @@ def table(o: Outcome, out: IO[str], width: int | None = None) -> None:
         f"of {sm['considered']} considered"
     )
     for p in o.problems:
-        console.print(f"[red]problem:[/] {p}")
+        console.print(Text.assemble(("problem:", "red"), " ", printable(p)))
 
 
 class Logger:
@@ -158,17 +166,18 @@ class Logger:
 
     def note(self, text: str) -> None:
         """A line about the quarantine: removals settled after an interrupted run are
-        log lines like any removal; anything else is a note on stderr."""
+        log lines like any removal (made by log_line, so already escaped); anything
+        else is a note on stderr, which may quote a file name."""
         if text.startswith("action="):
             self.out.write(text + "\n")
             self.out.flush()
         else:
-            self.err.write(f"shmjanitor: note: {text}\n")
+            self.err.write(f"shmjanitor: note: {printable(text)}\n")
             self.err.flush()
 
     def finish(self, o: Outcome) -> None:
         for p in o.problems:
-            self.err.write(f"problem: {p}\n")
+            self.err.write(f"problem: {printable(p)}\n")
         self.err.flush()
         self.out.write(summary_line(o) + "\n")
         self.out.flush()

@@ -169,13 +169,23 @@ def _not_a_number(lines: list[str], source: str) -> CorruptTable:
 def read(path: Path = PROC_SHM) -> list[Segment]:
     """Read and parse the table at `path` (the kernel's, unless a test says otherwise)."""
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise NoSysvIpc(
             f"{path} does not exist: this kernel has no System V IPC (or this is not Linux)"
         ) from None
     except OSError as e:
         raise CorruptTable(f"cannot read {path}: {e.strerror}") from None
+    try:
+        # The kernel prints only ASCII: a header and numbers. Anything else is not its
+        # table, and int() would even accept some of it (Arabic-Indic digits, say).
+        text = data.decode("ascii")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise CorruptTable(
+            f"{path}, line {line}: byte 0x{data[e.start]:02x} is not ASCII, as the kernel's "
+            "table always is"
+        ) from None
     return parse(text, str(path))
 
 

@@ -5,8 +5,9 @@ The canonical unit files ship inside the package, in ``shmjanitor/systemd_units/
 copy). Installing rewrites ``ExecStart=`` to the shmjanitor that is actually
 installed, so the unit runs the same program the admin just installed.
 
-`render_units` is pure (tests use it); `install_units` writes the files. Neither
-runs systemctl: the CLI does that after installing.
+`render_units` is pure (tests use it); `install_units` writes the files;
+`check_trusted` refuses a program that someone other than root could change. None of
+them runs systemctl: the CLI does that after installing.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import shutil
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -28,6 +31,12 @@ DEFAULT_DEST = Path("/etc/systemd/system")
 
 # The service runs with ProtectHome=yes: a program below these is invisible to it.
 _HIDDEN_FROM_SERVICE = ("/home", "/root", "/run/user")
+# And with PrivateTmp=yes: below these it sees an empty directory of its own.
+_PRIVATE_TO_SERVICE = ("/tmp", "/var/tmp")
+_SYSTEM_WIDE = (
+    "install shmjanitor system-wide as root, e.g. python3 -m venv /opt/shmjanitor && "
+    "/opt/shmjanitor/bin/pip install shmjanitor"
+)
 # Characters that unit files would interpret (specifiers, quoting, variables, escapes)
 # or that would split the command line.
 _UNSAFE = re.compile(r"[\s%$\"'\\;]")
@@ -67,6 +76,118 @@ def check_exec_path(exec_path: str) -> None:
                 "(ProtectHome=yes); install shmjanitor system-wide, e.g. "
                 "python3 -m venv /opt/shmjanitor && /opt/shmjanitor/bin/pip install shmjanitor"
             )
+
+
+def _below(path: str, tops: tuple[str, ...]) -> Optional[str]:
+    return next((t for t in tops if path == t or path.startswith(t + "/")), None)
+
+
+def _resolve(path: str, seen: dict[str, None], depth: int = 0) -> str:
+    """Resolve `path` as the kernel does, noting in `seen` every directory, symlink and
+    file it looks at on the way; return where `path` leads. Whoever can change any of
+    them can change what `path` runs: a symlink on the way is swapped by whoever can
+    write its directory, even when its target is safe."""
+    if depth > 40:  # the kernel's own limit (ELOOP)
+        raise UnitsError(f"{path}: too many levels of symbolic links")
+    seen["/"] = None
+    here = "/"
+    for name in path.split("/"):
+        if name in ("", "."):
+            continue
+        if name == "..":
+            here = os.path.dirname(here)
+            continue
+        step = os.path.join(here, name)
+        seen[step] = None
+        try:
+            st = os.lstat(step)
+            target = os.readlink(step) if stat.S_ISLNK(st.st_mode) else None
+        except OSError as e:
+            raise UnitsError(f"cannot check {step}: {e.strerror}") from None
+        here = step if target is None else _resolve(os.path.join(here, target), seen, depth + 1)
+    return here
+
+
+def _interpreters(exec_path: str) -> list[str]:
+    """What the kernel runs for a script: its #! program, and for pip's long-path form
+    (#!/bin/sh, then a line '''exec' "/path/to/python" "$0" "$@") that python too."""
+    try:
+        with open(exec_path, "rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        raise UnitsError(f"cannot read {exec_path}: {e.strerror}") from None
+    if not head.startswith(b"#!"):
+        return []  # a binary: the kernel runs it itself
+    lines = os.fsdecode(head[2:]).splitlines() + ["", ""]
+    words = lines[0].split()
+    if not words or os.path.basename(words[0]) == "env":
+        raise UnitsError(
+            f"{exec_path} starts with #!{lines[0].strip()}: which interpreter runs depends on "
+            f"PATH; {_SYSTEM_WIDE} (pip's scripts name their interpreter by full path)"
+        )
+    if not os.path.isabs(words[0]):  # the kernel would look for it in the cwd of the day
+        raise UnitsError(f"{exec_path} starts with #!{words[0]}, not an absolute path")
+    found = [words[0]]
+    if lines[1].startswith("'''exec' "):
+        try:
+            found.append(shlex.split(lines[1])[1])
+        except (ValueError, IndexError):
+            raise UnitsError(f"{exec_path}: cannot tell its interpreter from line 2") from None
+    return found
+
+
+def _check_root_only(what: str, path: str, obj: str) -> None:
+    try:
+        st = os.lstat(obj)
+    except OSError as e:
+        raise UnitsError(f"cannot check {obj}: {e.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        return  # a symlink cannot be changed, only replaced: its directory is checked
+    of = f"{what} {path}" if obj == path else f"{what} {path}: {obj}"
+    if st.st_uid != 0:
+        raise UnitsError(
+            f"{of} is owned by uid {st.st_uid}, not root, who could then change what root's "
+            f"service runs; chown root {obj}, or {_SYSTEM_WIDE}"
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnitsError(
+            f"{of} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}), "
+            f"who could then change what root's service runs; chmod go-w {obj}"
+        )
+
+
+def check_trusted(exec_path: str, package_dir: Optional[str] = None) -> None:
+    """Refuse to point root's service at code that anyone but root can change.
+
+    Checked: the program, its interpreter(s) (#!), and the shmjanitor package it
+    imports (`package_dir`, default: this one) with everything in it; for each, every
+    directory and symlink on the way to it. Each must be root's and not writable by
+    group or others, and none may lie below /tmp, /var/tmp (PrivateTmp=yes gives the
+    service an empty one of its own), /home, /root or /run/user (ProtectHome=yes hides
+    them).
+    """
+    package = package_dir or os.path.dirname(os.path.abspath(__file__))
+    roots = [("the shmjanitor program", exec_path)]
+    roots += [("its interpreter", p) for p in _interpreters(exec_path)]
+    roots.append(("the shmjanitor package", package))
+    for what, path in roots:
+        seen: dict[str, None] = {}
+        end = _resolve(path, seen)
+        for obj in seen:
+            for tops, option in ((_PRIVATE_TO_SERVICE, "PrivateTmp=yes"),
+                                 (_HIDDEN_FROM_SERVICE, "ProtectHome=yes")):  # fmt: skip
+                top = _below(obj, tops)
+                if top is not None:
+                    leads = "" if end == path else f" (which leads to {end})"
+                    raise UnitsError(
+                        f"{what} {path}{leads} is below {top}, which the service cannot see "
+                        f"({option}); {_SYSTEM_WIDE}"
+                    )
+        for obj in seen:
+            _check_root_only(what, path, obj)
+    for top, dirs, files in os.walk(_resolve(package, {})):
+        for name in dirs + files:
+            _check_root_only("the shmjanitor package", package, os.path.join(top, name))
 
 
 def render_units(exec_path: str) -> dict[str, str]:

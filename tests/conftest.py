@@ -77,3 +77,19 @@ def _pin_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
 def needs_real_root() -> None:
     if not REAL_ROOT:
         pytest.skip("needs real root (to act as other uids); run the suite as root")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_runtime_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Reapers of the suite (in-process, and subprocesses that inherit the environment)
+    take their lock in a directory of the suite's, never in the machine's
+    /run/shmjanitor: $RUNTIME_DIRECTORY, as systemd's RuntimeDirectory= passes it."""
+    run = tmp_path_factory.mktemp("run") / "shmjanitor"
+    run.mkdir(mode=0o700)
+    old = os.environ.get("RUNTIME_DIRECTORY")
+    os.environ["RUNTIME_DIRECTORY"] = str(run)
+    yield
+    if old is None:
+        del os.environ["RUNTIME_DIRECTORY"]
+    else:
+        os.environ["RUNTIME_DIRECTORY"] = old

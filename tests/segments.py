@@ -178,3 +178,30 @@ def list_json() -> dict[int, dict]:  # type: ignore[type-arg]
 
 def mark_dest(shmid: int) -> None:
     sysv_ipc.remove_shared_memory(shmid)
+
+
+def make_named(comm: bytes, *specs: Spec) -> Maker:
+    """Segments made by a live process that first renamed itself to `comm`, as any
+    process may (prctl(PR_SET_NAME), or a write to /proc/self/comm; 15 bytes at most)."""
+
+    def body() -> list[int]:
+        with open("/proc/self/comm", "wb") as f:
+            f.write(comm)
+        return [_create(s) for s in (specs or (Spec(),))]
+
+    return _fork(body, True)
+
+
+def make_given_to(owner: int, *specs: Spec, uid: Optional[int] = None) -> Maker:
+    """Orphans made by `uid` (None: us) that then gave them to `owner` with IPC_SET, as
+    root's `shmjanitor restore` or a setuid helper does: cuid stays the creator's."""
+
+    def body() -> list[int]:
+        ids = [_create(s) for s in (specs or (Spec(),))]
+        for shmid in ids:
+            seg = sysv_ipc.attach(shmid)
+            seg.uid = owner
+            seg.detach()
+        return ids
+
+    return _fork(body, False, uid)

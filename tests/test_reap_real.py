@@ -431,7 +431,8 @@ def test_unprivileged_reaper_removes_only_its_own_orphan():
         # Its quarantine and lock live in its own directories, made private.
         qdir = home / "state" / "shmjanitor" / "quarantine"
         assert qdir.is_dir() and qdir.stat().st_uid == 1001
-        assert (home / "shmjanitor.lock").stat().st_uid == 1001
+        (lock,) = home.glob("shmjanitor-ipc-*.lock")  # one per IPC namespace
+        assert lock.stat().st_uid == 1001
         assert any(qdir.glob("*.json"))
     finally:
         shutil.rmtree(home, ignore_errors=True)

@@ -61,3 +61,61 @@ def test_fast_cells_are_the_plain_cells():
             assert [make(v) for v in cases + cases[::-1]] == [
                 cells(v, exact) for v in cases + cases[::-1]
             ]
+
+
+HOSTILE = "[/]\x1b]0;pwn\x07\x1b[2K\r[bold]\udcff"  # rich markup, escapes, a non-UTF-8 byte
+
+
+def test_cells_escape_names_and_reasons_the_same_fast_or_slow():
+    v = verdict(creator=Creator(7, True, HOSTILE), state=State.IDLE, reason=f"by ({HOSTILE})")
+    for row in (cells(v, False), Cells(False)(v)):
+        assert row[6] == "7 [/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff"
+        assert row[10] == "by ([/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff)"
+    out = io.StringIO()
+    plain([v], False, out)
+    assert "\x1b" not in out.getvalue() and "\r" not in out.getvalue()
+    assert json.loads(_encode(segment_json(v)))["creator"]["name"] == HOSTILE
+    assert SegmentJson()(v).isascii()
+
+
+def test_reap_report_prints_hostile_text_as_text():
+    from shmjanitor import report
+    from shmjanitor.reaping import Outcome
+    from shmjanitor.remove import Action, Result
+    from shmjanitor.scan import Limits
+    from shmjanitor.survey import Survey
+
+    v = verdict(state=State.IDLE, reason=f"creator 7 ({HOSTILE}) alive")
+    o = Outcome(Survey([v], Limits(None, None, None), 0.0),
+                [Result(v, Action.KEPT, v.reason)], False, [f"segment 7: {HOSTILE}"])  # fmt: skip
+    table = io.StringIO()
+    report.table(o, table, width=300)  # rich would raise MarkupError on a raw "[/]"
+    assert "[/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff" in table.getvalue()
+    assert "\x1b" not in table.getvalue()  # a StringIO is no terminal: no colour either
+    out, err = io.StringIO(), io.StringIO()
+    report.log(o, out, err, verbose=True)
+    line = report.log_line(o.results[0])
+    assert line.endswith('reason="creator 7 ([/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff) alive"')
+    assert line in out.getvalue().splitlines()
+    assert err.getvalue() == "problem: segment 7: [/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff\n"
+
+
+def test_streamed_log_lines_and_notes_escape_too():
+    from shmjanitor import report
+    from shmjanitor.reaping import Outcome
+    from shmjanitor.remove import Action, Result
+    from shmjanitor.scan import Limits
+    from shmjanitor.survey import Survey
+
+    v = verdict(state=State.IDLE, reason=f"creator 7 ({HOSTILE}) alive")
+    r = Result(v, Action.KEPT, v.reason)
+    out, err = io.StringIO(), io.StringIO()
+    log = report.Logger(out, err, verbose=True)
+    log.result(r)
+    log.note(f"set aside {HOSTILE}.json")
+    log.finish(Outcome(Survey([v], Limits(None, None, None), 0.0), [r], False, [HOSTILE]))
+    assert out.getvalue().splitlines()[0] == report.log_line(r)
+    assert err.getvalue().splitlines() == [
+        "shmjanitor: note: set aside [/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff.json",
+        "problem: [/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff",
+    ]

@@ -60,3 +60,23 @@ def test_usage_errors_are_exit_2():
         r = cli(*args)
         assert r.exit_code == 2, (args, r.output)
         assert "Traceback" not in r.output
+
+
+def test_a_named_segment_it_keeps_is_exit_1(tmp_path):
+    # rm was asked for it: kept for any reason (here: too big to copy first) is not done.
+    big = make(Spec(size=8192)).ids[0]
+    small = make(Spec(size=1)).ids[0]
+    cfg = tmp_path / "shmjanitor.toml"
+    cfg.write_text("quarantine_max_bytes = 4096\n")
+    for dry in ([], ["--dry-run"]):  # the dry run tells what the real one will do
+        r = rm(tmp_path, str(big), "--config", str(cfg), "--json", *dry)
+        assert r.exit_code == 1, r.output
+        (res,) = json.loads(r.stdout)["results"]
+        assert res["action"] == "kept" and "larger than quarantine_max_bytes" in res["reason"]
+        assert f"segment {big}: larger than quarantine_max_bytes" in r.output  # on stderr
+    r = rm(tmp_path, str(big), str(small), "--config", str(cfg))
+    assert r.exit_code == 1 and "action=removed" in r.stdout and "action=kept" in r.stdout
+    assert set(rows()) == {big}
+    r = rm(tmp_path, str(big), "--no-quarantine")  # the explicit choice: done, exit 0
+    assert r.exit_code == 0, r.output
+    assert rows() == {}

@@ -115,3 +115,12 @@ def test_read_real_table_matches_kernel():
     a, b = segs[m.ids[0]], segs[m.ids[1]]
     assert (a.key, a.size, a.perms, a.cpid, a.nattch) == (0x7ABCDEF0, 5000, 0o640, m.pid, 0)
     assert (b.key, b.size, b.cpid) == (0, 1, m.pid)
+
+
+@pytest.mark.parametrize("bad", [b"\xff\xfe", "\u0661\u0662".encode()])  # Arabic-Indic 12
+def test_read_refuses_bytes_the_kernel_never_prints(tmp_path: Path, bad: bytes):
+    # Not UTF-8 at all, or digits that int() would take: either is not the kernel's table.
+    shm = tmp_path / "shm"
+    shm.write_bytes((HEADER16 + "\n" + row() + "\n").encode() + bad + b" " + row().encode())
+    with pytest.raises(CorruptTable, match=r"line 3: byte 0x.. is not ASCII"):
+        scan.read(shm)
