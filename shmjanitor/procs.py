@@ -164,7 +164,9 @@ def _one(pid: int, btime: Optional[float]) -> Optional[Proc]:
     try:
         # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
         left, right = raw.index(b"("), raw.rindex(b")")
-        comm = raw[left + 1 : right].decode(errors="replace")
+        # surrogateescape, as psutil and os.fsdecode: bytes that are not UTF-8 survive
+        # to text.printable, which shows them as \xNN (a name is not ours to repair).
+        comm = raw[left + 1 : right].decode(errors="surrogateescape")
         fields = raw[right + 2 :].split()
         state, threads, ticks = fields[0], int(fields[17]), int(fields[19])  # 3, 20, 22
     except (ValueError, IndexError):
@@ -189,7 +191,7 @@ def _name(pid: int, comm: str) -> str:
         return comm
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv0 = f.read().split(b"\0", 1)[0].decode(errors="replace")
+            argv0 = f.read().split(b"\0", 1)[0].decode(errors="surrogateescape")
     except OSError:
         return comm
     base = os.path.basename(argv0)
