@@ -486,11 +486,43 @@ def restore(
     from shmjanitor import quarantine
 
     with errors_as_exit():
-        new_id, key = quarantine.restore(_store(config_path, state_dir), entry, time.time())
+        try:
+            with _signals_raise():
+                new_id, key = quarantine.restore(_store(config_path, state_dir), entry,
+                                                 time.time())  # fmt: skip
+        except _Interrupted as stop:
+            typer.echo(f"shmjanitor: interrupted by {stop.name}: nothing restored", err=True)
+            raise typer.Exit(128 + stop.signum) from None
         if as_json:
             typer.echo(json.dumps({"id": new_id, "key": key}))
         else:
             typer.echo(f"restored {printable(entry)} as id {new_id} (key 0x{key:08x})")
+
+
+class _Interrupted(BaseException):
+    """SIGINT or SIGTERM during a restore: unwinds it, so that a half-filled segment is
+    removed again on the way out (quarantine.restore), instead of staying for ever."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+
+@contextmanager
+def _signals_raise() -> Iterator[None]:
+    import signal
+
+    def handler(signum: int, _frame: object) -> None:
+        raise _Interrupted(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 @app.command("install-units")

@@ -8,6 +8,7 @@ nor needs to wait for the host's reaper. The namespace is named by the inode of
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import stat
@@ -83,8 +84,34 @@ def default_path() -> Path:
     return _private_dir(default_state_dir()) / f"reap-{name}"
 
 
+_NOTE_AT = 32  # the pid line comes first; the note after it, at a fixed offset
+_NOTE_LEN = 96
+
+
+class Held:
+    """A held lock, and a note it keeps for the next holder.
+
+    The note says which segment the holder has just locked for its last instant (mode
+    000 between IPC_SET and IPC_RMID, remove._last_instant). A holder killed there
+    leaves it; the next one, which can only come once the flock is free, puts that
+    segment's mode back (remove.undo_left_lock). One segment is locked at a time, so
+    one note is enough; it is written with one pwrite, no fsync (a power cut takes
+    the segments with it).
+    """
+
+    def __init__(self, fd: int, previous: str) -> None:
+        self._fd = fd
+        self.previous = previous
+
+    def note(self, text: str) -> None:
+        data = text.encode()[: _NOTE_LEN - 1].ljust(_NOTE_LEN - 1) + b"\n"
+        # A lock file we cannot write: the run goes on, the note is best effort.
+        with contextlib.suppress(OSError):
+            os.pwrite(self._fd, data, _NOTE_AT)
+
+
 @contextmanager
-def held(path: Path, timeout: float) -> Iterator[None]:
+def held(path: Path, timeout: float) -> Iterator[Held]:
     """Hold an exclusive flock on `path`, waiting up to `timeout` seconds for it."""
     try:
         # O_NOFOLLOW: in a shared directory a planted symlink must not redirect us.
@@ -105,8 +132,9 @@ def held(path: Path, timeout: float) -> Iterator[None]:
                         f"{timeout:g} s; try again later or raise lock_timeout"
                     ) from None
                 time.sleep(0.05)
+        previous = os.pread(fd, _NOTE_LEN, _NOTE_AT).decode(errors="replace").strip()
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+        yield Held(fd, previous)
     finally:
         os.close(fd)  # closing releases the flock

@@ -341,42 +341,63 @@ class Store:
         except Damaged as e:
             raise StateDirError(f"quarantine index {run}.json: {e}") from None
 
-    def tidy(self) -> None:
-        """Delete temporary files of dead runs, set damaged runs aside and settle runs
-        that were interrupted. Any command that reads or writes the store runs this."""
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """The store's own lock (flock on quarantine/.lock): tidy, settle, restore and
+        purge read, decide and rewrite indexes under it, so none of them deletes or
+        overwrites what another is writing. A run's own files are guarded by the flock
+        on its data file instead (a run writes only its own)."""
+        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)  # fmt: skip
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def tidy(self, settle_runs: bool = False) -> None:
+        """Delete temporary files of dead runs, set damaged runs aside, and (`settle_runs`:
+        reap and rm, whose log is the record) settle runs that were interrupted. Nothing
+        here may stop a command: a store that cannot be written (a read-only mount) is
+        said in a note and left as it is."""
         if not self.exists():
             return
+        try:
+            with self.locked():
+                self._tidy(settle_runs)
+        except OSError as e:
+            self.note(f"quarantine {self.dir} left as it is: {e.strerror or e}")
+
+    def _tidy(self, settle_runs: bool) -> None:
         for p in self.dir.iterdir():
             if p.name.endswith(".tmp") and _owner_is_gone(p):
-                with contextlib.suppress(OSError):
-                    p.unlink()
-                    self.note(f"deleted {p.name}, left by a run that died")
+                p.unlink(missing_ok=True)
+                self.note(f"deleted {p.name}, left by a run that died")
         for run in self._names(".json"):
             try:
                 doc = self.load(run)
             except Damaged as e:
                 self.set_aside(run, str(e))
                 continue
+            data = self.dir / f"{run}.data"
+            if data.exists() and not _owner_is_gone(data):
+                continue  # its run is still going
             if any(e["status"] == PENDING for e in doc["entries"]):
-                data = self.dir / f"{run}.data"
-                if data.exists() and not _owner_is_gone(data):
-                    continue  # its run is still going
-                settle(self, run, doc)
+                if settle_runs:
+                    settle(self, run, doc)
                 continue
             journal = self.dir / f"{run}.journal"
-            if journal.exists() and _owner_is_gone(journal):
+            if journal.exists():
                 # Every entry is decided: its run (or a settle) died after writing the
                 # final index and before deleting the journal, which says nothing more.
-                with contextlib.suppress(OSError):
-                    journal.unlink()
+                journal.unlink(missing_ok=True)
         # A data file or journal without its index: the run died before its index was
         # written, so nothing of it was removed; or it was set aside.
         for suffix in (".data", ".journal"):
             for run in self._names(suffix):
                 p = self.dir / f"{run}{suffix}"
                 if not (self.dir / f"{run}.json").exists() and _owner_is_gone(p):
-                    with contextlib.suppress(OSError):
-                        p.unlink()
+                    p.unlink(missing_ok=True)
 
     def entries(self) -> list[Entry]:
         out: list[Entry] = []
@@ -411,14 +432,20 @@ class Store:
 
     def purge(self, older_than: Optional[int], now: float) -> list[str]:
         """Drop runs created more than `older_than` seconds ago (all runs when None), and
-        set-aside files of that age (all when None)."""
+        set-aside files of that age (all when None). A run still going is never touched:
+        it would go on removing segments whose copies are gone."""
+        if not self.exists():
+            return []
         dropped = []
-        for run in self.runs():
-            created = self._created_at(run)
-            if older_than is None or (created is not None and created < now - older_than):
-                self.drop(run)
-                dropped.append(run)
-        if self.exists():
+        with self.locked():
+            for run in self.runs():
+                data = self.dir / f"{run}.data"
+                if data.exists() and not _owner_is_gone(data):
+                    continue
+                created = self._created_at(run)
+                if older_than is None or (created is not None and created < now - older_than):
+                    self.drop(run)
+                    dropped.append(run)
             for p in self.dir.iterdir():
                 if p.name.endswith((".damaged", ".tmp")) and (
                     older_than is None or p.lstat().st_mtime < now - older_than
@@ -444,9 +471,10 @@ class Store:
 
     def open_batch(self, now: float) -> Batch:
         self.ensure()
-        self.tidy()
+        self.tidy(settle_runs=True)
         self.prune(now)
-        return Batch(self, now)
+        with self.locked():  # made and flocked before any tidy() can look at it
+            return Batch(self, now)
 
     def find(self, name: str) -> Entry:
         run, _, n = name.rpartition(".")
@@ -579,8 +607,6 @@ def settle(store: Store, run: str, doc: dict[str, Any]) -> None:
             continue
         if rebooted:
             why = "the machine rebooted"
-        elif e["n"] in journal:
-            why = "removed before the run was stopped"
         else:
             try:
                 now = kernel.shm_stat(e["id"])
@@ -595,17 +621,23 @@ def settle(store: Store, run: str, doc: dict[str, Any]) -> None:
                 e["cpid"],
                 e["cuid"],
             ):
-                # Still there: the run stopped before removing it. Our last-instant lock
-                # may have set its mode to 000 (or 0400): put the saved mode back. The
-                # mode is the evidence, not ctime: IPC_SET sets ctime to now in seconds,
-                # so a lock in the second of the scan leaves ctime as the entry has it.
-                mode = now.mode & 0o777
-                if mode in (0, 0o400) and mode != e["mode"]:
-                    with contextlib.suppress(OSError):
-                        kernel.shm_stat(e["id"])
-                        kernel.set_mode_after_stat(e["id"], e["mode"])
+                # Still there: the run stopped before removing it. (A mode our last-
+                # instant lock left is put back from the reaper lock's note, which
+                # names the one segment locked: the mode here may be its owner's.)
                 continue  # dropped: it was not removed
-            why = "its segment is gone"
+            if e["n"] not in journal:
+                # Gone, but this run never got to it: its owner (or another reaper)
+                # removed it after we saved it. The copy is kept, and said to be theirs.
+                why = "removed by another process after it was saved"
+                e["status"] = REMOVED
+                e["reason"] = f"{why} (not by shmjanitor)"
+                kept.append(e)
+                store.note(
+                    f"action=gone id={e['id']} key=0x{e['key']:08x} size={e['size']} "
+                    f'uid={e["uid"]} entry={run}.{e["n"]} reason="{why}; its copy is kept"'
+                )
+                continue
+            why = "removed before the run was stopped"
         e["status"] = REMOVED
         kept.append(e)
         if why:  # said even if the run logged it: a line twice beats a removal unsaid
@@ -775,13 +807,17 @@ class Batch:
             self.abort()
             raise
 
-    def removed(self, n: int) -> None:
-        """Entry n's segment was removed: say so on disk at once (one write, no fsync: a
-        lost line after a power cut is settled from the kernel, which lost it too)."""
-        self._removed[n] = True
+    def removing(self, n: int) -> None:
+        """Entry n's segment is about to be removed: say so on disk first (one write, no
+        fsync: after a power cut the kernel has lost every segment anyway). settle
+        takes a vanished segment for this run's removal only when this line is there."""
         if self._journal >= 0:
             with contextlib.suppress(OSError):
                 os.write(self._journal, b"%d\n" % n)
+
+    def removed(self, n: int) -> None:
+        """Entry n's segment was removed (IPC_RMID succeeded)."""
+        self._removed[n] = True
 
     def finish(self) -> None:
         """Keep only the entries whose segment was removed; drop the run if none was."""
@@ -817,18 +853,32 @@ def restore(store: Store, name: str, now: float) -> tuple[int, int]:
     is in use again is refused: two programs would share it. An IPC_PRIVATE one comes
     back under a new id. The entry stays, marked restored.
     """
+    store.tidy()
+    if not store.exists():
+        store.find(name)  # raises: "no quarantine entry ..."
+    with store.locked():  # two restores of one entry: the second sees restored_as
+        return _restore(store, name, now)
+
+
+def _restore(store: Store, name: str, now: float) -> tuple[int, int]:
     import sysv_ipc
 
     from shmjanitor import kernel
 
-    store.tidy()
     entry = store.find(name)
     e = entry.doc
     if e["status"] != REMOVED:
         raise RestoreError(
             f"entry {name} is pending: its run was interrupted and it is not known yet "
-            "whether its segment was removed; it is settled by the next shmjanitor run in "
-            "the IPC namespace where it was made"
+            "whether its segment was removed; the next `shmjanitor reap` (or the timer's "
+            "run) in the IPC namespace where it was made settles it"
+        )
+    ns = store.load(entry.run).get("ipc_ns")
+    if ns is not None and ns != ipc_namespace():
+        raise RestoreError(
+            f"entry {name} was removed in IPC namespace {ns}, not this one "
+            f"({ipc_namespace()}); restore it from inside that namespace "
+            "(nsenter --ipc --target PID shmjanitor restore ...)"
         )
     if e.get("restored_as") is not None:
         raise RestoreError(
@@ -852,12 +902,12 @@ def restore(store: Store, name: str, now: float) -> tuple[int, int]:
             shm.write(chunk, off)
         shm.uid, shm.gid = e["uid"], e["gid"]
         shm.mode = e["mode"]
-    except (sysv_ipc.Error, OSError, RestoreError) as err:
+    except BaseException as err:  # a signal too: never leave a half-filled segment
         shm.detach()
         kernel.shm_rmid(shmid)
-        if isinstance(err, RestoreError):
-            raise
-        raise RestoreError(f"cannot restore owner or mode of entry {name}: {err}") from None
+        if isinstance(err, (sysv_ipc.Error, OSError)):
+            raise RestoreError(f"cannot restore owner or mode of entry {name}: {err}") from None
+        raise
     shm.detach()
     store.mark_restored(entry, shmid, now)
     return shmid, int(e["key"])

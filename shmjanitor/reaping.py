@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
@@ -43,11 +44,13 @@ def caller() -> policy.Caller:
 
 def _execute(sv: survey.Survey, candidates: Sequence[Candidate], cfg: _config.Config, *,
              dry_run: bool, quarantine: bool, state_dir: Optional[Path], hooks: Hooks,
-             forced: bool = False) -> list[Result]:  # fmt: skip
+             held: Optional[lock.Held], forced: bool = False) -> list[Result]:  # fmt: skip
+    note = held.note if held is not None else (lambda _t: None)
     if not candidates or dry_run or not quarantine:
         limit = cfg.quarantine_max_bytes if quarantine else None
         return remove.execute(candidates, dry_run=dry_run, batch=None, max_copy=limit,
-                              forced=forced, on_result=hooks.on_result, stop=hooks.stop)  # fmt: skip
+                              forced=forced, on_result=hooks.on_result, stop=hooks.stop,
+                              lock_note=note)  # fmt: skip
     from shmjanitor.quarantine import store_for
 
     try:
@@ -60,27 +63,46 @@ def _execute(sv: survey.Survey, candidates: Sequence[Candidate], cfg: _config.Co
         return failed
     return remove.execute(candidates, dry_run=False, batch=batch,
                           max_copy=cfg.quarantine_max_bytes, forced=forced,
-                          on_result=hooks.on_result, stop=hooks.stop)  # fmt: skip
+                          on_result=hooks.on_result, stop=hooks.stop,
+                          lock_note=note)  # fmt: skip
 
 
-def _locked(dry_run: bool, cfg: _config.Config):  # type: ignore[no-untyped-def]
-    """The reaper lock for a real run; a dry run removes nothing and need not wait."""
-    from contextlib import nullcontext
+@contextmanager
+def _locked(dry_run: bool, cfg: _config.Config, state_dir: Optional[Path],
+            hooks: Hooks) -> Iterator[Optional[lock.Held]]:  # fmt: skip
+    """The reaper lock for a real run (a dry run removes nothing and need not wait).
 
-    return nullcontext() if dry_run else lock.held(lock.default_path(), cfg.lock_timeout)
+    Holding it, first undo what a killed run of this namespace may have left: the mode
+    of the segment it had locked for its last instant, and its quarantine run's pending
+    entries (settled here, where the log is the record, whether or not this run keeps
+    copies itself)."""
+    if dry_run:
+        yield None
+        return
+    with lock.held(lock.default_path(), cfg.lock_timeout) as held:
+        undone = remove.undo_left_lock(held.previous)
+        if undone:
+            hooks.on_note(undone)
+        from shmjanitor.quarantine import store_for
+
+        try:
+            store_for(cfg, state_dir, note=hooks.on_note).tidy(settle_runs=True)
+        except JanitorError as e:
+            hooks.on_note(f"quarantine not settled: {e}")
+        yield held
 
 
 def reap(cfg: _config.Config, *, dry_run: bool, quarantine: bool, state_dir: Optional[Path],
          proc_shm: Path = survey.scan.PROC_SHM, hooks: Hooks = Hooks()) -> Outcome:  # fmt: skip
     """Remove the orphans the policy lets go; a result for every orphan considered."""
-    with _locked(dry_run, cfg):
+    with _locked(dry_run, cfg, state_dir, hooks) as held:
         # The survey is taken under the lock: a reaper that waited sees what the first
         # one left, so two reapers never both try the same segment.
         sv = survey.take(proc_shm, state_dir=state_dir or cfg.state_dir, record=not dry_run)
         decisions = policy.plan(sv.verdicts, cfg, caller())
         candidates = [Candidate(d.verdict, d.reason) for d in decisions if d.remove]
         done = _execute(sv, candidates, cfg, dry_run=dry_run, quarantine=quarantine,
-                        state_dir=state_dir, hooks=hooks)  # fmt: skip
+                        state_dir=state_dir, hooks=hooks, held=held)  # fmt: skip
     # execute gives a result per candidate, in order; candidates are the decisions to
     # remove, in order: walk both (no dict of 32,000 ids to build and look up).
     done_in_order = iter(done)
@@ -128,7 +150,7 @@ def rm(ids: Sequence[int], keys: Sequence[int], cfg: _config.Config, *, force: b
        dry_run: bool, quarantine: bool, state_dir: Optional[Path],
        proc_shm: Path = survey.scan.PROC_SHM, hooks: Hooks = Hooks()) -> Outcome:  # fmt: skip
     """Remove the named segments, refusing any that is in use unless `force`."""
-    with _locked(dry_run, cfg):
+    with _locked(dry_run, cfg, state_dir, hooks) as held:
         sv = survey.take(proc_shm, state_dir=state_dir or cfg.state_dir, record=not dry_run)
         by_id = {v.segment.id: v for v in sv.verdicts}
         problems: list[str] = []
@@ -155,7 +177,7 @@ def rm(ids: Sequence[int], keys: Sequence[int], cfg: _config.Config, *, force: b
             candidates.append(Candidate(v, "named on the command line"
                                         + (" (--force)" if v.state in _IN_USE else "")))  # fmt: skip
         done = _execute(sv, candidates, cfg, dry_run=dry_run, quarantine=quarantine,
-                        state_dir=state_dir, hooks=hooks, forced=force)  # fmt: skip
+                        state_dir=state_dir, hooks=hooks, held=held, forced=force)  # fmt: skip
     # Every segment named was asked for: one kept for any reason (refused as in use,
     # larger than quarantine_max_bytes, changed since the scan) leaves the job undone,
     # exit 1. One "gone" is done: someone else removed it first.

@@ -16,9 +16,11 @@ For every segment a decision says may go, in order:
      once more: a segment still there was attached by a privileged process at the last
      instant, which is said ("removed while attached"). A check that fails puts the
      mode back and keeps the segment;
-  5. the quarantine journals each removal, then it is reported as it happens
-     (`on_result`: the log line; a run killed in between has it said when the next run
-     settles it). EINVAL/EIDRM mean someone else removed it first:
+  5. the quarantine journals each removal before it is made (write-ahead: what the
+     journal does not name, this run did not remove), then it is reported as it
+     happens (`on_result`: the log line; a run killed in between has it said when the
+     next run settles it). The segment being locked is noted in the reaper's lock
+     file first, so that the next run puts its mode back if this one is killed. EINVAL/EIDRM mean someone else removed it first:
      "gone", not a failure.
 
 A `Stop` set by SIGINT or SIGTERM ends the run after the current segment: the rest
@@ -195,8 +197,35 @@ def _put_mode_back(shmid: int, mode: int) -> None:
         pass  # gone meanwhile: nothing to put back
 
 
+def undo_left_lock(note: str) -> Optional[str]:
+    """Put back the mode of the segment a killed run left locked (see lock.Held); what
+    was done, in words, or None. The note is "ID KEY MODE" (MODE in octal).
+
+    Only that segment, only if it is still the same one (same key) and still has the
+    lock's mode: a mode its owner set since is theirs.
+    """
+    try:
+        shmid, key, mode = (int(x, 8 if i == 2 else 10) for i, x in enumerate(note.split()))
+    except ValueError:
+        return None  # no note (the run ended well), or not one we wrote
+    try:
+        now = kernel.shm_stat(shmid)
+    except OSError:
+        return None  # removed, as it was meant to be
+    if now.key != key or now.mode & 0o777 != lock_mode() or mode == lock_mode():
+        return None
+    try:
+        kernel.set_mode_after_stat(shmid, mode)
+    except OSError as e:
+        return f"segment {shmid} was left locked (mode 000) by a run that was killed; " \
+               f"its mode {mode:03o} could not be put back: {_meaning(e)}"  # fmt: skip
+    return (f"segment {shmid} (key 0x{key:08x}) was left locked by a run that was killed "
+            f"before removing it; its mode {mode:03o} is put back")  # fmt: skip
+
+
 def _last_instant(v: Verdict, reason: str, forced: bool, *, copied: bool = False,
-                  zero: bool = False, seen_dead: Optional[set[int]] = None) -> Result:  # fmt: skip
+                  zero: bool = False, seen_dead: Optional[set[int]] = None,
+                  lock_note: Callable[[str], None] = lambda _t: None) -> Result:  # fmt: skip
     """Check, lock, check, remove, and check the kernel's answer (module docstring, 4)."""
     shmid = v.segment.id
     before, result = _stat(v)
@@ -215,6 +244,9 @@ def _last_instant(v: Verdict, reason: str, forced: bool, *, copied: bool = False
         # From here on only a process with CAP_IPC_OWNER can attach (ipcperms): the
         # window between our last look and IPC_RMID is closed for everyone else (for a
         # reaper without it, for everyone but the owner's own read-only attaches).
+        # Said first: a run killed between this IPC_SET and IPC_RMID leaves the segment
+        # locked, and the next holder of the reaper lock puts the mode back.
+        lock_note(f"{shmid} {before.key} {before.mode & 0o777:o}")
         try:
             kernel.set_mode_after_stat(shmid, lock_mode())
         except OSError as e:
@@ -229,6 +261,7 @@ def _last_instant(v: Verdict, reason: str, forced: bool, *, copied: bool = False
             locked.key, locked.atime, locked.dtime, locked.lpid
         ) != (before.key, before.atime, before.dtime, before.lpid):  # fmt: skip
             _put_mode_back(shmid, before.mode)
+            lock_note("")
             return Result(v, Action.KEPT, (
                 "changed since scan: attached at the last instant; its mode was put back"
             ))  # fmt: skip
@@ -239,6 +272,7 @@ def _last_instant(v: Verdict, reason: str, forced: bool, *, copied: bool = False
             return Result(v, Action.GONE, "already gone")
         if not forced:
             _put_mode_back(shmid, before.mode)
+            lock_note("")
         return Result(v, Action.FAILED, f"not removed: IPC_RMID: {_meaning(e)}")
     # IPC_RMID frees a segment nobody is attached to at once (ipc/shm.c, do_shm_rmid);
     # one still there has users, who attached after our last look (only a privileged
@@ -338,6 +372,7 @@ def execute(
     candidates: Sequence[Candidate], *, dry_run: bool, batch: Optional[Batch],
     max_copy: Optional[int] = None, forced: bool = False,
     on_result: Callable[[Result], None] = _ignore, stop: Optional[Stop] = None,
+    lock_note: Callable[[str], None] = lambda _t: None,
 ) -> list[Result]:  # fmt: skip
     """Remove what may go (see the module docstring); a result for every candidate.
 
@@ -366,7 +401,7 @@ def execute(
             done(interrupted(v))
             continue
         if batch is None and not dry_run:  # quarantine off: straight to the last instant
-            done(_last_instant(v, c.reason, forced, seen_dead=seen_dead))
+            done(_last_instant(v, c.reason, forced, seen_dead=seen_dead, lock_note=lock_note))
             continue
         stopped = _recheck(v, forced, seen_dead)
         if stopped is not None:
@@ -413,9 +448,13 @@ def execute(
             if stop:
                 done(interrupted(c.verdict))
                 continue
-            r = _last_instant(c.verdict, c.reason, forced, copied=True, zero=zero)
+            # On disk first (write-ahead): an entry the journal does not name was not
+            # removed by this run, whatever becomes of its segment.
+            batch.removing(n)
+            r = _last_instant(c.verdict, c.reason, forced, copied=True, zero=zero,
+                              lock_note=lock_note)  # fmt: skip
             if r.action is Action.REMOVED:
-                batch.removed(n)  # on disk first: a log line lost is said again by settle
+                batch.removed(n)
             done(r)
     finally:
         try:
