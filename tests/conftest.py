@@ -64,7 +64,6 @@ def _leave_host_namespace() -> None:
 
 
 HOST_IPC_NS = os.readlink("/proc/self/ns/ipc")
-HOST_MNT_NS = os.readlink("/proc/self/ns/mnt")
 # The machine's own directories, opened before we leave its mount namespace: for tests
 # that prove (by reading only) that what the suite writes does not reach the machine.
 MACHINE_VIEW = {d: os.open(d, os.O_RDONLY | os.O_DIRECTORY) for d in ("/dev/shm", "/run", "/etc")}
