@@ -9,7 +9,6 @@ lives in a temporary directory, never in /var/lib/shmjanitor.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import shutil
@@ -24,11 +23,10 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-from conftest import REAL_ROOT, needs_real_root
+from conftest import ACCOUNTS, REAL_ROOT, needs_real_root, python_as
 from segments import Spec, attach, list_json, make, mark_dest, rows, table
 
 JANITOR = [sys.executable, "-m", "shmjanitor"]
-DEMO = [sys.executable, "-m", "shmjanitor.demo"]
 
 
 def shared_tmpdir(owner: Optional[int] = None) -> Path:
@@ -49,27 +47,9 @@ def shared_dir() -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def as_user(uid: Optional[int]) -> list[str]:
-    """argv prefix that runs a command as `uid` with no groups and no capabilities.
-
-    setpriv rather than Popen(user=...): the venv's interpreter may sit under a 0700
-    home of root's, which setpriv's exec reaches and Popen's does not.
-    """
-    if uid is None:
-        return []
-    prefix = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
-    why = _cannot_run_python_as(tuple(prefix))
-    if why:
-        pytest.skip(f"this Python cannot be run as uid {uid}: {why}")
-    return prefix
-
-
-@functools.cache
-def _cannot_run_python_as(prefix: tuple[str, ...]) -> str:
-    """Some interpreters (pyenv's --enable-shared builds under /root) load libpython from
-    a directory other uids cannot read: then there is nothing to test as that uid."""
-    p = subprocess.run([*prefix, sys.executable, "-c", "pass"], capture_output=True, text=True)
-    return "" if p.returncode == 0 else p.stderr.strip()
+def demo(uid: Optional[int]) -> list[str]:
+    """argv prefix of the seed's demo, run as `uid` (None: as we are)."""
+    return [*python_as(uid), "-m", "shmjanitor.demo"]
 
 
 def reap_json(
@@ -77,7 +57,7 @@ def reap_json(
 ) -> tuple[subprocess.CompletedProcess, dict]:
     """`python -m shmjanitor reap --json ARGS` in a process of its own (same namespaces)."""
     p = subprocess.run(
-        [*as_user(as_uid), *JANITOR, "reap", "--json", *args],
+        [*python_as(as_uid), "-m", "shmjanitor", "reap", "--json", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -293,8 +273,7 @@ def demo_uid() -> Optional[int]:
 def test_crashed_demo_server_is_reaped_and_its_copy_kept(shared_dir, demo_uid, tmp_path):
     r = subprocess.run(
         [
-            *as_user(demo_uid),
-            *DEMO,
+            *demo(demo_uid),
             "server",
             "--path",
             str(shared_dir),
@@ -355,7 +334,7 @@ def test_crashed_demo_server_is_reaped_and_its_copy_kept(shared_dir, demo_uid, t
 
 def test_child_leak_is_reaped(demo_uid):
     r = subprocess.run(
-        [*as_user(demo_uid), *DEMO, "child", "--leak", "5", "6", "7", "8"],
+        [*demo(demo_uid), "child", "--leak", "5", "6", "7", "8"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -372,7 +351,7 @@ def test_waiting_server_survives_a_reap_and_its_client_still_gets_the_numbers(
     shared_dir, demo_uid, tmp_path
 ):
     server = subprocess.Popen(
-        [*as_user(demo_uid), *DEMO, "server", "--path", str(shared_dir), "1", "2", "3", "4"],
+        [*demo(demo_uid), "server", "--path", str(shared_dir), "1", "2", "3", "4"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -387,7 +366,7 @@ def test_waiting_server_survives_a_reap_and_its_client_still_gets_the_numbers(
         assert rows()[shmid] == before  # not even attached by the reaper: no copy taken
         assert list_json()[shmid]["state"] == "attached"
         client = subprocess.run(
-            [*as_user(demo_uid), *DEMO, "client", "--path", str(shared_dir)],
+            [*demo(demo_uid), "client", "--path", str(shared_dir)],
             capture_output=True,
             text=True,
             timeout=30,
@@ -683,7 +662,8 @@ def test_one_reap_over_every_state(tmp_path):
     needs_real_root()  # ordinary accounts' orphans next to root's (a system account's)
     old = make(Spec(key=0x0A000001), Spec(), Spec(touch=True), uid=1000).ids
     protected_key = make(Spec(key=0x0A000002), uid=1000).ids
-    protected_owner = make(Spec(key=0x0A000003), Spec(), uid=1001).ids
+    # An owner protected by name: bob, an account the suite makes (conftest.ACCOUNTS).
+    protected_owner = make(Spec(key=0x0A000003), Spec(), uid=ACCOUNTS["bob"]).ids
     system = make(Spec(key=0x0A000004), Spec()).ids  # root's
     idle = make(Spec(key=0x0A000005), uid=1000, stay=True).ids
     attached = make(Spec(key=0x0A000006), uid=1000).ids
@@ -693,7 +673,7 @@ def test_one_reap_over_every_state(tmp_path):
     mark_dest(removing[0])
     made = time.time()
     cfg = tmp_path / "shmjanitor.toml"
-    cfg.write_text('protect_keys = ["0x0A000002"]\nprotect_owners = ["tstu"]\n')
+    cfg.write_text('protect_keys = ["0x0A000002"]\nprotect_owners = ["bob"]\n')
     cfg.chmod(0o600)
     base = ["--config", str(cfg), "--state-dir", str(tmp_path / "state")]
     before = table()
@@ -738,7 +718,7 @@ def test_one_reap_over_every_state(tmp_path):
     reasons = {i: r["reason"] for i, r in by_action(doc, "kept").items()}
     assert sorted(reasons) == sorted(protected_key + protected_owner + system + young)
     assert all("protected key 0x0a000002" in reasons[i] for i in protected_key)
-    assert all("protected owner tstu" in reasons[i] for i in protected_owner)
+    assert all("protected owner bob" in reasons[i] for i in protected_owner)
     assert all("system account root" in reasons[i] for i in system)
     assert all("younger than min-age" in reasons[i] for i in young)
     after, was = rows(), rows_of(before)

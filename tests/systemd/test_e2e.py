@@ -78,7 +78,8 @@ def host_ipc_ns() -> str:
     """
     ours = os.readlink("/proc/self/ns/ipc")
     pid = os.getppid()
-    while pid > 1:
+    # pid 1 too: under scripts/test it is the PID namespace's init, in the machine's IPC.
+    while pid > 0:
         try:
             if os.readlink(f"/proc/{pid}/ns/ipc") != ours:
                 return f"/proc/{pid}/ns/ipc"
