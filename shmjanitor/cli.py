@@ -18,6 +18,7 @@ import typer
 
 from shmjanitor.classify import State
 from shmjanitor.errors import JanitorError
+from shmjanitor.keys import parse_id, segment_key
 from shmjanitor.render import Format
 
 app = typer.Typer(
@@ -267,9 +268,17 @@ def _write_reap_metrics(path: Path, outcome) -> None:  # type: ignore[no-untyped
 
 @app.command()
 def rm(
-    ids: Optional[list[int]] = typer.Argument(None, metavar="[ID]...", help="Segment ids (shmid)."),
-    key: Optional[list[str]] = typer.Option(
-        None, "--key", "-k", metavar="KEY", help="Segment key, 0x1234abcd or decimal (repeatable)."
+    ids: Optional[list[int]] = typer.Argument(
+        None, metavar="[ID]...", parser=parse_id, help="Segment ids (shmid), in decimal."
+    ),
+    key: Optional[list[int]] = typer.Option(
+        None,
+        "--key",
+        "-k",
+        metavar="KEY",
+        parser=segment_key,
+        help="Segment key: 0x1234abcd, decimal, or signed as the kernel prints it "
+        "(-1 = 0xffffffff). Repeatable.",
     ),
     force: bool = typer.Option(
         False, "--force", help="Remove even a segment in use (attached, or creator alive)."
@@ -290,7 +299,7 @@ def rm(
     from shmjanitor import reaping, remove
 
     with errors_as_exit():
-        keys = [reaping.parse_key(k) for k in key or ()]
+        keys = list(key or ())
         if not ids and not keys:
             raise fail("name at least one segment: shmjanitor rm ID... or --key KEY")
         cfg = _load_config(config_path)
