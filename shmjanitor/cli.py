@@ -458,6 +458,41 @@ def install_units(
     typer.echo(f"enabled and started {units.TIMER}")
 
 
+@app.command()
+def limits(
+    exact_bytes: bool = typer.Option(
+        False, "--bytes", "-b", help="SHMMAX and SHMMIN in bytes, not 4K/16E."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
+    fmt: Format = typer.Option(
+        Format.AUTO,
+        "--format",
+        "-f",
+        help="table (bold header), plain (aligned columns for grep/awk), json, or auto: "
+        "table on a terminal, plain otherwise.",
+    ),
+) -> None:
+    """Show the kernel's shared memory limits and their use, like lsipc -g and ipcs -l/-u.
+
+    SHMMNI (segments), SHMALL (pages, each segment rounded up to whole pages as the
+    kernel counts them), SHMMAX and SHMMIN (bytes of one segment), and the pages
+    resident and swapped. A limit at or above the kernel's default (ULONG_MAX - 2^24)
+    is "unlimited". The limits belong to the IPC namespace: a container has its own.
+    """
+    import os
+
+    from shmjanitor import limits as limits_
+
+    with errors_as_exit():
+        usage = limits_.read()
+    chosen = _pick_format(fmt, as_json)
+    if chosen is Format.JSON:
+        sys.stdout.write(limits_.to_json(usage))
+    else:
+        bold = chosen is Format.TABLE and "NO_COLOR" not in os.environ
+        limits_.plain(usage, exact_bytes, sys.stdout, bold=bold)
+
+
 def main() -> None:
     # A run lives for a second and allocates a few objects per segment (tuples, strings,
     # dicts), none in a reference cycle: reference counting frees them all. The cyclic
