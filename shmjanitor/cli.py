@@ -493,10 +493,43 @@ def limits(
         limits_.plain(usage, exact_bytes, sys.stdout, bold=bold)
 
 
+class Shell(str, Enum):
+    BASH = "bash"
+    ZSH = "zsh"
+    FISH = "fish"
+
+
+@app.command()
+def completion(shell: Shell = typer.Argument(..., help="bash, zsh or fish.")) -> None:
+    """Print the completion script for SHELL (commands, options, states, sort keys).
+
+    Install it with one command, as root for bash and zsh:
+
+      shmjanitor completion bash > /etc/bash_completion.d/shmjanitor
+
+      shmjanitor completion zsh > /usr/local/share/zsh/site-functions/_shmjanitor
+
+      shmjanitor completion fish > ~/.config/fish/completions/shmjanitor.fish
+
+    and start a new shell.
+    """
+    from shmjanitor import completion as completion_
+
+    typer.echo(completion_.script(shell.value))
+
+
 def main() -> None:
     # A run lives for a second and allocates a few objects per segment (tuples, strings,
     # dicts), none in a reference cycle: reference counting frees them all. The cyclic
     # collector would only re-scan the growing heap over and over, which is 40% of `list`
     # at 32,000 segments (benchmarks/bench.py). So it stays off.
     gc.disable()
+    from os import environ
+
+    if "_SHMJANITOR_COMPLETE" in environ:  # a shell asks for completions (completion.py)
+        from shmjanitor import completion as completion_
+
+        code, text = completion_.answer(environ["_SHMJANITOR_COMPLETE"])
+        typer.echo(text, err=code != 0)
+        sys.exit(code)
     app()
