@@ -518,6 +518,41 @@ def completion(shell: Shell = typer.Argument(..., help="bash, zsh or fish.")) ->
     typer.echo(completion_.script(shell.value))
 
 
+class Page(str, Enum):
+    SHMJANITOR = "shmjanitor"
+    CONFIG = "shmjanitor.toml"
+
+
+MAN_FILES = {Page.SHMJANITOR: "shmjanitor.8", Page.CONFIG: "shmjanitor.toml.5"}
+
+
+@app.command("man")
+def man_(
+    page: Page = typer.Argument(
+        Page.SHMJANITOR, help="shmjanitor (section 8) or shmjanitor.toml (section 5)."
+    ),
+    path: bool = typer.Option(False, "--path", help="Print the page's file instead."),
+) -> None:
+    """Show a page of the manual with man -l; the pages ship inside the package.
+
+    pip also installs them under the environment's share/man, where man(1) finds them
+    once the environment's bin is in PATH: then `man shmjanitor` works too.
+    """
+    import shutil
+    import subprocess
+    from importlib import resources
+
+    # A regular file in an installed package (zip imports are not supported by man -l).
+    file = str(resources.files("shmjanitor") / "man" / MAN_FILES[page])
+    if path:
+        typer.echo(file)
+        return
+    man = shutil.which("man")
+    if man is None:
+        raise fail(f"man is not installed; the page is {file} (mandoc -a {file})", 1)
+    raise typer.Exit(subprocess.run([man, "-l", file]).returncode)
+
+
 def main() -> None:
     # A run lives for a second and allocates a few objects per segment (tuples, strings,
     # dicts), none in a reference cycle: reference counting frees them all. The cyclic
