@@ -463,7 +463,7 @@ def limits(
     exact_bytes: bool = typer.Option(
         False, "--bytes", "-b", help="SHMMAX and SHMMIN in bytes, not 4K/16E."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
+    as_json: bool = typer.Option(False, "--json", "-J", help="Same as --format json."),
     fmt: Format = typer.Option(
         Format.AUTO,
         "--format",
