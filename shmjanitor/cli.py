@@ -22,6 +22,7 @@ from click.utils import PacifyFlushWrapper
 
 from shmjanitor.classify import State
 from shmjanitor.errors import EXIT_BROKEN_PIPE, EXIT_BUG, JanitorError, MetricsError, OutputClosed
+from shmjanitor.keys import parse_id, segment_key
 from shmjanitor.render import Format
 from shmjanitor.text import printable
 
@@ -350,9 +351,17 @@ def _write_reap_metrics(path: Path, outcome) -> None:  # type: ignore[no-untyped
 
 @app.command()
 def rm(
-    ids: Optional[list[int]] = typer.Argument(None, metavar="[ID]...", help="Segment ids (shmid)."),
-    key: Optional[list[str]] = typer.Option(
-        None, "--key", "-k", metavar="KEY", help="Segment key, 0x1234abcd or decimal (repeatable)."
+    ids: Optional[list[int]] = typer.Argument(
+        None, metavar="[ID]...", parser=parse_id, help="Segment ids (shmid), in decimal."
+    ),
+    key: Optional[list[int]] = typer.Option(
+        None,
+        "--key",
+        "-k",
+        metavar="KEY",
+        parser=segment_key,
+        help="Segment key: 0x1234abcd, decimal, or signed as the kernel prints it "
+        "(-1 = 0xffffffff). Repeatable.",
     ),
     force: bool = typer.Option(
         False, "--force", help="Remove even a segment in use (attached, or creator alive)."
@@ -373,7 +382,7 @@ def rm(
     from shmjanitor import reaping, remove
 
     with errors_as_exit():
-        keys = [reaping.parse_key(k) for k in key or ()]
+        keys = list(key or ())
         if not ids and not keys:
             raise fail("name at least one segment: shmjanitor rm ID... or --key KEY")
         cfg = _load_config(config_path)
@@ -572,12 +581,113 @@ def install_units(
     typer.echo(f"enabled and started {units.TIMER}")
 
 
+@app.command()
+def limits(
+    exact_bytes: bool = typer.Option(
+        False, "--bytes", "-b", help="SHMMAX and SHMMIN in bytes, not 4K/16E."
+    ),
+    as_json: bool = typer.Option(False, "--json", "-J", help="Same as --format json."),
+    fmt: Format = typer.Option(
+        Format.AUTO,
+        "--format",
+        "-f",
+        help="table (bold header), plain (aligned columns for grep/awk), json, or auto: "
+        "table on a terminal, plain otherwise.",
+    ),
+) -> None:
+    """Show the kernel's shared memory limits and their use, like lsipc -g and ipcs -l/-u.
+
+    SHMMNI (segments), SHMALL (pages, each segment rounded up to whole pages as the
+    kernel counts them), SHMMAX and SHMMIN (bytes of one segment), and the pages
+    resident and swapped. A limit at or above the kernel's default (ULONG_MAX - 2^24)
+    is "unlimited". The limits belong to the IPC namespace: a container has its own.
+    """
+    import os
+
+    from shmjanitor import limits as limits_
+
+    with errors_as_exit():
+        usage = limits_.read()
+    chosen = _pick_format(fmt, as_json)
+    if chosen is Format.JSON:
+        sys.stdout.write(limits_.to_json(usage))
+    else:
+        bold = chosen is Format.TABLE and "NO_COLOR" not in os.environ
+        limits_.plain(usage, exact_bytes, sys.stdout, bold=bold)
+
+
+class Shell(str, Enum):
+    BASH = "bash"
+    ZSH = "zsh"
+    FISH = "fish"
+
+
+@app.command()
+def completion(shell: Shell = typer.Argument(..., help="bash, zsh or fish.")) -> None:
+    """Print the completion script for SHELL (commands, options, states, sort keys).
+
+    Install it with one command, as root for bash and zsh:
+
+      shmjanitor completion bash > /etc/bash_completion.d/shmjanitor
+
+      shmjanitor completion zsh > /usr/local/share/zsh/site-functions/_shmjanitor
+
+      shmjanitor completion fish > ~/.config/fish/completions/shmjanitor.fish
+
+    and start a new shell.
+    """
+    from shmjanitor import completion as completion_
+
+    typer.echo(completion_.script(shell.value))
+
+
+class Page(str, Enum):
+    SHMJANITOR = "shmjanitor"
+    CONFIG = "shmjanitor.toml"
+
+
+MAN_FILES = {Page.SHMJANITOR: "shmjanitor.8", Page.CONFIG: "shmjanitor.toml.5"}
+
+
+@app.command("man")
+def man_(
+    page: Page = typer.Argument(
+        Page.SHMJANITOR, help="shmjanitor (section 8) or shmjanitor.toml (section 5)."
+    ),
+    path: bool = typer.Option(False, "--path", help="Print the page's file instead."),
+) -> None:
+    """Show a page of the manual with man -l; the pages ship inside the package.
+
+    pip also installs them under the environment's share/man, where man(1) finds them
+    once the environment's bin is in PATH: then `man shmjanitor` works too.
+    """
+    import shutil
+    import subprocess
+    from importlib import resources
+
+    # A regular file in an installed package (zip imports are not supported by man -l).
+    file = str(resources.files("shmjanitor") / "man" / MAN_FILES[page])
+    if path:
+        typer.echo(file)
+        return
+    man = shutil.which("man")
+    if man is None:
+        raise fail(f"man is not installed; the page is {file} (mandoc -a {file})", 1)
+    raise typer.Exit(subprocess.run([man, "-l", file]).returncode)
+
+
 def main() -> None:
     # A run lives for a second and allocates a few objects per segment (tuples, strings,
     # dicts), none in a reference cycle: reference counting frees them all. The cyclic
     # collector would only re-scan the growing heap over and over, which is 40% of `list`
     # at 32,000 segments (benchmarks/bench.py). So it stays off.
     gc.disable()
+    if "_SHMJANITOR_COMPLETE" in os.environ:  # a shell asks for completions (completion.py)
+        from shmjanitor import completion as completion_
+
+        ccode, text = completion_.answer(os.environ["_SHMJANITOR_COMPLETE"])
+        typer.echo(text, err=ccode != 0)
+        sys.exit(ccode)
     code: Union[str, int, None] = 0
     try:
         app()  # typer ends with SystemExit, whatever happened

@@ -47,17 +47,10 @@ class Config:
 
 
 def _key(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError
-    if isinstance(value, int):
-        n = value
-    elif isinstance(value, str) and value.lower().startswith("0x"):
-        n = int(value, 16)
-    else:
-        raise ValueError
-    if not 0 <= n <= 0xFFFFFFFF:
-        raise ValueError
-    return n
+    from shmjanitor.keys import parse_key
+
+    # 0 (IPC_PRIVATE) may be protected: it keeps every private segment.
+    return parse_key(value, private_ok=True)
 
 
 def _owner(value: Any) -> int:
@@ -104,7 +97,7 @@ def _path(value: Any) -> Path:
 _KEYS = {
     "min_age": (_duration, False, 'a duration such as "90s", "10m", "1h" or "2d"'),
     "include_system": (_bool, False, "true or false"),
-    "protect_keys": (_key, True, 'a list of keys, as integers or hex strings like "0x1234"'),
+    "protect_keys": (_key, True, 'a list of keys: integers or strings like "0x1234"'),
     "protect_owners": (_owner, True, "a list of user names or uids of existing users"),
     "state_dir": (_path, False, "a directory path as a string"),
     "quarantine_max_bytes": (_size, False, "a number of bytes"),

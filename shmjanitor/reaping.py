@@ -133,17 +133,13 @@ _IN_USE = {
 
 
 def parse_key(text: str) -> int:
+    """A --key value (shmjanitor.keys.parse_key); a bad one is a usage error naming it."""
+    from shmjanitor.keys import segment_key
+
     try:
-        key = int(text, 16) if text.lower().startswith("0x") else int(text)
-    except ValueError:
-        raise ConfigError(f"--key {text!r}: not a key (use 0x1234abcd or a decimal)") from None
-    if key < 0:
-        key &= 0xFFFFFFFF  # as the kernel prints it: signed
-    if key == 0:
-        raise ConfigError("--key 0 is IPC_PRIVATE, shared by many segments: name the id")
-    if key > 0xFFFFFFFF:
-        raise ConfigError(f"--key {text!r}: larger than 32 bits")
-    return key
+        return segment_key(text)
+    except ValueError as e:
+        raise ConfigError(f"--key: {e}") from None
 
 
 def rm(ids: Sequence[int], keys: Sequence[int], cfg: _config.Config, *, force: bool,

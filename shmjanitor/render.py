@@ -291,8 +291,10 @@ def to_json(sv: _survey.Survey, verdicts: list[Verdict]) -> str:
 
 def footer_lines(sv: _survey.Survey, verdicts: list[Verdict]) -> list[str]:
     """Like `ipcs -u` and `ipcs -l`: usage against the kernel's limits, then per state."""
+    from shmjanitor.limits import unlimited
+
     lim = sv.limits
-    of = lambda n: "" if n is None else f" of {n}"  # noqa: E731
+    of = lambda n: "" if n is None else " of unlimited" if unlimited(n) else f" of {n}"  # noqa: E731
     total = sum(v.segment.size for v in verdicts)
     first = (
         f"{len(verdicts)} segments{of(lim.shmmni)} (kernel.shmmni), "
