@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import needs_real_root
-from segments import _fork, rows
+from segments import _fork, cli, rows
 from test_quarantine import entries, filled, reap, restore
 from test_trust_quarantine import try_attach_as
 
@@ -284,3 +284,23 @@ def test_restore_of_an_entry_from_another_ipc_namespace_is_refused_or_said(tmp_p
     r = restore(state, entry["entry"])
     # Refused, or at the very least said: silently is the defect.
     assert "namespace" in r.output, f"restored into another namespace silently: {r.output}"
+
+
+# --- settle calls every vanished segment "removed by us" --------------------------------
+
+
+def test_settle_never_claims_a_removal_the_run_did_not_make(tmp_path):
+    """A run is SIGKILLed after its commit, before it touched the segment. Its owner
+    then comes back, uses it and removes it itself (ipcrm, a clean shutdown). The next
+    command that opens the store settles the run: "segment gone" is taken to mean we
+    removed it, so the entry becomes restorable (with bytes older than the owner's
+    last use) and the log says action=removed for a removal shmjanitor never made."""
+    state = tmp_path / "state"
+    shmid = filled(4096, b"old bytes", key=0x5EED0B0B, mode=0o600)
+    killed_reap("first-last-instant", state)
+    assert shmid in rows()  # the run never got to it
+    _fork(lambda: [kernel.shm_rmid(shmid) or shmid], stay=False)  # the owner's ipcrm
+    r = cli("quarantine", "list", "--state-dir", str(state), "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["entries"] == [], "an entry for a removal we never made"
+    assert "action=removed" not in r.output, r.output
