@@ -304,3 +304,36 @@ def test_settle_never_claims_a_removal_the_run_did_not_make(tmp_path):
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["entries"] == [], "an entry for a removal we never made"
     assert "action=removed" not in r.output, r.output
+
+
+# --- purge --all while a run is between its commit and its removals ---------------------
+
+
+def test_purge_all_during_a_live_run_leaves_no_entry_without_its_copy(tmp_path, monkeypatch):
+    """An admin's `quarantine purge --all` while the hourly reap is between its commit
+    and its removals: purge drops the live run's index and data (it skips only *.tmp of
+    live runs), the run then removes the segment anyway, and its final index lists the
+    entry as removed and restorable, pointing at a data file that is gone."""
+    state = tmp_path / "state"
+    shmid = filled(4096, b"only copy")
+    real = remove._last_instant
+    purged: list[str] = []
+
+    def admin_purges_first(*a, **k):  # type: ignore[no-untyped-def]
+        if not purged:
+            p = subprocess.run([sys.executable, "-m", "shmjanitor", "quarantine", "purge",
+                                "--all", "--state-dir", str(state)],
+                               capture_output=True, text=True, timeout=60)  # fmt: skip
+            purged.append(p.stdout + p.stderr)
+        return real(*a, **k)
+
+    monkeypatch.setattr(remove, "_last_instant", admin_purges_first)
+    reap(state)
+    assert purged, "the hook did not run"
+    if shmid in rows():
+        return  # kept: its copy was gone (one right answer)
+    listed = entries(state)
+    for e in listed:  # or removed, and then every entry listed can be restored
+        r = restore(state, e["entry"])
+        assert r.exit_code == 0, f"listed as restorable, cannot be restored: {r.output}"
+    assert listed, "removed, and no entry for it at all"
