@@ -406,9 +406,12 @@ app.add_typer(quarantine_app, name="quarantine")
 
 
 def _store(config_path: Optional[Path], state_dir: Optional[Path]):  # type: ignore[no-untyped-def]
+    from shmjanitor import reaping
     from shmjanitor.quarantine import store_for
 
-    return store_for(_load_config(config_path), state_dir, note=_note)
+    cfg = _load_config(config_path)
+    reaping.repair_left_lock(cfg, _note)
+    return store_for(cfg, state_dir, note=_note)
 
 
 @quarantine_app.command("list")

@@ -133,8 +133,10 @@ def held(path: Path, timeout: float) -> Iterator[Held]:
                     ) from None
                 time.sleep(0.05)
         previous = os.pread(fd, _NOTE_LEN, _NOTE_AT).decode(errors="replace").strip()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # Our pid in the first line (for the message of one who waits too long); the
+        # note stays as it is until we lock a segment ourselves: a command that only
+        # repairs must leave the next reap what the killed run left (its settle needs it).
+        os.pwrite(fd, f"{os.getpid()}".encode().ljust(_NOTE_AT - 1) + b"\n", 0)
         yield Held(fd, previous)
     finally:
         os.close(fd)  # closing releases the flock

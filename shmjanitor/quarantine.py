@@ -355,7 +355,7 @@ class Store:
         finally:
             os.close(fd)
 
-    def tidy(self, settle_runs: bool = False) -> None:
+    def tidy(self, settle_runs: bool = False, locked: str = "") -> None:
         """Delete temporary files of dead runs, set damaged runs aside, and (`settle_runs`:
         reap and rm, whose log is the record) settle runs that were interrupted. Nothing
         here may stop a command: a store that cannot be written (a read-only mount) is
@@ -364,11 +364,11 @@ class Store:
             return
         try:
             with self.locked():
-                self._tidy(settle_runs)
+                self._tidy(settle_runs, locked)
         except OSError as e:
             self.note(f"quarantine {self.dir} left as it is: {e.strerror or e}")
 
-    def _tidy(self, settle_runs: bool) -> None:
+    def _tidy(self, settle_runs: bool, locked: str) -> None:
         for p in self.dir.iterdir():
             if p.name.endswith(".tmp") and _owner_is_gone(p):
                 p.unlink(missing_ok=True)
@@ -384,7 +384,7 @@ class Store:
                 continue  # its run is still going
             if any(e["status"] == PENDING for e in doc["entries"]):
                 if settle_runs:
-                    settle(self, run, doc)
+                    settle(self, run, doc, locked)
                 continue
             journal = self.dir / f"{run}.journal"
             if journal.exists():
@@ -471,7 +471,7 @@ class Store:
 
     def open_batch(self, now: float) -> Batch:
         self.ensure()
-        self.tidy(settle_runs=True)
+        self.tidy()
         self.prune(now)
         with self.locked():  # made and flocked before any tidy() can look at it
             return Batch(self, now)
@@ -585,8 +585,13 @@ def _owner_is_gone(path: Path) -> bool:
     return True
 
 
-def settle(store: Store, run: str, doc: dict[str, Any]) -> None:
-    """Decide every `pending` entry of an interrupted run (see the module docstring)."""
+def settle(store: Store, run: str, doc: dict[str, Any], locked: str = "") -> None:
+    """Decide every `pending` entry of an interrupted run (see the module docstring).
+
+    `locked` is the reaper lock's note ("ID KEY MODE", lock.Held): the one segment the
+    run had locked for its last instant, the only one it may have removed without a
+    journal line (killed between IPC_RMID and the write)."""
+    in_hand = tuple(locked.split()[:2])
     from shmjanitor import kernel
 
     here = doc.get("boot_id") == boot_id() and doc.get("ipc_ns") == ipc_namespace()
@@ -625,19 +630,19 @@ def settle(store: Store, run: str, doc: dict[str, Any]) -> None:
                 # instant lock left is put back from the reaper lock's note, which
                 # names the one segment locked: the mode here may be its owner's.)
                 continue  # dropped: it was not removed
-            if e["n"] not in journal:
-                # Gone, but this run never got to it: its owner (or another reaper)
-                # removed it after we saved it. The copy is kept, and said to be theirs.
-                why = "removed by another process after it was saved"
-                e["status"] = REMOVED
-                e["reason"] = f"{why} (not by shmjanitor)"
-                kept.append(e)
+            if e["n"] in journal:
+                why = "removed before the run was stopped"
+            elif in_hand == (str(e["id"]), str(e["key"])):
+                why = "removed as the run was stopped"
+            else:
+                # Gone, but this run never removed it: its owner (or another reaper)
+                # did, after we saved it. Not ours to claim or to bring back (the copy
+                # is older than the owner's last use): the entry is dropped.
                 store.note(
-                    f"action=gone id={e['id']} key=0x{e['key']:08x} size={e['size']} "
-                    f'uid={e["uid"]} entry={run}.{e["n"]} reason="{why}; its copy is kept"'
+                    f"quarantine entry {run}.{e['n']} dropped: segment {e['id']} was "
+                    "removed by another process after it was saved, not by shmjanitor"
                 )
                 continue
-            why = "removed before the run was stopped"
         e["status"] = REMOVED
         kept.append(e)
         if why:  # said even if the run logged it: a line twice beats a removal unsaid
@@ -807,17 +812,13 @@ class Batch:
             self.abort()
             raise
 
-    def removing(self, n: int) -> None:
-        """Entry n's segment is about to be removed: say so on disk first (one write, no
-        fsync: after a power cut the kernel has lost every segment anyway). settle
-        takes a vanished segment for this run's removal only when this line is there."""
+    def removed(self, n: int) -> None:
+        """Entry n's segment was removed (IPC_RMID succeeded): say so on disk at once (one
+        write, no fsync: after a power cut the kernel has lost every segment anyway)."""
+        self._removed[n] = True
         if self._journal >= 0:
             with contextlib.suppress(OSError):
                 os.write(self._journal, b"%d\n" % n)
-
-    def removed(self, n: int) -> None:
-        """Entry n's segment was removed (IPC_RMID succeeded)."""
-        self._removed[n] = True
 
     def finish(self) -> None:
         """Keep only the entries whose segment was removed; drop the run if none was."""

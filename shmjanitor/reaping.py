@@ -67,6 +67,19 @@ def _execute(sv: survey.Survey, candidates: Sequence[Candidate], cfg: _config.Co
                           lock_note=note)  # fmt: skip
 
 
+def repair_left_lock(cfg: _config.Config, on_note: Callable[[str], None]) -> None:
+    """For commands that do not reap (quarantine list, purge, restore): if no reaper
+    holds this namespace's lock, put back the mode a killed run left on the segment it
+    had locked (remove.undo_left_lock). A reaper at work is never waited for."""
+    try:
+        with lock.held(lock.default_path(), 0) as held:
+            undone = remove.undo_left_lock(held.previous)
+            if undone:
+                on_note(undone)
+    except JanitorError:
+        pass  # held by a live reaper, or no lock directory to use: nothing to repair here
+
+
 @contextmanager
 def _locked(dry_run: bool, cfg: _config.Config, state_dir: Optional[Path],
             hooks: Hooks) -> Iterator[Optional[lock.Held]]:  # fmt: skip
@@ -86,7 +99,7 @@ def _locked(dry_run: bool, cfg: _config.Config, state_dir: Optional[Path],
         from shmjanitor.quarantine import store_for
 
         try:
-            store_for(cfg, state_dir, note=hooks.on_note).tidy(settle_runs=True)
+            store_for(cfg, state_dir, note=hooks.on_note).tidy(True, held.previous)
         except JanitorError as e:
             hooks.on_note(f"quarantine not settled: {e}")
         yield held

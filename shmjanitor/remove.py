@@ -16,11 +16,11 @@ For every segment a decision says may go, in order:
      once more: a segment still there was attached by a privileged process at the last
      instant, which is said ("removed while attached"). A check that fails puts the
      mode back and keeps the segment;
-  5. the quarantine journals each removal before it is made (write-ahead: what the
-     journal does not name, this run did not remove), then it is reported as it
-     happens (`on_result`: the log line; a run killed in between has it said when the
-     next run settles it). The segment being locked is noted in the reaper's lock
-     file first, so that the next run puts its mode back if this one is killed. EINVAL/EIDRM mean someone else removed it first:
+  5. the quarantine journals each removal the moment IPC_RMID succeeds, then it is
+     reported (`on_result`: the log line; a run killed in between has it said when the
+     next run settles it). The segment about to be locked is noted in the reaper's lock
+     file first: if the run is killed, the next one puts its mode back, and knows it
+     is the one segment this run may have removed without a journal line. EINVAL/EIDRM mean someone else removed it first:
      "gone", not a failure.
 
 A `Stop` set by SIGINT or SIGTERM ends the run after the current segment: the rest
@@ -448,13 +448,10 @@ def execute(
             if stop:
                 done(interrupted(c.verdict))
                 continue
-            # On disk first (write-ahead): an entry the journal does not name was not
-            # removed by this run, whatever becomes of its segment.
-            batch.removing(n)
             r = _last_instant(c.verdict, c.reason, forced, copied=True, zero=zero,
                               lock_note=lock_note)  # fmt: skip
             if r.action is Action.REMOVED:
-                batch.removed(n)
+                batch.removed(n)  # journalled at once, before the log line
             done(r)
     finally:
         try:

