@@ -67,10 +67,15 @@ HOSTILE = "[/]\x1b]0;pwn\x07\x1b[2K\r[bold]\udcff"  # rich markup, escapes, a no
 
 
 def test_cells_escape_names_and_reasons_the_same_fast_or_slow():
-    v = verdict(creator=Creator(7, True, HOSTILE), state=State.IDLE, reason=f"by ({HOSTILE})")
+    v = verdict(
+        seg={"cpid": 7},
+        creator=Creator(7, True, HOSTILE),
+        state=State.IDLE,
+        reason=f"by ({HOSTILE})",
+    )
     for row in (cells(v, False), Cells(False)(v)):
-        assert row[6] == "7 [/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff"
-        assert row[10] == "by ([/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff)"
+        assert row[6:8] == ("7", "[/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff")
+        assert row[11] == "by ([/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff)"
     out = io.StringIO()
     plain([v], False, out)
     assert "\x1b" not in out.getvalue() and "\r" not in out.getvalue()
@@ -88,10 +93,11 @@ def test_reap_report_prints_hostile_text_as_text():
     v = verdict(state=State.IDLE, reason=f"creator 7 ({HOSTILE}) alive")
     o = Outcome(Survey([v], Limits(None, None, None), 0.0),
                 [Result(v, Action.KEPT, v.reason)], False, [f"segment 7: {HOSTILE}"])  # fmt: skip
-    table = io.StringIO()
-    report.table(o, table, width=300)  # rich would raise MarkupError on a raw "[/]"
+    table, problems = io.StringIO(), io.StringIO()
+    report.table(o, table, problems, verbose=True, width=300)  # a "[/]" is no markup here
     assert "[/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff" in table.getvalue()
-    assert "\x1b" not in table.getvalue()  # a StringIO is no terminal: no colour either
+    assert "\x1b" not in table.getvalue()  # colour only when asked for
+    assert problems.getvalue() == "problem: segment 7: [/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff\n"
     out, err = io.StringIO(), io.StringIO()
     report.log(o, out, err, verbose=True)
     line = report.log_line(o.results[0])
