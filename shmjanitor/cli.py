@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from enum import Enum
 from pathlib import Path
-from typing import Any, NoReturn, Optional, Union
+from typing import Any, Callable, NoReturn, Optional, Union
 
 import click
 import typer
@@ -35,21 +35,37 @@ from shmjanitor.text import printable
 typer.core.HAS_RICH = False
 
 
-def _usage_exit(e: click.UsageError) -> NoReturn:
+def _command_path(cmd: click.Command, prog: Optional[str], args: Sequence[str]) -> str:
+    """The command `args` name, for an error click raised without a context (an option
+    missing its value): the command words among them, after the program's name."""
+    path = [prog or "shmjanitor"]
+    for arg in args:
+        if isinstance(cmd, click.Group) and arg in cmd.commands:
+            path.append(arg)
+            cmd = cmd.commands[arg]
+    return " ".join(path)
+
+
+def _usage_exit(e: click.UsageError, where: Callable[[], str]) -> NoReturn:
     """A usage error as util-linux says it: one line, then where to look, exit 2:
     "shmjanitor: error: no such option: --bogus", "Try 'shmjanitor list --help'."."""
     text = " ".join(e.format_message().split())  # one line, whatever click wrapped
     if text[:2].istitle():  # click's "No such option" -> "no such option", not "IPC" -> "iPC"
         text = text[0].lower() + text[1:]
-    where = e.ctx.command_path if e.ctx is not None else "shmjanitor"
+    path = e.ctx.command_path if e.ctx is not None else where()
     click.echo(f"shmjanitor: error: {printable(text)}", err=True)
-    click.echo(f"Try '{printable(where)} --help'.", err=True)
+    click.echo(f"Try '{printable(path)} --help'.", err=True)
     sys.exit(e.exit_code)
 
 
 class _Root(typer.core.TyperGroup):
     """The root command, which turns click's usage errors into _usage_exit's lines
     (click's own are a usage line, a hint and an "Error:" line; typer's a box)."""
+
+    def make_context(self, info_name: Optional[str], args: list[str],
+                     parent: Optional[click.Context] = None, **extra: Any) -> click.Context:  # fmt: skip
+        self._called = (info_name, list(args))  # for the hint of an error without a context
+        return super().make_context(info_name, args, parent, **extra)
 
     def main(self, args: Optional[Sequence[str]] = None, prog_name: Optional[str] = None,
              complete_var: Optional[str] = None, standalone_mode: bool = True,
@@ -58,7 +74,7 @@ class _Root(typer.core.TyperGroup):
             code = super().main(args, prog_name, complete_var, False, windows_expand_args,
                                 **extra)  # fmt: skip
         except click.UsageError as e:
-            _usage_exit(e)
+            _usage_exit(e, lambda: _command_path(self, *self._called))
         except click.ClickException as e:  # click.FileError and the like: not a usage error
             click.echo(f"shmjanitor: {printable(e.format_message())}", err=True)
             sys.exit(e.exit_code)
@@ -257,7 +273,7 @@ def list_(
     ),
     output: Optional[str] = typer.Option(
         None, "--output", "-o", metavar="LIST",
-        help="The columns to show, in order, comma-separated: ID,KEY,STATE,REASON; "
+        help="The columns to show, in order, separated by commas: ID,KEY,STATE,REASON; "
         "+LIST adds to the default ones (see Columns below).",
     ),
     sort: str = typer.Option(

@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from shmjanitor.classify import Creator, State, Verdict
 from shmjanitor.render import Cells, SegmentJson, _encode, cells, plain, segment_json
 from shmjanitor.scan import Segment
@@ -125,3 +128,37 @@ def test_streamed_log_lines_and_notes_escape_too():
         "shmjanitor: note: set aside [/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff.json",
         "problem: [/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff",
     ]
+
+
+WORDS = st.text(alphabet="abcdefghij;,()", min_size=1, max_size=30)
+
+
+@given(
+    reasons=st.lists(st.lists(WORDS, min_size=1, max_size=25).map(" ".join), min_size=1,
+                     max_size=6),
+    names=st.lists(st.text(alphabet="xyz _-", min_size=1, max_size=40), min_size=6, max_size=6),
+    width=st.integers(min_value=45, max_value=200),
+)  # fmt: skip
+def test_a_fitted_table_never_overflows_and_loses_no_word_of_the_reason(reasons, names, width):
+    """The table at any width from 45 columns: no line longer, and each reason, wrapped,
+    is its words in order (a word longer than the column is split, never dropped)."""
+    from shmjanitor.layout import draw
+    from shmjanitor.render import COLUMNS, DEFAULT
+
+    rows = []
+    for i, reason in enumerate(reasons):
+        v = verdict(seg={"id": 10**i, "size": 7**i}, creator=Creator(1, True, names[i]),
+                    reason=reason)  # fmt: skip
+        rows.append(Cells(False, one_word=False)(v))
+    lines = draw([COLUMNS[c].layout for c in DEFAULT], rows, width)
+    assert all(len(line) <= width for line in lines)
+    start = lines[0].index("REASON")
+    shown: list[str] = []
+    for line in lines[1:]:
+        if line[:start].strip():
+            shown.append(line[start:])
+        else:
+            shown[-1] += " " + line[start:]  # a continuation: blank left of REASON
+    assert len(shown) == len(reasons)
+    for got, want in zip(shown, reasons):
+        assert "".join(got.split()) == "".join(want.split())
