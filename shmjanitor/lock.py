@@ -102,7 +102,7 @@ def held(path: Path, timeout: float) -> Iterator[None]:
                     holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
                     raise LockTimeout(
                         f"another shmjanitor (pid {holder}) has held {path} for over "
-                        f"{timeout:g} s; try again later or raise lock_timeout"
+                        f"{timeout:g}s; try again later or raise lock_timeout"
                     ) from None
                 time.sleep(0.05)
         os.ftruncate(fd, 0)

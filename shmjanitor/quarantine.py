@@ -479,7 +479,7 @@ class Store:
             if created is not None and created < now - days * 86400:
                 n = len(self.load(run)["entries"])
                 self.drop(run)
-                self.note(f"pruned quarantine run {run} ({n} entries, older than {days} d)")
+                self.note(f"pruned quarantine run {run} ({n} entries, older than {days}d)")
         if self.exists():
             for p in self.dir.iterdir():
                 if p.name.endswith(".damaged") and p.lstat().st_mtime < now - days * 86400:
