@@ -263,7 +263,9 @@ def _columns_help() -> str:
     return "\n".join(lines)
 
 
-@app.command("list", epilog=_columns_help())
+@app.command(
+    "list", epilog=_columns_help(), short_help="Every segment, its state and the evidence for it."
+)
 def list_(
     state: Optional[list[State]] = typer.Option(
         None, "--state", "-s", help="Show only segments in this state (repeatable)."
@@ -421,7 +423,7 @@ def _show_rm(outcome, as_json: bool, verbose: bool) -> None:  # type: ignore[no-
                            err=True)  # fmt: skip
 
 
-@app.command()
+@app.command(short_help="Remove the orphans the policy lets go, after a copy.")
 def reap(
     dry_run: bool = DRY_RUN_OPT,
     min_age: Optional[str] = typer.Option(
@@ -504,7 +506,7 @@ def _write_reap_metrics(path: Path, outcome) -> None:  # type: ignore[no-untyped
     metrics.write(path, left, run=run, now=outcome.survey.taken_at)
 
 
-@app.command()
+@app.command(short_help="Remove segments by id or key, as ipcrm; refuse those in use.")
 def rm(
     ids: Optional[list[int]] = typer.Argument(None, metavar="[ID]...", help="Segment ids (shmid)."),
     shmem_id: Optional[list[int]] = typer.Option(
@@ -557,6 +559,7 @@ def rm(
 
 quarantine_app = typer.Typer(
     help="Copies of removed segments: list them, purge them (see also restore).",
+    short_help="The copies of removed segments: list, purge.",
     rich_markup_mode=None,
 )
 app.add_typer(quarantine_app, name="quarantine")
@@ -578,7 +581,7 @@ def _store(config_path: Optional[Path], state_dir: Optional[Path]):  # type: ign
     return store
 
 
-@quarantine_app.command("list")
+@quarantine_app.command("list", short_help="The entries, and the handles to restore by.")
 def quarantine_list(
     config_path: Optional[Path] = CONFIG_OPT,
     state_dir: Optional[Path] = STATE_DIR_OPT,
@@ -632,7 +635,7 @@ def _same(text: str) -> str:
     return text
 
 
-@quarantine_app.command("purge")
+@quarantine_app.command("purge", short_help="Delete entries for good.")
 def quarantine_purge(
     entries: Optional[list[str]] = typer.Argument(
         None, metavar="[ENTRY]...",
@@ -690,7 +693,7 @@ def _say_purged(verb: str, entries, files) -> None:  # type: ignore[no-untyped-d
     typer.echo(f"{verb} {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}{extra}")
 
 
-@app.command()
+@app.command(short_help="Recreate a removed segment from its copy.")
 def restore(
     entry: Optional[str] = typer.Argument(
         None, metavar="[ENTRY]", help="Entry name, as `shmjanitor quarantine list` shows."
@@ -739,7 +742,7 @@ def restore(
             typer.echo(f"restored {printable(which)} as id {new_id} (key 0x{k:08x})")
 
 
-@app.command("install-units")
+@app.command("install-units", short_help="Install the systemd service and timer.")
 def install_units(
     dest: Path = typer.Option(
         Path("/etc/systemd/system"),

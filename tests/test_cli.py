@@ -66,6 +66,9 @@ def test_help_on_a_pipe_is_plain_and_cuts_nothing(path, cmd):
             assert flat(param.help) in shown, (param.name, param.help)
         if isinstance(param.type, click.Choice) and param.metavar is None:
             assert "|".join(map(str, param.type.choices)) in shown, param.name
+    if isinstance(cmd, click.Group):  # each command's line in full, not cut to "..."
+        for sub in cmd.commands.values():
+            assert flat(sub.get_short_help_str(limit=1000)) in shown, sub.name
     # -h is --help, everywhere.
     assert run(*path, "-h").stdout == text
 
