@@ -11,30 +11,101 @@ import gc
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from enum import Enum
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Callable, NoReturn, Optional, Union
 
+import click
 import typer
+import typer.core
 from click.utils import PacifyFlushWrapper
 
 from shmjanitor.classify import State
 from shmjanitor.errors import EXIT_BROKEN_PIPE, EXIT_BUG, JanitorError, MetricsError, OutputClosed
 from shmjanitor.keys import parse_id, segment_key
-from shmjanitor.render import Format
+from shmjanitor.render import ALIASES, COLUMNS, DEFAULT, Format
 from shmjanitor.text import printable
+
+# Help is click's plain text everywhere (as util-linux's): wrapped at word boundaries to
+# the terminal or 78 columns, no boxes. typer 0.19 would still escape "[" in it for
+# rich's HTML export whenever rich is installed ("\[default: id]"), even with
+# rich_markup_mode=None; this is the switch it reads at that moment (typer is pinned
+# below 0.20 in pyproject.toml, and tests/test_cli.py pins the text).
+typer.core.HAS_RICH = False
+
+
+def _command_path(cmd: click.Command, prog: Optional[str], args: Sequence[str]) -> str:
+    """The command `args` name, for an error click raised without a context (an option
+    missing its value): the command words among them, after the program's name."""
+    path = [prog or "shmjanitor"]
+    for arg in args:
+        if isinstance(cmd, click.Group) and arg in cmd.commands:
+            path.append(arg)
+            cmd = cmd.commands[arg]
+    return " ".join(path)
+
+
+def _usage_exit(e: click.UsageError, where: Callable[[], str]) -> NoReturn:
+    """A usage error as util-linux says it: one line, then where to look, exit 2:
+    "shmjanitor: error: no such option: --bogus", "Try 'shmjanitor list --help'."."""
+    text = " ".join(e.format_message().split())  # one line, whatever click wrapped
+    if text[:2].istitle():  # click's "No such option" -> "no such option", not "IPC" -> "iPC"
+        text = text[0].lower() + text[1:]
+    path = e.ctx.command_path if e.ctx is not None else where()
+    click.echo(f"shmjanitor: error: {printable(text)}", err=True)
+    click.echo(f"Try '{printable(path)} --help'.", err=True)
+    sys.exit(e.exit_code)
+
+
+class _Root(typer.core.TyperGroup):
+    """The root command, which turns click's usage errors into _usage_exit's lines
+    (click's own are a usage line, a hint and an "Error:" line; typer's a box)."""
+
+    def make_context(self, info_name: Optional[str], args: list[str],
+                     parent: Optional[click.Context] = None, **extra: Any) -> click.Context:  # fmt: skip
+        self._called = (info_name, list(args))  # for the hint of an error without a context
+        return super().make_context(info_name, args, parent, **extra)
+
+    def main(self, args: Optional[Sequence[str]] = None, prog_name: Optional[str] = None,
+             complete_var: Optional[str] = None, standalone_mode: bool = True,
+             windows_expand_args: bool = True, **extra: Any) -> Any:  # fmt: skip
+        try:
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args,
+                                **extra)  # fmt: skip
+        except click.UsageError as e:
+            _usage_exit(e, lambda: _command_path(self, *self._called))
+        except click.ClickException as e:  # click.FileError and the like: not a usage error
+            click.echo(f"shmjanitor: {printable(e.format_message())}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("shmjanitor: aborted", err=True)
+            sys.exit(1)
+        # Without standalone_mode click returns what it would have exited with: an exit
+        # code (typer.Exit, --help, --version), or the command's own return value (None).
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
     name="shmjanitor",
+    cls=_Root,
     help="Find and safely remove leaked System V shared memory segments.\n\n"
     "Every segment gets a state (attached, idle, orphan, unknown, removing) and the "
     "evidence behind it. Only orphans (nobody attached, creator dead) are ever reaped.",
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},  # subcommands inherit it
 )
+
+
+class Color(str, Enum):
+    AUTO = "auto"
+    ALWAYS = "always"
+    NEVER = "never"
 
 
 def _version(value: bool) -> None:
@@ -47,12 +118,36 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     # Eager, with a callback: otherwise click wants a command first ("Missing command").
     version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        False, "--version", "-V", callback=_version, is_eager=True,
+        help="Print the version and exit.",
     ),
-) -> None:
-    pass
+    color: Color = typer.Option(
+        Color.AUTO, "--color", metavar="WHEN", show_default=False, case_sensitive=False,
+        help="Colour the table: auto (the default: on a terminal, unless NO_COLOR is set "
+        "or TERM is dumb), always or never. Help and plain output never have colour.",
+    ),
+) -> None:  # fmt: skip
+    ctx.obj = color
+
+
+def use_color(out: Any) -> bool:
+    """Whether to colour what goes to `out`: --color, else NO_COLOR (no-color.org: set
+    and not empty), else whether `out` is a terminal that is not dumb."""
+    ctx = click.get_current_context(silent=True)
+    choice = ctx.find_root().obj if ctx is not None else None
+    if choice is Color.ALWAYS:
+        return True
+    if choice is Color.NEVER or os.environ.get("NO_COLOR"):
+        return False
+    return bool(out.isatty()) and os.environ.get("TERM") != "dumb"
+
+
+def usage_error(message: str) -> click.UsageError:
+    """A usage error found by a command itself, said as click's are (_usage_exit)."""
+    return click.UsageError(message, click.get_current_context(silent=True))
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -115,6 +210,9 @@ def errors_as_exit(metrics_file: Optional[Path] = None) -> Iterator[None]:
         if e.exit_code != 0:
             _record_failure(metrics_file)
         raise
+    except click.ClickException:  # usage_error(): _Root says it
+        _record_failure(metrics_file)
+        raise
     except BrokenPipeError:
         # The reader went away (`list | head -1`). Like ipcs and lsipc, which die of
         # SIGPIPE, say nothing; exit as such a death would (128 + 13) so a pipeline
@@ -150,17 +248,6 @@ METRICS_OPT = typer.Option(
 )
 
 
-class SortKey(str, Enum):
-    ID = "id"
-    KEY = "key"
-    OWNER = "owner"
-    SIZE = "size"
-    NATTCH = "nattch"
-    CPID = "cpid"
-    IDLE = "idle"
-    STATE = "state"
-
-
 def _pick_format(fmt: Format, as_json: bool) -> Format:
     if as_json:
         return Format.JSON
@@ -169,44 +256,73 @@ def _pick_format(fmt: Format, as_json: bool) -> Format:
     return fmt
 
 
-@app.command("list")
+def _columns_help() -> str:
+    """list's epilog: every column, one a line (\\b: click keeps these lines as they are)."""
+    lines = ["\b", "Columns for -o and --sort (lsipc's ATTACH and DETACH are ATIME and DTIME):"]
+    lines += [f"  {name:<10} {c.doc}" for name, c in COLUMNS.items()]
+    lines += ["", "\b", "The default columns:", "  " + ",".join(DEFAULT)]
+    return "\n".join(lines)
+
+
+@app.command(
+    "list", epilog=_columns_help(), short_help="Every segment, its state and the evidence for it."
+)
 def list_(
     state: Optional[list[State]] = typer.Option(
         None, "--state", "-s", help="Show only segments in this state (repeatable)."
     ),
     owner: Optional[str] = typer.Option(
-        None, "--owner", "-u", help="Show only this user's segments (name or uid)."
+        None, "--owner", "-u", metavar="USER", help="Show only this user's segments (name or uid)."
     ),
-    sort: SortKey = typer.Option(SortKey.ID, "--sort", help="Sort rows by this field."),
+    output: Optional[str] = typer.Option(
+        None, "--output", "-o", metavar="LIST",
+        help="The columns to show, in order, separated by commas: ID,KEY,STATE,REASON; "
+        "+LIST adds to the default ones (see Columns below).",
+    ),
+    sort: str = typer.Option(
+        "id", "--sort", metavar="COLUMN", show_default=False,
+        click_type=click.Choice([n.lower() for n in (*COLUMNS, *ALIASES)], case_sensitive=False),
+        help="Sort rows by this column (any of Columns below; default: id). Sizes, NATTCH "
+        "and IDLE go largest first; ties stay in id order.",
+    ),
+    noheadings: bool = typer.Option(False, "--noheadings", "-n", help="Print no header line."),
+    notruncate: bool = typer.Option(
+        False, "--notruncate",
+        help="In the table, cut and drop nothing, even if lines get wider than the terminal.",
+    ),
     exact_bytes: bool = typer.Option(False, "--bytes", "-b", help="Sizes in bytes, not 4K/1.5M."),
-    as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
+    as_json: bool = typer.Option(False, "--json", "-J", help="Same as --format json."),
     fmt: Format = typer.Option(
-        Format.AUTO,
-        "--format",
-        "-f",
-        help="table (colours, footer), plain (aligned columns for grep/awk), json, or auto: "
-        "table on a terminal, plain otherwise.",
+        Format.AUTO, "--format", "-f", show_default=False,
+        help="table (for a terminal: fitted to its width, colours, footer), plain (aligned "
+        "columns for grep and awk), json, or auto (the default): table on a terminal, "
+        "plain otherwise.",
     ),
     metrics_file: Optional[Path] = METRICS_OPT,
-) -> None:
+) -> None:  # fmt: skip
     """List every segment with its state and the evidence behind it.
 
     States: attached (nattch > 0), idle (nobody attached, creator alive), orphan (nobody
     attached, creator dead or its pid recycled), unknown (creator's liveness cannot be
     known, e.g. cpid 0 from inside a container), removing (IPC_RMID already called).
+
+    Plain output has one word per column but the last (a space inside one is written
+    \\x20, as lsipc --raw does), so the header and every row have as many fields.
     """
     from shmjanitor import listing
+    from shmjanitor.render import parse_columns
 
-    with errors_as_exit(metrics_file):
-        listing.run(
-            states=set(state or ()),
-            owner=owner,
-            sort=sort.value,
-            exact_bytes=exact_bytes,
-            fmt=_pick_format(fmt, as_json),
-            metrics_file=metrics_file,
-            out=sys.stdout,
-        )
+    try:
+        columns = None if output is None else parse_columns(output)
+    except ValueError as e:
+        raise usage_error(f"--output: {e}") from None
+    if columns is not None and (as_json or fmt is Format.JSON):
+        raise usage_error("--output chooses columns of the table and plain output, not JSON")
+    with errors_as_exit(metrics_file):  # which checks that there is a stdout first
+        picked = _pick_format(fmt, as_json)
+        view = listing.View(columns, not noheadings, notruncate, use_color(sys.stdout))
+        listing.run(states=set(state or ()), owner=owner, sort=sort, exact_bytes=exact_bytes,
+                    fmt=picked, metrics_file=metrics_file, out=sys.stdout, view=view)  # fmt: skip
 
 
 CONFIG_OPT = typer.Option(
@@ -231,9 +347,13 @@ NO_QUARANTINE_OPT = typer.Option(
     "--no-quarantine",
     help="Remove without keeping a copy first (an explicit choice; the default keeps one).",
 )
-JSON_OPT = typer.Option(False, "--json", help="Print JSON: {dry_run, results, summary}.")
+JSON_OPT = typer.Option(False, "--json", "-J", help="Print JSON: {dry_run, results, summary}.")
 VERBOSE_OPT = typer.Option(
-    False, "--verbose", "-v", help="In log output, also a line for every orphan kept."
+    False,
+    "--verbose",
+    "-v",
+    help="Also a line for every orphan kept (in the table on a "
+    "terminal, in the log lines otherwise).",
 )
 
 
@@ -244,7 +364,7 @@ def _duration(flag: str, text: Optional[str]) -> Optional[int]:
     try:
         return None if text is None else parse_duration(text)
     except ValueError as e:
-        raise fail(f"{flag}: {e}") from None
+        raise usage_error(f"{flag}: {e}") from None
 
 
 def _load_config(path: Optional[Path], **flags: object):  # type: ignore[no-untyped-def]
@@ -253,7 +373,14 @@ def _load_config(path: Optional[Path], **flags: object):  # type: ignore[no-unty
     return config.load(path).with_overrides(**flags)
 
 
+def _width() -> int:
+    import shutil
+
+    return shutil.get_terminal_size().columns
+
+
 def _show_outcome(outcome, as_json: bool, verbose: bool) -> None:  # type: ignore[no-untyped-def]
+    """reap's output when it is not streamed: JSON, or the table on a terminal."""
     from shmjanitor import report
 
     if as_json:
@@ -261,12 +388,43 @@ def _show_outcome(outcome, as_json: bool, verbose: bool) -> None:  # type: ignor
         for p in outcome.problems:
             typer.echo(f"shmjanitor: {printable(p)}", err=True)
     elif sys.stdout.isatty():
-        report.table(outcome, sys.stdout)
+        report.table(outcome, sys.stdout, sys.stderr, verbose=verbose, width=_width(),
+                     color=use_color(sys.stdout))  # fmt: skip
     else:
         report.log(outcome, sys.stdout, sys.stderr, verbose)
 
 
-@app.command()
+def _show_rm(outcome, as_json: bool, verbose: bool) -> None:  # type: ignore[no-untyped-def]
+    """rm's output, as ipcrm's: nothing when all went well, unless -v (or a dry run,
+    which is asked to tell); each refusal or failure one line on stderr."""
+    from shmjanitor import report
+    from shmjanitor.remove import Action
+
+    if as_json:
+        _show_outcome(outcome, True, verbose)
+        return
+    told = verbose or outcome.dry_run
+    if told:
+        # Refused segments are said once, below, with the other problems.
+        done = [r for r in outcome.results if r.action is not Action.KEPT]
+        if sys.stdout.isatty():
+            report.table(outcome._replace(results=done, problems=[]), sys.stdout, sys.stderr,
+                         verbose=True, width=_width(), color=use_color(sys.stdout),
+                         summary=False)  # fmt: skip
+        else:
+            logger = report.Logger(sys.stdout, sys.stderr, verbose=True)
+            for r in done:
+                logger.result(r)  # a failure goes to stderr, as reap's
+    for p in outcome.problems:
+        typer.echo(f"shmjanitor: {printable(p)}", err=True)
+    if not told:
+        for r in outcome.results:
+            if r.action is Action.FAILED:
+                typer.echo(f"shmjanitor: segment {r.verdict.segment.id}: {printable(r.reason)}",
+                           err=True)  # fmt: skip
+
+
+@app.command(short_help="Remove the orphans the policy lets go, after a copy.")
 def reap(
     dry_run: bool = DRY_RUN_OPT,
     min_age: Optional[str] = typer.Option(
@@ -349,19 +507,19 @@ def _write_reap_metrics(path: Path, outcome) -> None:  # type: ignore[no-untyped
     metrics.write(path, left, run=run, now=outcome.survey.taken_at)
 
 
-@app.command()
+@app.command(short_help="Remove segments by id or key, as ipcrm; refuse those in use.")
 def rm(
     ids: Optional[list[int]] = typer.Argument(
         None, metavar="[ID]...", parser=parse_id, help="Segment ids (shmid), in decimal."
     ),
+    shmem_id: Optional[list[int]] = typer.Option(
+        None, "--shmem-id", "-m", metavar="ID", parser=parse_id,
+        help="A segment id, as ipcrm -m (repeatable).",
+    ),
     key: Optional[list[int]] = typer.Option(
-        None,
-        "--key",
-        "-k",
-        metavar="KEY",
-        parser=segment_key,
+        None, "--key", "-k", "--shmem-key", "-M", metavar="KEY", parser=segment_key,
         help="Segment key: 0x1234abcd, decimal, or signed as the kernel prints it "
-        "(-1 = 0xffffffff). Repeatable.",
+        "(-1 = 0xffffffff). Repeatable; ipcrm's -M.",
     ),
     force: bool = typer.Option(
         False, "--force", help="Remove even a segment in use (attached, or creator alive)."
@@ -371,27 +529,33 @@ def rm(
     config_path: Optional[Path] = CONFIG_OPT,
     state_dir: Optional[Path] = STATE_DIR_OPT,
     as_json: bool = JSON_OPT,
-) -> None:
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v",
+        help="Say what was removed, a line per segment (a dry run always does).",
+    ),
+) -> None:  # fmt: skip
     """Remove the named segments, like ipcrm, but refuse one that is in use.
 
     In use means attached, marked for removal but still attached, or its creator is
     alive (or cannot be known). --force removes it anyway: the kernel then frees it at
-    the last detach. Exit status: 0 done, 1 a segment was missing, refused or failed,
-    2 usage or configuration error.
+    the last detach. As ipcrm, it prints nothing when all went well (-v says what it
+    did); each segment kept or not found is one line on stderr. Exit status: 0 done,
+    1 a segment was missing, refused or failed, 2 usage or configuration error.
     """
     from shmjanitor import reaping, remove
 
+    named = [*(ids or ()), *(shmem_id or ())]
+    if not named and not key:
+        raise usage_error("name at least one segment: shmjanitor rm ID... or --key KEY")
     with errors_as_exit():
         keys = list(key or ())
-        if not ids and not keys:
-            raise fail("name at least one segment: shmjanitor rm ID... or --key KEY")
         cfg = _load_config(config_path)
         with remove.stop_on_signals() as stop:
             hooks = reaping.Hooks(on_note=_note, stop=stop)
-            outcome = reaping.rm(ids or [], keys, cfg, force=force, dry_run=dry_run,
+            outcome = reaping.rm(named, keys, cfg, force=force, dry_run=dry_run,
                                  quarantine=not no_quarantine, state_dir=state_dir,
                                  hooks=hooks)  # fmt: skip
-        _show_outcome(outcome, as_json, verbose=True)
+        _show_rm(outcome, as_json, verbose)
     if outcome.interrupted:
         raise typer.Exit(128 + outcome.interrupted)
     if not outcome.ok:
@@ -399,116 +563,196 @@ def rm(
 
 
 quarantine_app = typer.Typer(
-    help="Copies of removed segments: list them, purge old ones (see also restore).",
-    no_args_is_help=True,
+    help="Copies of removed segments: list them, purge them (see also restore).",
+    short_help="The copies of removed segments: list, purge.",
+    rich_markup_mode=None,
 )
 app.add_typer(quarantine_app, name="quarantine")
 
 
 def _store(config_path: Optional[Path], state_dir: Optional[Path]):  # type: ignore[no-untyped-def]
+    """The quarantine to read. A state directory named by --state-dir or the config
+    must exist: a typo would otherwise read as "quarantine is empty". A segment a
+    killed reaper left locked is given its mode back first, if no reaper is at work."""
     from shmjanitor import reaping
+    from shmjanitor.errors import StateDirError
     from shmjanitor.quarantine import store_for
 
     cfg = _load_config(config_path)
+    named = state_dir or cfg.state_dir
+    if named is not None and not named.is_dir():
+        what = "not a directory" if named.exists() else "does not exist"
+        raise StateDirError(f"state directory {named}: {what}")
     reaping.repair_left_lock(cfg, _note)
-    return store_for(cfg, state_dir, note=_note)
+    store = store_for(cfg, state_dir, note=_note)
+    store.tidy()
+    return store
 
 
-@quarantine_app.command("list")
+@quarantine_app.command("list", short_help="The entries, and the handles to restore by.")
 def quarantine_list(
     config_path: Optional[Path] = CONFIG_OPT,
     state_dir: Optional[Path] = STATE_DIR_OPT,
-    as_json: bool = typer.Option(False, "--json", help='Print {"entries": [...]}.'),
+    noheadings: bool = typer.Option(False, "--noheadings", "-n", help="Print no header line."),
+    as_json: bool = typer.Option(False, "--json", "-J", help='Print {"entries": [...]}.'),
 ) -> None:
-    """List quarantine entries: the handle to restore by, old id, key, size, owner, when
-    and why it was removed, and whether it was restored."""
+    """List quarantine entries: the handle to restore by (ENTRY), the segment's old id,
+    key, size and owner, when and why it was removed, and whether it can be restored
+    (STATUS: removed, restored:NEW_ID, or pending while its run is not settled)."""
     with errors_as_exit():
         store = _store(config_path, state_dir)
-        store.tidy()
-        _print_entries(store.entries(), as_json)
+        _print_entries(store.entries(), as_json, not noheadings)
 
 
-def _print_entries(entries, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+def _print_entries(entries, as_json: bool, header: bool) -> None:  # type: ignore[no-untyped-def]
     import json
 
     from shmjanitor.durations import format_size
-    from shmjanitor.render import owner_name
+    from shmjanitor.layout import Col, draw
+    from shmjanitor.quarantine import short_names
+    from shmjanitor.render import owner_name, when, word
 
+    short = short_names(entries)
     rows = [{
-        "entry": e.name, "id": e.doc["id"], "key": e.doc["key"], "size": e.doc["size"],
-        "uid": e.doc["uid"], "owner": owner_name(e.doc["uid"]), "mode": e.doc["mode"],
-        "removed_at": e.doc["removed_at"], "reason": e.doc["reason"],
+        "entry": e.name, "short": short[e.name], "id": e.doc["id"], "key": e.doc["key"],
+        "size": e.doc["size"], "uid": e.doc["uid"], "owner": owner_name(e.doc["uid"]),
+        "mode": e.doc["mode"], "removed_at": e.doc["removed_at"], "reason": e.doc["reason"],
         "restored_as": e.doc.get("restored_as"), "status": e.doc["status"],
     } for e in entries]  # fmt: skip
     if as_json:
         typer.echo(json.dumps({"entries": rows}))
         return
-    import time
-
-    for r in rows:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["removed_at"]))
-        restored = f" restored as id {r['restored_as']}" if r["restored_as"] is not None else ""
-        if r["status"] != "removed":
-            restored += f" {printable(r['status'])} (not restorable yet)"
-        typer.echo(f"{printable(r['entry'])}  id={r['id']} key=0x{r['key']:08x} "
-                   f"size={format_size(r['size'])} owner={printable(r['owner'])} "
-                   f"removed={when}{restored}  {printable(r['reason'])}")  # fmt: skip
     if not rows:
         typer.echo("quarantine is empty", err=True)
+        return
+    tty = sys.stdout.isatty()
+    cols = (Col("ENTRY"), Col("ID", right=True), Col("KEY", drop=3),
+            Col("SIZE", right=True, drop=2), Col("OWNER", drop=1, squeeze=True),
+            Col("REMOVED", drop=4), Col("STATUS"), Col("REASON", wrap=True))  # fmt: skip
+    one = _same if tty else word
+    cells = [(r["short"], str(r["id"]), f"0x{r['key']:08x}", format_size(r["size"]),
+              one(printable(r["owner"])), when(r["removed_at"]),
+              f"restored:{r['restored_as']}" if r["restored_as"] is not None
+              else printable(r["status"]), printable(r["reason"])) for r in rows]  # fmt: skip
+    lines = draw(cols, cells, _width() if tty else None, header=header,
+                 color=use_color(sys.stdout))  # fmt: skip
+    typer.echo("\n".join(lines))
 
 
-@quarantine_app.command("purge")
+def _same(text: str) -> str:
+    return text
+
+
+@quarantine_app.command("purge", short_help="Delete entries for good.")
 def quarantine_purge(
+    entries: Optional[list[str]] = typer.Argument(
+        None, metavar="[ENTRY]...",
+        help="Entries to drop, as `shmjanitor quarantine list` names them.",
+    ),
     older_than: Optional[str] = typer.Option(
         None, "--older-than", metavar="DURATION", help="Purge entries older than this (7d, 12h)."
     ),
     purge_all: bool = typer.Option(False, "--all", help="Purge every entry."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Say what would be purged; delete nothing."
+    ),
     config_path: Optional[Path] = CONFIG_OPT,
     state_dir: Optional[Path] = STATE_DIR_OPT,
-) -> None:
-    """Delete quarantine entries for good: --older-than DURATION, or --all."""
-    import time
+) -> None:  # fmt: skip
+    """Delete quarantine entries for good: the ENTRYs named, those --older-than
+    DURATION, or --all (one of the three).
 
-    if purge_all == (older_than is not None):
-        raise fail("say what to purge: --older-than DURATION or --all (one of them)")
+    An entry dropped alone leaves its bytes in its run's data file until the run's
+    last entry goes; --older-than and --all drop whole runs, and files set aside as
+    damaged."""
+    if sum((bool(entries), older_than is not None, purge_all)) != 1:
+        raise usage_error("say what to purge: ENTRY..., --older-than DURATION or --all "
+                          "(one of them)")  # fmt: skip
     age = _duration("--older-than", older_than)
     with errors_as_exit():
         store = _store(config_path, state_dir)
-        store.tidy()
-        dropped = store.purge(age, time.time())
-        typer.echo(f"purged {len(dropped)} run(s)")
+        if entries:
+            found = list({e.name: e for e in map(store.find, entries)}.values())
+            verb = "would purge" if dry_run else "purged"
+            for e in found:
+                if not dry_run:
+                    store.drop_entry(e)
+            _say_purged(verb, found, [])
+            return
+        runs, files = store.purgeable(None if purge_all else age, time.time())
+        gone = [e for e in store.entries() if e.run in runs]
+        if not dry_run:
+            store.purge(None if purge_all else age, time.time())
+        _say_purged("would purge" if dry_run else "purged", gone, files)
 
 
-@app.command()
+def _say_purged(verb: str, entries, files) -> None:  # type: ignore[no-untyped-def]
+    from shmjanitor.quarantine import short_names
+
+    short = short_names(entries)
+    if verb == "would purge":
+        for e in entries:
+            removed = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.doc["removed_at"]))
+            typer.echo(f"would purge {short[e.name]} (id {e.doc['id']}, key "
+                       f"0x{e.doc['key']:08x}, removed {removed})")  # fmt: skip
+        for p in files:
+            typer.echo(f"would purge {printable(p.name)}")
+    extra = f" and {len(files)} set-aside file(s)" if files else ""
+    typer.echo(f"{verb} {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}{extra}")
+
+
+@app.command(short_help="Recreate a removed segment from its copy.")
 def restore(
-    entry: str = typer.Argument(..., help="Entry name, as `shmjanitor quarantine list` shows."),
+    entry: Optional[str] = typer.Argument(
+        None, metavar="[ENTRY]", help="Entry name, as `shmjanitor quarantine list` shows."
+    ),
+    old_id: Optional[int] = typer.Option(
+        None, "--id", metavar="ID", help="The entry of the segment that had this id."
+    ),
+    key: Optional[str] = typer.Option(
+        None, "--key", "-k", metavar="KEY", help="The entry of the segment that had this key."
+    ),
     config_path: Optional[Path] = CONFIG_OPT,
     state_dir: Optional[Path] = STATE_DIR_OPT,
-    as_json: bool = typer.Option(False, "--json", help='Print {"id": new_id, "key": key}.'),
+    as_json: bool = typer.Option(False, "--json", "-J", help='Print {"id": new_id, "key": key}.'),
 ) -> None:
     """Recreate a removed segment from the quarantine: same key, size, mode, owner, bytes.
 
-    Refused when its key is in use again. An IPC_PRIVATE segment comes back under a new
-    id. The entry stays, marked restored, until purged. Exit status: 0 restored, 1 not
-    restored (message says why), 2 usage or configuration error.
+    Name the entry, or the segment's old --id or --key: when several entries match,
+    the one not yet restored is taken if there is only one, else they are listed and
+    nothing is done. Refused when its key is in use again. An IPC_PRIVATE segment
+    comes back under a new id. The entry stays, marked restored, until purged. Exit
+    status: 0 restored, 1 not restored (message says why), 2 usage or configuration
+    error.
     """
     import json
-    import time
 
-    from shmjanitor import quarantine
+    from shmjanitor import quarantine, reaping
 
+    if sum((entry is not None, old_id is not None, key is not None)) != 1:
+        raise usage_error("say which entry to restore: ENTRY, --id ID or --key KEY (one of them)")
     with errors_as_exit():
+        store = _store(config_path, state_dir)
+        which: Union[str, quarantine.Entry]
+        if entry is not None:
+            which = entry
+        elif old_id is not None:
+            which = store.find_by("id", old_id, f"id {old_id}")
+        else:
+            k = reaping.parse_key(key or "")
+            which = store.find_by("key", k, f"key 0x{k:08x}")
         try:
             with _signals_raise():
-                new_id, key = quarantine.restore(_store(config_path, state_dir), entry,
-                                                 time.time())  # fmt: skip
+                new_id, k = quarantine.restore(store, which, time.time())
         except _Interrupted as stop:
             typer.echo(f"shmjanitor: interrupted by {stop.name}: nothing restored", err=True)
             raise typer.Exit(128 + stop.signum) from None
         if as_json:
-            typer.echo(json.dumps({"id": new_id, "key": key}))
+            typer.echo(json.dumps({"id": new_id, "key": k}))
         else:
-            typer.echo(f"restored {printable(entry)} as id {new_id} (key 0x{key:08x})")
+            if not isinstance(which, str):  # found by id or key: say its handle
+                which = quarantine.short_names(store.entries()).get(which.name, which.name)
+            typer.echo(f"restored {printable(which)} as id {new_id} (key 0x{k:08x})")
 
 
 class _Interrupted(BaseException):
@@ -537,7 +781,7 @@ def _signals_raise() -> Iterator[None]:
             signal.signal(s, h)
 
 
-@app.command("install-units")
+@app.command("install-units", short_help="Install the systemd service and timer.")
 def install_units(
     dest: Path = typer.Option(
         Path("/etc/systemd/system"),
@@ -584,7 +828,7 @@ def install_units(
     typer.echo(f"enabled and started {units.TIMER}")
 
 
-@app.command()
+@app.command(short_help="The kernel's limits and their use, as lsipc -g, ipcs -l/-u.")
 def limits(
     exact_bytes: bool = typer.Option(
         False, "--bytes", "-b", help="SHMMAX and SHMMIN in bytes, not 4K/16E."
@@ -625,7 +869,7 @@ class Shell(str, Enum):
     FISH = "fish"
 
 
-@app.command()
+@app.command(short_help="Print the shell completion script for bash, zsh or fish.")
 def completion(shell: Shell = typer.Argument(..., help="bash, zsh or fish.")) -> None:
     """Print the completion script for SHELL (commands, options, states, sort keys).
 
@@ -652,7 +896,7 @@ class Page(str, Enum):
 MAN_FILES = {Page.SHMJANITOR: "shmjanitor.8", Page.CONFIG: "shmjanitor.toml.5"}
 
 
-@app.command("man")
+@app.command("man", short_help="Show a page of the manual (man -l).")
 def man_(
     page: Page = typer.Argument(
         Page.SHMJANITOR, help="shmjanitor (section 8) or shmjanitor.toml (section 5)."

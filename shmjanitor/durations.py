@@ -1,4 +1,7 @@
-"""Durations in, ages out: "90s", "10m", "1h30m", "2d" <-> seconds <-> "2 h 10 min"."""
+"""Durations in, ages out: "90s", "10m", "1h30m", "2d" <-> seconds <-> "2h10m".
+
+One format both ways: what format_age prints, parse_duration reads back (to the
+unit it was rounded down to), and it is one word, so a column of ages stays one field."""
 
 from __future__ import annotations
 
@@ -28,17 +31,19 @@ def parse_duration(text: str) -> int:
 
 @lru_cache(maxsize=65536)  # a table's ages repeat: same second, same text
 def format_age(seconds: float) -> str:
-    """A short human age, two units at most: "45 s", "12 min", "2 h 10 min", "3 d 4 h"."""
+    """A short age in one word, two units at most, rounded down: "45s", "12m", "2h10m",
+    "3d4h" (the units of parse_duration; the lists, reasons and log lines all use it)."""
     s = max(0, int(seconds))
     if s < 60:
-        return f"{s} s"
+        return f"{s}s"
     if s < 3600:
-        return f"{s // 60} min"
+        m, sec = divmod(s, 60)
+        return f"{m}m{sec}s" if sec and m < 10 else f"{m}m"
     if s < 86400:
         h, m = divmod(s // 60, 60)
-        return f"{h} h {m} min" if m else f"{h} h"
+        return f"{h}h{m}m" if m else f"{h}h"
     d, h = divmod(s // 3600, 24)
-    return f"{d} d {h} h" if h else f"{d} d"
+    return f"{d}d{h}h" if h else f"{d}d"
 
 
 @lru_cache(maxsize=65536)  # sizes repeat too (a leak is many segments of one size)

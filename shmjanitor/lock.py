@@ -129,7 +129,7 @@ def held(path: Path, timeout: float) -> Iterator[Held]:
                     holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
                     raise LockTimeout(
                         f"another shmjanitor (pid {holder}) has held {path} for over "
-                        f"{timeout:g} s; try again later or raise lock_timeout"
+                        f"{timeout:g}s; try again later or raise lock_timeout"
                     ) from None
                 time.sleep(0.05)
         previous = os.pread(fd, _NOTE_LEN, _NOTE_AT).decode(errors="replace").strip()

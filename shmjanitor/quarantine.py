@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import stat
@@ -40,7 +41,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 from shmjanitor.classify import Verdict
 from shmjanitor.config import Config
@@ -270,6 +271,31 @@ class Entry(NamedTuple):
     def name(self) -> str:
         return f"{self.run}.{self.doc['n']}"
 
+    @property
+    def digest(self) -> str:
+        """A handle to type instead of the name (31+ characters): hex of a hash of the
+        name, which any unique prefix of SHORT or more stands for (as git's ids)."""
+        return hashlib.sha256(self.name.encode()).hexdigest()
+
+
+SHORT = 6  # hex digits of a digest shown at least, and typed at least
+
+
+def short_names(entries: list[Entry]) -> dict[str, str]:
+    """Each entry's name -> the shortest prefix of its digest, SHORT digits or more,
+    that no other entry's digest starts with."""
+    digests = sorted((e.digest, e.name) for e in entries)
+    out = {}
+    for i, (d, name) in enumerate(digests):
+        n = SHORT
+        for j in (i - 1, i + 1):  # in sorted order, the longest common prefix is a neighbour's
+            if 0 <= j < len(digests):
+                other = digests[j][0]
+                common = next((k for k in range(len(d)) if d[k] != other[k]), len(d))
+                n = max(n, common + 1)
+        out[name] = d[:n]
+    return out
+
 
 class Store:
     """The quarantine directory of one state dir, with the config's limits.
@@ -430,28 +456,53 @@ class Store:
         except Damaged:
             return None
 
-    def purge(self, older_than: Optional[int], now: float) -> list[str]:
-        """Drop runs created more than `older_than` seconds ago (all runs when None), and
-        set-aside files of that age (all when None). A run still going is never touched:
-        it would go on removing segments whose copies are gone."""
-        if not self.exists():
-            return []
-        dropped = []
-        with self.locked():
-            for run in self.runs():
-                data = self.dir / f"{run}.data"
-                if data.exists() and not _owner_is_gone(data):
-                    continue
-                created = self._created_at(run)
-                if older_than is None or (created is not None and created < now - older_than):
-                    self.drop(run)
-                    dropped.append(run)
+    def purgeable(self, older_than: Optional[int], now: float) -> tuple[list[str], list[Path]]:
+        """The runs created more than `older_than` seconds ago (all runs when None), and
+        the set-aside files of that age (all when None): what `purge` drops."""
+        runs = []
+        for run in self.runs():
+            data = self.dir / f"{run}.data"
+            if data.exists() and not _owner_is_gone(data):
+                continue  # a run still going: it would remove segments whose copies are gone
+            created = self._created_at(run)
+            if older_than is None or (created is not None and created < now - older_than):
+                runs.append(run)
+        files = []
+        if self.exists():
             for p in self.dir.iterdir():
                 if p.name.endswith((".damaged", ".tmp")) and (
                     older_than is None or p.lstat().st_mtime < now - older_than
                 ) and (p.name.endswith(".damaged") or _owner_is_gone(p)):  # fmt: skip
-                    p.unlink(missing_ok=True)
-        return dropped
+                    files.append(p)
+        return runs, files
+
+    def purge(self, older_than: Optional[int], now: float) -> list[str]:
+        """Drop what `purgeable` names, under the store lock; the runs dropped."""
+        if not self.exists():
+            return []
+        with self.locked():
+            runs, files = self.purgeable(older_than, now)
+            for run in runs:
+                self.drop(run)
+            for p in files:
+                p.unlink(missing_ok=True)
+        return runs
+
+    def drop_entry(self, entry: Entry) -> None:
+        """Drop one entry: its run's index is rewritten without it (atomically, as every
+        index), or the run goes whole when it was the last. Its bytes stay in the run's
+        data file, which goes with the run's last entry. A pending entry is refused: its
+        run is still going, or was interrupted and is not settled yet."""
+        if entry.doc["status"] != REMOVED:
+            raise RestoreError(f"entry {entry.name} is pending: its run is not finished; "
+                               "try again once it is")  # fmt: skip
+        with self.locked():
+            doc = self.index(entry.run)
+            doc["entries"] = [e for e in doc["entries"] if e["n"] != entry.doc["n"]]
+            if doc["entries"]:
+                _write_text(self.dir / f"{entry.run}.json", json.dumps(check_index(doc)))
+            else:
+                self.drop(entry.run)
 
     def prune(self, now: float) -> None:
         """Drop runs past quarantine_days, each one said. The budget never evicts a
@@ -463,7 +514,7 @@ class Store:
             if created is not None and created < now - days * 86400:
                 n = len(self.load(run)["entries"])
                 self.drop(run)
-                self.note(f"pruned quarantine run {run} ({n} entries, older than {days} d)")
+                self.note(f"pruned quarantine run {run} ({n} entries, older than {days}d)")
         if self.exists():
             for p in self.dir.iterdir():
                 if p.name.endswith(".damaged") and p.lstat().st_mtime < now - days * 86400:
@@ -477,15 +528,51 @@ class Store:
             return Batch(self, now)
 
     def find(self, name: str) -> Entry:
+        """The entry called `name`, or whose digest starts with `name` (SHORT hex digits
+        or more) when only one does."""
         run, _, n = name.rpartition(".")
         if run and run in self.runs():
             for e in self.index(run)["entries"]:
                 if str(e["n"]) == n:
                     return Entry(run, e)
+        prefix = name.lower()
+        if len(prefix) >= SHORT and all(c in "0123456789abcdef" for c in prefix):
+            found = [e for e in self.entries() if e.digest.startswith(prefix)]
+            if len(found) == 1:
+                return found[0]
+            if found:
+                raise RestoreError(self._ambiguous(f"entry {name!r}", found))
         raise RestoreError(
             f"no quarantine entry {name!r} in {self.dir}; `shmjanitor quarantine list` "
             "shows the entries"
         )
+
+    def find_by(self, field: str, value: int, said: str) -> Entry:
+        """The one entry whose segment had `field` (id or key) `value`. When several
+        did, the one still to restore if only one is; else RestoreError naming them."""
+        found = [e for e in self.entries() if e.doc[field] == value]
+        if not found:
+            raise RestoreError(f"no quarantine entry for {said} in {self.dir}; "
+                               "`shmjanitor quarantine list` shows the entries")  # fmt: skip
+        if len(found) > 1:
+            open_ = [e for e in found
+                     if e.doc["status"] == REMOVED and e.doc.get("restored_as") is None]  # fmt: skip
+            if len(open_) != 1:
+                raise RestoreError(self._ambiguous(said, found))
+            found = open_
+        return found[0]
+
+    def _ambiguous(self, said: str, found: list[Entry]) -> str:
+        names = short_names(self.entries())
+
+        def one(e: Entry) -> str:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.doc["removed_at"]))
+            done = ", restored" if e.doc.get("restored_as") is not None else ""
+            return f"{names[e.name]} (removed {when}{done})"
+
+        listed = ", ".join(one(e) for e in found[:10])
+        more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+        return f"{len(found)} quarantine entries match {said}: {listed}{more}; name one of them"
 
     def read(self, entry: Entry) -> Iterator[tuple[int, bytes]]:
         """The entry's stored bytes as (offset, piece), at most 1 MiB at a time; raises
@@ -847,14 +934,16 @@ class Batch:
         self._close()
 
 
-def restore(store: Store, name: str, now: float) -> tuple[int, int]:
-    """Recreate entry `name`: same key, size, mode, owner and bytes. Returns (id, key).
+def restore(store: Store, which: Union[str, Entry], now: float) -> tuple[int, int]:
+    """Recreate an entry (by name, digest prefix, or as found): same key, size, mode,
+    owner and bytes. Returns (id, key).
 
     Only an entry whose segment was removed can be restored. A keyed segment whose key
     is in use again is refused: two programs would share it. An IPC_PRIVATE one comes
     back under a new id. The entry stays, marked restored.
     """
     store.tidy()
+    name = which if isinstance(which, str) else which.name
     if not store.exists():
         store.find(name)  # raises: "no quarantine entry ..."
     with store.locked():  # two restores of one entry: the second sees restored_as
@@ -866,7 +955,8 @@ def _restore(store: Store, name: str, now: float) -> tuple[int, int]:
 
     from shmjanitor import kernel
 
-    entry = store.find(name)
+    entry = store.find(name)  # read again under the lock: another restore may have run
+    name = entry.name
     e = entry.doc
     if e["status"] != REMOVED:
         raise RestoreError(

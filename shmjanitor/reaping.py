@@ -13,6 +13,8 @@ from shmjanitor import kernel, lock, policy, remove, survey
 from shmjanitor.classify import State
 from shmjanitor.errors import ConfigError, JanitorError
 from shmjanitor.remove import Action, Candidate, Result, Stop
+from shmjanitor.render import owner_name
+from shmjanitor.scan import Segment
 
 
 class Outcome(NamedTuple):
@@ -145,6 +147,18 @@ _IN_USE = {
 }
 
 
+def not_yours(s: Segment, who: policy.Caller) -> Optional[str]:
+    """Why `who` may not remove `s`, in plain words; None when it may. IPC_RMID needs
+    the owner's or the creator's uid, or CAP_SYS_ADMIN (ipc/util.c, ipcctl_obtain_check)."""
+    if who.cap_sys_admin or who.euid in (s.uid, s.cuid):
+        return None
+    owner = owner_name(s.uid)
+    may = [owner] if s.cuid in (s.uid, 0) else [owner, f"its creator {owner_name(s.cuid)}"]
+    if s.uid != 0:
+        may.append("root")
+    return f"belongs to {owner}; only {' or '.join(may)} can remove it"
+
+
 def parse_key(text: str) -> int:
     """A --key value (shmjanitor.keys.parse_key); a bad one is a usage error naming it."""
     from shmjanitor.keys import segment_key
@@ -176,8 +190,13 @@ def rm(ids: Sequence[int], keys: Sequence[int], cfg: _config.Config, *, force: b
             wanted.extend(found)
         refused: list[Result] = []
         candidates: list[Candidate] = []
+        who = caller()
         for shmid in dict.fromkeys(wanted):  # once each, in the order named
             v = by_id[shmid]
+            why = not_yours(v.segment, who)
+            if why is not None:  # the kernel would say EPERM, or EACCES to the re-check
+                refused.append(Result(v, Action.KEPT, why))
+                continue
             if v.state in _IN_USE and not force:
                 refused.append(Result(v, Action.KEPT, (
                     f"refused: {_IN_USE[v.state]}: {v.reason}; --force to remove anyway"

@@ -108,8 +108,9 @@ def stop_on_signals() -> Iterator[Stop]:
 # errno of IPC_STAT / IPC_SET / IPC_RMID / shmat -> what it means for us (one table).
 _GONE = {errno.EINVAL, errno.EIDRM}
 _ERRNO_MEANING = {
-    errno.EPERM: "permission denied (needs root or ownership)",
-    errno.EACCES: "permission denied (no read permission to re-check it)",
+    errno.EPERM: "permission denied: only its owner, its creator or root may remove it",
+    errno.EACCES: "permission denied: its mode does not let us read it, and it is read "
+    "to check nobody uses it before it goes (root can)",
 }
 
 
@@ -166,7 +167,7 @@ def _stat(v: Verdict) -> tuple[Optional[kernel.Stat], Optional[Result]]:
     except OSError as e:
         if e.errno in _GONE:
             return None, Result(v, Action.GONE, "already gone")
-        return None, Result(v, Action.FAILED, f"not removed: cannot re-check it: {_meaning(e)}")
+        return None, Result(v, Action.FAILED, f"not removed: {_meaning(e)}")
 
 
 def _recheck(v: Verdict, forced: bool, seen_dead: Optional[set[int]] = None) -> Optional[Result]:

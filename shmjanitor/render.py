@@ -7,17 +7,22 @@ text.printable; JSON escapes them itself.
 
 from __future__ import annotations
 
+import grp
 import json
 import pwd
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from enum import Enum
 from functools import cache, lru_cache
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
-from typing import IO, Any, Optional, TypeVar
+from operator import attrgetter
+from typing import IO, Any, Callable, NamedTuple, Optional, TypeVar
 
 from shmjanitor import survey as _survey
 from shmjanitor.classify import Creator, State, Verdict
 from shmjanitor.durations import format_age, format_size
+from shmjanitor.layout import Col, draw, natural, paint, wrap_lines
+from shmjanitor.scan import Segment
 from shmjanitor.text import printable
 
 PAGE_SIZE = 4096
@@ -59,31 +64,158 @@ def uid_of(user: str) -> int:
         raise ValueError(f"no such user: {user!r}") from None
 
 
+def word(text: str) -> str:
+    """`text` as one field of plain output: a space becomes \\x20, as lsipc --raw writes
+    it (text.printable has already doubled every backslash, so this stays reversible)."""
+    return text.replace(" ", "\\x20")
+
+
 def creator_cell(v: Verdict) -> str:
+    """The creator's command name while it lives; "-" once it is gone or unknown (the
+    reason says which)."""
     c = v.creator
-    if c.pid == 0:
-        return "?"
-    if c.alive:
-        return f"{c.pid} {printable(c.name or '')}"
-    return f"{c.pid} exited" if c.alive is False else f"{c.pid} ?"
+    return printable(c.name) if c.alive and c.name else "-"
 
 
-HEADERS = ("KEY", "ID", "OWNER", "PERMS", "SIZE", "NATTCH", "CREATOR", "LPID", "IDLE",
-           "STATE", "REASON")  # fmt: skip
-RIGHT = {"ID", "SIZE", "NATTCH", "LPID", "IDLE"}
+def last_user_cell(v: Verdict) -> str:
+    u = v.last_user
+    return printable(u.name) if u is not None and u.alive and u.name else "-"
+
+
+@cache
+def group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+@lru_cache(maxsize=65536)
+def when(t: Optional[int]) -> str:
+    """A time as one word, ISO 8601 in local time (lsipc --time-format=iso); "-" never."""
+    if t is None:
+        return "-"
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
+
+
+def _bytes(n: Optional[int], exact: bool) -> str:
+    return "-" if n is None else str(n) if exact else format_size(n)
+
+
+class Column(NamedTuple):
+    layout: Col  # header, alignment, and how it gives way on a narrow terminal
+    doc: str  # one line for --help and the README
+    sort: Callable[[Verdict], Any]  # --sort's key (ties stay in id order)
+
+
+def _sv(f: Callable[[Segment], Any]) -> Callable[[Verdict], Any]:
+    return lambda v: f(v.segment)
+
+
+_STATE_ORDER = {s: i for i, s in enumerate(State)}
+_NONE_LAST = 1 << 80  # sorts after every real size: rss/swap of kernels without them
+
+# Every column of list's table and plain output, in the order `list --help` shows them.
+# `drop` orders which columns give way on a narrow terminal (the highest first): the
+# permission bits and pids matter least, the state and its reason most.
+COLUMNS: dict[str, Column] = {
+    "KEY": Column(Col("KEY", drop=4), "the key, hex (0x00000000 is IPC_PRIVATE)",
+                  _sv(lambda s: s.key)),
+    "ID": Column(Col("ID", right=True), "the segment id (shmid)", _sv(lambda s: s.id)),
+    "OWNER": Column(Col("OWNER", drop=3, squeeze=True), "the owner's user name (its uid "
+                    "when it has none)", lambda v: owner_name(v.segment.uid)),
+    "PERMS": Column(Col("PERMS", drop=12), "permission bits, octal", _sv(lambda s: s.perms)),
+    "SIZE": Column(Col("SIZE", right=True, drop=5), "size (in bytes with --bytes)",
+                   _sv(lambda s: -s.size)),
+    "NATTCH": Column(Col("NATTCH", right=True, drop=10), "processes attached",
+                     _sv(lambda s: -s.nattch)),
+    "CPID": Column(Col("CPID", right=True, drop=9), "the creator's pid (0: not visible "
+                   "from here)", _sv(lambda s: s.cpid)),
+    "CREATOR": Column(Col("CREATOR", drop=8, squeeze=True), "the creator's command name "
+                      "while it lives, else -", creator_cell),
+    "LPID": Column(Col("LPID", right=True, drop=11), "pid of the last attach or detach",
+                   _sv(lambda s: s.lpid)),
+    "IDLE": Column(Col("IDLE", right=True, drop=2), "time since the last attach, detach "
+                   "or change", lambda v: -v.idle_for),
+    "STATE": Column(Col("STATE"), "attached, idle, orphan, unknown or removing",
+                    lambda v: _STATE_ORDER[v.state]),
+    "REASON": Column(Col("REASON", wrap=True), "the evidence behind the state",
+                     lambda v: v.reason),
+    "UID": Column(Col("UID", right=True), "the owner's uid", _sv(lambda s: s.uid)),
+    "USER": Column(Col("USER", squeeze=True), "the owner's user name (as OWNER)",
+                   lambda v: owner_name(v.segment.uid)),
+    "GID": Column(Col("GID", right=True), "the owner's gid", _sv(lambda s: s.gid)),
+    "GROUP": Column(Col("GROUP", squeeze=True), "the owner's group name",
+                    lambda v: group_name(v.segment.gid)),
+    "CUID": Column(Col("CUID", right=True), "the creator's uid", _sv(lambda s: s.cuid)),
+    "CUSER": Column(Col("CUSER", squeeze=True), "the creator's user name",
+                    lambda v: owner_name(v.segment.cuid)),
+    "CGID": Column(Col("CGID", right=True), "the creator's gid", _sv(lambda s: s.cgid)),
+    "CGROUP": Column(Col("CGROUP", squeeze=True), "the creator's group name",
+                     lambda v: group_name(v.segment.cgid)),
+    "RSS": Column(Col("RSS", right=True), "resident memory (- if the kernel does not say)",
+                  _sv(lambda s: -s.rss if s.rss is not None else _NONE_LAST)),
+    "SWAP": Column(Col("SWAP", right=True), "swapped-out memory",
+                   _sv(lambda s: -s.swap if s.swap is not None else _NONE_LAST)),
+    "CTIME": Column(Col("CTIME"), "creation or last IPC_SET", _sv(lambda s: s.ctime)),
+    "ATIME": Column(Col("ATIME"), "last attach (- never)", _sv(lambda s: s.atime or 0)),
+    "DTIME": Column(Col("DTIME"), "last detach (- never)", _sv(lambda s: s.dtime or 0)),
+    "STATUS": Column(Col("STATUS"), "dest (IPC_RMID called), locked (SHM_LOCK), or -",
+                     _sv(lambda s: (s.dest, s.locked))),
+    "COMMAND": Column(Col("COMMAND", wrap=True), "the live creator's command line, else -",
+                      lambda v: (v.creator.alive is not True, v.creator.name or "")),
+    "LAST_USER": Column(Col("LAST_USER", squeeze=True), "the last user's (lpid's) command "
+                        "name while it lives, else -", last_user_cell),
+}  # fmt: skip
+ALIASES = {"ATTACH": "ATIME", "DETACH": "DTIME"}  # lsipc's names for them
+DEFAULT = ("KEY", "ID", "OWNER", "PERMS", "SIZE", "NATTCH", "CPID", "CREATOR", "LPID",
+           "IDLE", "STATE", "REASON")  # fmt: skip
+
+
+def parse_columns(text: str) -> tuple[str, ...]:
+    """`-o` as lsipc takes it: "ID,KEY,REASON", or "+RSS,SWAP" to add to the default
+    columns. Case does not matter. ValueError naming the column it does not know."""
+    extra = text.startswith("+")
+    names = []
+    for part in text[extra:].split(","):
+        name = part.strip().upper()
+        name = ALIASES.get(name, name)
+        if name not in COLUMNS:
+            raise ValueError(f"unknown column {part.strip()!r} (known: {', '.join(COLUMNS)})")
+        names.append(name)
+    return (DEFAULT + tuple(names)) if extra else tuple(names)
+
+
+def _sort_key(name: str, commands: Mapping[int, str]) -> Callable[[Verdict], Any]:
+    if name == "COMMAND":  # a live creator's command line; the others ("-") after them
+        return lambda v: (not v.creator.alive, commands.get(v.creator.pid, ""))
+    return COLUMNS[name].sort
+
+
+def sort(verdicts: list[Verdict], name: str, commands: Mapping[int, str]) -> None:
+    """In place, by column `name`: numbers ascending except the sizes, NATTCH and IDLE
+    (largest first); the state in the order of the States table; ties in id order."""
+    verdicts.sort(key=_by_id)
+    if name != "ID":
+        verdicts.sort(key=_sort_key(name, commands))
+
+
+_by_id = attrgetter("segment.id")
 
 
 def cells(v: Verdict, exact_bytes: bool) -> tuple[str, ...]:
-    """A row of the table and of plain output (`Cells` makes the same, faster)."""
+    """A row of the default columns (`Cells` makes the same, faster), one word each but
+    the reason."""
     s = v.segment
     return (
         f"0x{s.key:08x}",
         str(s.id),
-        printable(owner_name(s.uid)),
+        word(printable(owner_name(s.uid))),
         f"{s.perms:03o}",
         str(s.size) if exact_bytes else format_size(s.size),
         str(s.nattch),
-        creator_cell(v),
+        str(s.cpid),
+        word(creator_cell(v)),
         str(s.lpid),
         format_age(v.idle_for),
         v.state.value,
@@ -111,56 +243,110 @@ class _Shared:
 
 
 class Cells(_Shared):
-    """`cells(v, exact_bytes)` for a whole table: owner and perms are made once per uid
-    and mode, creator, state and reason once per verdict (tests/test_render.py checks
-    it against `cells`)."""
+    """The cells of a row, for plain output (`one_word`: every cell but the last one
+    word) or the table. The default columns are made as `cells(v, exact_bytes)` makes
+    them, owner and perms once per uid and mode, creator, state and reason once per
+    verdict (tests/test_render.py checks it); other `columns` from their getters.
+    `commands` maps a live creator's pid to its command line (the COMMAND column).
+    """
 
-    def __init__(self, exact_bytes: bool, keep: int = 4096) -> None:
+    def __init__(self, exact_bytes: bool, columns: Sequence[str] = DEFAULT, *,
+                 one_word: bool = True, commands: Optional[Mapping[int, str]] = None,
+                 keep: int = 4096) -> None:  # fmt: skip
         super().__init__(keep)
         self._exact = exact_bytes
+        self._w = word if one_word else _same
         self._who: dict[tuple[int, int], tuple[str, str]] = {}
         self._verdict: dict[tuple[State, str, Creator], tuple[str, str, str]] = {}
+        self.columns = tuple(columns)
+        self._commands = commands or {}
+        self.row: Callable[[Verdict], tuple[str, ...]] = self._default  # the hot path
+        if self.columns != DEFAULT:
+            last = len(self.columns) - 1
+            self._getters = [self._getter(n, one_word and i < last)
+                             for i, n in enumerate(self.columns)]  # fmt: skip
+            self.row = self._custom
 
     def __call__(self, v: Verdict) -> tuple[str, ...]:
+        return self.row(v)
+
+    def _default(self, v: Verdict) -> tuple[str, ...]:
         s = v.segment
         k = (s.uid, s.mode)
         owner, perms = self._who.get(k) or self._learn(self._who, k, (
-            printable(owner_name(s.uid)), f"{s.perms:03o}"
+            self._w(printable(owner_name(s.uid))), f"{s.perms:03o}"
         ))  # fmt: skip
         kv = (v.state, v.reason, v.creator)
         creator, state, reason = self._verdict.get(kv) or self._learn(self._verdict, kv, (
-            creator_cell(v), v.state.value, printable(v.reason)
+            self._w(creator_cell(v)), v.state.value, printable(v.reason)
         ))  # fmt: skip
         size = str(s.size) if self._exact else format_size(s.size)
-        return (f"0x{s.key:08x}", str(s.id), owner, perms, size, str(s.nattch), creator,
-                str(s.lpid), format_age(v.idle_for), state, reason)  # fmt: skip
+        return (f"0x{s.key:08x}", str(s.id), owner, perms, size, str(s.nattch), str(s.cpid),
+                creator, str(s.lpid), format_age(v.idle_for), state, reason)  # fmt: skip
+
+    def _custom(self, v: Verdict) -> tuple[str, ...]:
+        base = self._default(v)
+        return tuple([get(v, base) for get in self._getters])
+
+    def _getter(self, name: str, one_word: bool) -> Callable[[Verdict, tuple[str, ...]], str]:
+        w = word if one_word else _same
+        if name in DEFAULT:
+            i = DEFAULT.index(name)
+            if name == "REASON" and one_word:  # not last: one word too
+                return lambda v, b: word(b[i])
+            return lambda v, b: b[i]
+        exact, commands = self._exact, self._commands
+        get: dict[str, Callable[[Verdict], str]] = {
+            "UID": lambda v: str(v.segment.uid),
+            "GID": lambda v: str(v.segment.gid),
+            "CUID": lambda v: str(v.segment.cuid),
+            "CGID": lambda v: str(v.segment.cgid),
+            "USER": lambda v: w(printable(owner_name(v.segment.uid))),
+            "GROUP": lambda v: w(printable(group_name(v.segment.gid))),
+            "CUSER": lambda v: w(printable(owner_name(v.segment.cuid))),
+            "CGROUP": lambda v: w(printable(group_name(v.segment.cgid))),
+            "RSS": lambda v: _bytes(v.segment.rss, exact),
+            "SWAP": lambda v: _bytes(v.segment.swap, exact),
+            "CTIME": lambda v: when(v.segment.ctime),
+            "ATIME": lambda v: when(v.segment.atime),
+            "DTIME": lambda v: when(v.segment.dtime),
+            "STATUS": lambda v: _status(v.segment),
+            "COMMAND": lambda v: w(commands.get(v.creator.pid, "-") if v.creator.alive else "-"),
+            "LAST_USER": lambda v: w(last_user_cell(v)),
+        }  # fmt: skip
+        one = get[name]
+        return lambda v, b: one(v)
 
 
-def _widths(rows: list[tuple[str, ...]]) -> list[int]:
-    """The width of each column: its longest cell or header."""
-    if not rows:
-        return [len(h) for h in HEADERS]
-    return [max(len(h), max(map(len, col))) for h, col in zip(HEADERS, zip(*rows))]
+def _same(text: str) -> str:
+    return text
 
 
-def _align(text: str, width: int, header: str) -> str:
-    return text.rjust(width) if header in RIGHT else text.ljust(width)
+def _status(s: Segment) -> str:
+    flags = [name for name, on in (("dest", s.dest), ("locked", s.locked)) if on]
+    return ",".join(flags) or "-"
 
 
-def plain(verdicts: list[Verdict], exact_bytes: bool, out: IO[str]) -> None:
+def plain(verdicts: list[Verdict], exact_bytes: bool, out: IO[str],
+          columns: Sequence[str] = DEFAULT, *, header: bool = True,
+          commands: Optional[Mapping[int, str]] = None) -> None:  # fmt: skip
     """Aligned columns, a header line, no colour and no footer: made for grep and awk.
 
-    The reason is the last column so that every other column is one word. One format
-    pattern aligns a whole row, and rows go out a few thousand at a time.
+    Every column but the last is one word (REASON, last by default, is the sentence),
+    so header and rows have the same number of fields for awk. One format pattern
+    aligns a whole row, and rows go out a few thousand at a time.
     """
-    rows = list(map(Cells(exact_bytes), verdicts))
-    widths = _widths(rows)
-    last = len(HEADERS) - 1
+    make = Cells(exact_bytes, columns, commands=commands)
+    rows = list(map(make.row, verdicts))
+    heads = [COLUMNS[n].layout for n in make.columns]
+    widths = natural(heads, rows, header)
+    last = len(heads) - 1
     row = (
-        " ".join(f"{{:{'>' if h in RIGHT else '<'}{w}}}" for h, w in zip(HEADERS, widths[:last]))
-        + " {}\n"
+        " ".join(f"{{:{'>' if c.right else '<'}{w}}}" for c, w in zip(heads, widths[:last]))
+        + (" {}\n" if last else "{}\n")
     ).format
-    out.write(row(*HEADERS))
+    if header:
+        out.write(row(*(c.header for c in heads)))
     for start in range(0, len(rows), 4096):
         out.write("".join([row(*r) for r in rows[start : start + 4096]]))
 
@@ -314,58 +500,27 @@ def table(
     out: IO[str],
     width: Optional[int] = None,
     color: bool = True,
+    columns: Sequence[str] = DEFAULT,
+    *,
+    header: bool = True,
+    chosen: bool = False,
+    commands: Optional[Mapping[int, str]] = None,
 ) -> None:
-    """A box-drawn, coloured table in the spirit of rich's Table, drawn line by line.
+    """Columns for a person at a terminal `width` wide (None: nothing cut, as
+    --notruncate), the state in colour, and a footer like `ipcs -u`/`ipcs -l`.
 
-    rich's Table measures every cell through its layout engine: 4.8 s for 4,096 rows.
-    Our cells are plain one-line strings, so widths are simple `len`s and rich is used
-    only for what it is good at here: the colour codes of the terminal in use.
+    Columns the user did not choose (`chosen`: -o) give way on a narrow terminal, the
+    least useful first; the reason wraps (layout.fit says how).
     """
-    from rich.console import Console
-    from rich.style import Style
-
-    console = Console(
-        file=out, width=width, force_terminal=color, no_color=not color, highlight=False
-    )
-    system = console.color_system if color else None
-    paint: dict[str, Any] = {}
-
-    def styled(text: str, style: str) -> str:
-        if system is None:
-            return text
-        if style not in paint:
-            paint[style] = Style.parse(style)
-        rendered: str = paint[style].render(text, color_system=system)
-        return rendered
-
-    rows = list(map(Cells(exact_bytes), verdicts))
-    widths = _widths(rows)
-    last = len(HEADERS) - 1
-    # Fit the reason into what the terminal has left; cut with an ellipsis like rich.
-    room = console.width - (sum(widths[:last]) + 3 * last + 4)
-    widths[last] = max(10, min(widths[last], room))
-
-    def fit(text: str, i: int) -> str:
-        w = widths[i]
-        if len(text) > w:
-            text = text[: w - 1] + "…"
-        return _align(text, w, HEADERS[i])
-
-    bar = "│"
-    lines = [
-        "┏" + "┳".join("━" * (w + 2) for w in widths) + "┓",
-        "┃" + "┃".join(" " + styled(fit(h, i), "bold") + " " for i, h in enumerate(HEADERS)) + "┃",
-        "┡" + "╇".join("━" * (w + 2) for w in widths) + "┩",
-    ]
-    state_col = HEADERS.index("STATE")
-    for v, r in zip(verdicts, rows):
-        parts = []
-        for i, c in enumerate(r):
-            text = fit(c, i)
-            if i == state_col:
-                text = styled(text, STATE_STYLE[v.state])
-            parts.append(" " + text + " ")
-        lines.append(bar + bar.join(parts) + bar)
-    lines.append("└" + "┴".join("─" * (w + 2) for w in widths) + "┘")
-    lines.extend(styled(line, "dim") for line in footer_lines(sv, verdicts))
+    make = Cells(exact_bytes, columns, one_word=False, commands=commands)
+    rows = list(map(make.row, verdicts))
+    cols = [COLUMNS[n].layout for n in make.columns]
+    if chosen:
+        cols = [c._replace(drop=0) for c in cols]
+    styles = None
+    if "STATE" in make.columns:
+        styles = (make.columns.index("STATE"), [STATE_STYLE[v.state] for v in verdicts])
+    lines = draw(cols, rows, width, header=header, color=color, styles=styles)
+    lines.extend(paint(line, "dim" if color else None)
+                 for line in wrap_lines(footer_lines(sv, verdicts), width))  # fmt: skip
     out.write("\n".join(lines) + "\n")

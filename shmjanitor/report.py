@@ -9,15 +9,16 @@ from __future__ import annotations
 import json
 import signal
 from functools import lru_cache
-from typing import IO, Any
+from typing import IO, Any, Optional
 
 from shmjanitor.durations import format_age, format_size
+from shmjanitor.layout import Col, draw, wrap_lines
 from shmjanitor.reaping import Outcome
 from shmjanitor.remove import Action, Result
 from shmjanitor.render import owner_name
 from shmjanitor.text import printable
 
-ACTION_STYLE = {
+ACTION_STYLE = {  # layout.paint styles
     Action.REMOVED: "bold green",
     Action.WOULD_REMOVE: "bold cyan",
     Action.KEPT: "yellow",
@@ -82,7 +83,8 @@ def log_line(r: Result) -> str:
     # Built from cached pieces in one f-string: a big reap logs 32,000 of these.
     return (
         f"action={r.action.value} id={s.id} key=0x{s.key:08x} size={s.size} "
-        f"{_owner_uid(s.uid)} cpid={s.cpid} idle={r.verdict.idle_for}s reason={_quote(r.reason)}"
+        f"{_owner_uid(s.uid)} cpid={s.cpid} idle={format_age(r.verdict.idle_for)} "
+        f"reason={_quote(r.reason)}"
     )
 
 
@@ -97,55 +99,61 @@ def summary_line(o: Outcome) -> str:
     )
 
 
+def summary_text(o: Outcome) -> str:
+    """summary_line in words, for a person at a terminal: the same numbers."""
+    sm = summary(o)
+    if o.dry_run:
+        head = f"dry run: would remove {sm['would_remove']} ({format_size(sm['bytes_would_free'])})"
+    else:
+        head = f"removed {sm['removed']} ({format_size(sm['bytes_freed'])})"
+    stopped = f"; stopped by {sm['interrupted']}" if sm["interrupted"] else ""
+    return (f"{head}, kept {sm['kept']}, failed {sm['failed']}, already gone {sm['gone']} "
+            f"of {sm['considered']} considered{stopped}")  # fmt: skip
+
+
+def shown(r: Result, verbose: bool) -> bool:
+    """Whether a result gets a line of its own: a kept orphan only with -v (a lab's
+    reap keeps thousands, each for the same reason the summary counts)."""
+    return verbose or r.action is not Action.KEPT
+
+
 def log(o: Outcome, out: IO[str], err: IO[str], verbose: bool) -> None:
-    """Non-terminal output: a line per removal (and per kept orphan with -v), failures and
-    problems on stderr, then one summary line."""
-    lines = []
-    failed, kept = Action.FAILED, Action.KEPT
+    """Non-terminal output at once (Logger streams the same): a line per removal (and
+    per kept orphan with -v), failures and problems on stderr, then one summary line."""
+    logger = Logger(out, err, verbose)
     for r in o.results:
-        if r.action is failed:
-            err.write(log_line(r) + "\n")
-        elif verbose or r.action is not kept:
-            lines.append(log_line(r))
+        logger.result(r)
+    logger.finish(o)
+
+
+_COLS = (Col("ACTION"), Col("ID", right=True), Col("KEY", drop=3), Col("SIZE", right=True, drop=4),
+         Col("OWNER", drop=2, squeeze=True), Col("UID", right=True, drop=6),
+         Col("CPID", right=True, drop=5), Col("IDLE", right=True, drop=1),
+         Col("REASON", wrap=True))  # fmt: skip
+
+
+def table(o: Outcome, out: IO[str], err: IO[str], *, verbose: bool, width: Optional[int] = None,
+          color: bool = False, summary: bool = True) -> None:  # fmt: skip
+    """Terminal output: what the log lines say, as a table (the fields of log_line, the
+    least useful giving way on a narrow terminal) and the summary in words; problems
+    on stderr. Kept orphans only with -v, as in the log."""
+    results = [r for r in o.results if shown(r, verbose)]
+    rows = []
+    for r in results:
+        s = r.verdict.segment
+        rows.append((r.action.value, str(s.id), f"0x{s.key:08x}", format_size(s.size),
+                     printable(owner_name(s.uid)), str(s.uid), str(s.cpid),
+                     format_age(r.verdict.idle_for), printable(r.reason)))  # fmt: skip
+    lines = draw(_COLS, rows, width, color=color,
+                 styles=(0, [ACTION_STYLE[r.action] for r in results])) if rows else []  # fmt: skip
+    if summary:
+        lines.extend(wrap_lines([summary_text(o)], width))
+    if lines:
+        out.write("\n".join(lines) + "\n")
+        out.flush()
     for p in o.problems:
         err.write(f"problem: {printable(p)}\n")
     err.flush()
-    lines.append(summary_line(o))
-    out.write("\n".join(lines) + "\n")
-    out.flush()
-
-
-def table(o: Outcome, out: IO[str], width: int | None = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    console = Console(file=out, width=width, highlight=False)
-    t = Table(title="shmjanitor reap (dry run)" if o.dry_run else None)
-    for name, justify in (("ID", "right"), ("KEY", "left"), ("OWNER", "left"),
-                          ("SIZE", "right"), ("IDLE", "right"), ("ACTION", "left"),
-                          ("REASON", "left")):  # fmt: skip
-        t.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for r in o.results:
-        s = r.verdict.segment
-        # Text, not markup strings: a "[" in a process name must print, not style.
-        t.add_row(str(s.id), f"0x{s.key:08x}", Text(printable(owner_name(s.uid))),
-                  format_size(s.size), format_age(r.verdict.idle_for),
-                  Text(r.action.value, ACTION_STYLE[r.action]), Text(printable(r.reason)),
-                  )  # fmt: skip
-    if o.results:
-        console.print(t)
-    sm = summary(o)
-    if o.dry_run:
-        head = f"would remove {sm['would_remove']} ({format_size(sm['bytes_would_free'])})"
-    else:
-        head = f"removed {sm['removed']} ({format_size(sm['bytes_freed'])})"
-    console.print(
-        f"{head}, kept {sm['kept']}, failed {sm['failed']}, already gone {sm['gone']} "
-        f"of {sm['considered']} considered"
-    )
-    for p in o.problems:
-        console.print(Text.assemble(("problem:", "red"), " ", printable(p)))
 
 
 class Logger:
@@ -160,7 +168,7 @@ class Logger:
         if r.action is Action.FAILED:
             self.err.write(log_line(r) + "\n")
             self.err.flush()
-        elif self.verbose or r.action is not Action.KEPT:
+        elif self.verbose or r.action is not Action.KEPT:  # shown(r, verbose), inlined
             self.out.write(log_line(r) + "\n")
             self.out.flush()
 

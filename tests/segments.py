@@ -205,3 +205,30 @@ def make_given_to(owner: int, *specs: Spec, uid: Optional[int] = None) -> Maker:
         return ids
 
     return _fork(body, False, uid)
+
+
+def run_on_pty(argv: list[str], env: dict[str, str], columns: int = 120) -> tuple[int, str]:
+    """Run `argv` with stdout and stderr on a pseudo-terminal `columns` wide (as a person
+    at a terminal sees it); its exit status and everything it wrote."""
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {k: v for k, v in env.items() if k not in ("COLUMNS", "LINES")}
+    p = subprocess.Popen(argv, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: every writer has closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    return p.wait(timeout=60), out.decode().replace("\r\n", "\n")

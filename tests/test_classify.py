@@ -41,7 +41,7 @@ def test_alive_creator_is_idle_and_says_so():
     v = classify(seg(atime=T0 + 60, dtime=T0 + 120), ALIVE, NOW)
     assert v.state is State.IDLE
     assert v.reason.startswith("creator 4242 (server) alive")
-    assert "nobody attached for 2 h 44 min" in v.reason
+    assert "nobody attached for 2h44m" in v.reason
     assert v.idle_for == NOW - (T0 + 120)
     assert v.creator.alive is True and v.creator.name == "server"
 
@@ -49,7 +49,7 @@ def test_alive_creator_is_idle_and_says_so():
 def test_dead_creator_is_orphan():
     v = classify(seg(), DEAD, NOW)
     assert v.state is State.ORPHAN
-    assert v.reason == "creator 4242 exited; never attached, created 2 h 46 min ago"
+    assert v.reason == "creator 4242 exited; never attached, created 2h46m ago"
     assert v.creator.alive is False and v.creator.name is None
 
 
@@ -62,7 +62,7 @@ def test_recycled_pid_is_seen_through():
     later = {4242: Proc(4242, True, T0 + 3 * 3600, "bash")}
     v = classify(seg(), later, NOW)
     assert v.state is State.ORPHAN
-    assert "creator 4242 exited; pid now used by a process started 3 h later" in v.reason
+    assert "creator 4242 exited; pid now used by a process started 3h later" in v.reason
 
 
 def test_start_within_clock_slack_is_the_same_process():
@@ -127,7 +127,7 @@ def test_last_user_started_after_its_last_touch_is_a_recycled_pid():
     later = {**DEAD, 77: Proc(77, True, T0 + 660 + 3600, "bash")}
     v = classify(seg(**USED), later, NOW)
     assert v.state is State.ORPHAN
-    assert "last user 77 exited; pid now used by a process started 1 h later" in v.reason
+    assert "last user 77 exited; pid now used by a process started 1h later" in v.reason
 
 
 def test_last_user_that_is_the_creator_is_said_once():
@@ -143,7 +143,7 @@ def test_same_pid_new_process_is_not_the_creator_but_may_be_the_last_user():
                  {4242: Proc(4242, True, T0 + 300, "worker")}, NOW)  # fmt: skip
     assert v.state is State.IDLE
     assert v.reason.startswith("last user 4242 (worker) alive, may attach again; creator 4242 "
-                               "exited; pid now used by a process started 5 min later")  # fmt: skip
+                               "exited; pid now used by a process started 5m later")  # fmt: skip
 
 
 def test_unknown_last_user_is_unknown_never_orphan():
@@ -175,7 +175,7 @@ def test_a_recorded_step_explains_a_late_start():
     stepped = Clock(btime=T0 - 86400 + 3600, earliest=T0 - 86400)  # boot time moved 1 h
     v = classify(seg(), STEPPED, NOW, stepped)
     assert v.state is State.UNKNOWN
-    assert "which a step of the clock this boot (1 h forward) could explain" in v.reason
+    assert "which a step of the clock this boot (1h forward) could explain" in v.reason
 
 
 def test_a_step_too_small_to_explain_it_leaves_recycling():
@@ -188,7 +188,7 @@ def test_a_segment_older_than_the_boot_proves_a_step():
     after = Clock(btime=T0 + 100, earliest=T0 + 100)  # no record, but ctime < btime
     v = classify(seg(), STEPPED, NOW, after)
     assert v.state is State.UNKNOWN
-    assert "the clock was stepped forward at least 1 min since" in v.reason
+    assert "the clock was stepped forward at least 1m40s since" in v.reason
 
 
 def test_the_last_users_moment_is_judged_against_the_clock_too():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from conftest import needs_real_root
 from segments import Spec, attach, cli, list_json, make, mark_dest
 
 NEG_KEY = 0x88000001  # printed negative by the kernel
+SGR = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @pytest.fixture
@@ -105,7 +107,7 @@ def test_summary_counts_states_and_limits(mix):
 
 @pytest.mark.parametrize("fmt", ["auto", "plain", "table", "json"])
 def test_every_format(mix, fmt):
-    r = cli("list", "--format", fmt)
+    r = cli("--color", "always", "list", "--format", fmt)
     assert r.exit_code == 0, r.output
     if fmt == "json":
         assert len(json.loads(r.stdout)["segments"]) == 6
@@ -115,8 +117,11 @@ def test_every_format(mix, fmt):
     assert len(body) == 6
     assert any("orphan" in line and "0x00001234" in line for line in body)
     if fmt == "table":
-        assert lines[0].startswith("┏") and "\x1b[" in r.stdout  # box and colour
-        assert "segments of" in lines[-2] and "orphan 3" in lines[-1]
+        assert SGR.sub("", lines[0]).split()[:3] == ["KEY", "ID", "OWNER"]
+        assert "\x1b[1;31morphan\x1b[0m" in r.stdout  # colour, as asked
+        assert "┃" not in r.stdout and "│" not in r.stdout  # no boxes: columns, as lsipc
+        footer = SGR.sub("", " ".join(lines[7:]))
+        assert "segments" in footer and "orphan 3" in footer
     else:  # auto under CliRunner is not a terminal: plain, greppable, no colour
         assert lines[0].split()[:3] == ["KEY", "ID", "OWNER"]
         assert "\x1b[" not in r.stdout and len(lines) == 7
@@ -145,7 +150,7 @@ def test_unknown_owner_is_exit_2_with_message():
 
 def test_bad_flag_value_is_usage_error():
     r = cli("list", "--state", "dead")
-    assert r.exit_code == 2 and "Invalid value" in r.output
+    assert r.exit_code == 2 and "invalid value for '--state'" in r.output
 
 
 def scanner_in_child_pid_namespace() -> dict[int, dict]:

@@ -259,7 +259,7 @@ def test_segment_older_than_the_boot_time_proves_a_step(tmp_path, state):
     stat = _doctored_stat(tmp_path, ctime + 3600)  # no record: the state dir is empty
     listed = segments_of(_with_btime(stat, [*JANITOR, "list", "--json"], state))[shmid]
     assert listed["state"] == "unknown", listed
-    assert "the clock was stepped forward at least 1 h since" in listed["reason"]
+    assert "the clock was stepped forward at least 1h since" in listed["reason"]
     assert shmid not in results_of(_with_btime(stat, [*JANITOR, *REAP], state))
     assert shmid in rows()
 

@@ -578,7 +578,7 @@ def test_good_config_next_to_the_bad_ones_does_reap(victims, tmp_path):
     [
         (["--min-age", "5x"], "--min-age"),
         (["--min-age", "-1s"], "--min-age"),
-        (["--frobnicate"], "No such option"),
+        (["--frobnicate"], "error: no such option"),
         (["--include-system=maybe"], ""),
     ],
 )

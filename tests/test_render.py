@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from shmjanitor.classify import Creator, State, Verdict
 from shmjanitor.render import Cells, SegmentJson, _encode, cells, plain, segment_json
 from shmjanitor.scan import Segment
@@ -67,10 +70,15 @@ HOSTILE = "[/]\x1b]0;pwn\x07\x1b[2K\r[bold]\udcff"  # rich markup, escapes, a no
 
 
 def test_cells_escape_names_and_reasons_the_same_fast_or_slow():
-    v = verdict(creator=Creator(7, True, HOSTILE), state=State.IDLE, reason=f"by ({HOSTILE})")
+    v = verdict(
+        seg={"cpid": 7},
+        creator=Creator(7, True, HOSTILE),
+        state=State.IDLE,
+        reason=f"by ({HOSTILE})",
+    )
     for row in (cells(v, False), Cells(False)(v)):
-        assert row[6] == "7 [/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff"
-        assert row[10] == "by ([/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff)"
+        assert row[6:8] == ("7", "[/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff")
+        assert row[11] == "by ([/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff)"
     out = io.StringIO()
     plain([v], False, out)
     assert "\x1b" not in out.getvalue() and "\r" not in out.getvalue()
@@ -88,10 +96,11 @@ def test_reap_report_prints_hostile_text_as_text():
     v = verdict(state=State.IDLE, reason=f"creator 7 ({HOSTILE}) alive")
     o = Outcome(Survey([v], Limits(None, None, None), 0.0),
                 [Result(v, Action.KEPT, v.reason)], False, [f"segment 7: {HOSTILE}"])  # fmt: skip
-    table = io.StringIO()
-    report.table(o, table, width=300)  # rich would raise MarkupError on a raw "[/]"
+    table, problems = io.StringIO(), io.StringIO()
+    report.table(o, table, problems, verbose=True, width=300)  # a "[/]" is no markup here
     assert "[/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff" in table.getvalue()
-    assert "\x1b" not in table.getvalue()  # a StringIO is no terminal: no colour either
+    assert "\x1b" not in table.getvalue()  # colour only when asked for
+    assert problems.getvalue() == "problem: segment 7: [/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff\n"
     out, err = io.StringIO(), io.StringIO()
     report.log(o, out, err, verbose=True)
     line = report.log_line(o.results[0])
@@ -119,3 +128,37 @@ def test_streamed_log_lines_and_notes_escape_too():
         "shmjanitor: note: set aside [/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff.json",
         "problem: [/]\\x1b]0;pwn\\x07\\x1b[2K\\r[bold]\\xff",
     ]
+
+
+WORDS = st.text(alphabet="abcdefghij;,()", min_size=1, max_size=30)
+
+
+@given(
+    reasons=st.lists(st.lists(WORDS, min_size=1, max_size=25).map(" ".join), min_size=1,
+                     max_size=6),
+    names=st.lists(st.text(alphabet="xyz _-", min_size=1, max_size=40), min_size=6, max_size=6),
+    width=st.integers(min_value=45, max_value=200),
+)  # fmt: skip
+def test_a_fitted_table_never_overflows_and_loses_no_word_of_the_reason(reasons, names, width):
+    """The table at any width from 45 columns: no line longer, and each reason, wrapped,
+    is its words in order (a word longer than the column is split, never dropped)."""
+    from shmjanitor.layout import draw
+    from shmjanitor.render import COLUMNS, DEFAULT
+
+    rows = []
+    for i, reason in enumerate(reasons):
+        v = verdict(seg={"id": 10**i, "size": 7**i}, creator=Creator(1, True, names[i]),
+                    reason=reason)  # fmt: skip
+        rows.append(Cells(False, one_word=False)(v))
+    lines = draw([COLUMNS[c].layout for c in DEFAULT], rows, width)
+    assert all(len(line) <= width for line in lines)
+    start = lines[0].index("REASON")
+    shown: list[str] = []
+    for line in lines[1:]:
+        if line[:start].strip():
+            shown.append(line[start:])
+        else:
+            shown[-1] += " " + line[start:]  # a continuation: blank left of REASON
+    assert len(shown) == len(reasons)
+    for got, want in zip(shown, reasons):
+        assert "".join(got.split()) == "".join(want.split())

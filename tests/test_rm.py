@@ -74,8 +74,9 @@ def test_a_named_segment_it_keeps_is_exit_1(tmp_path):
         (res,) = json.loads(r.stdout)["results"]
         assert res["action"] == "kept" and "larger than quarantine_max_bytes" in res["reason"]
         assert f"segment {big}: larger than quarantine_max_bytes" in r.output  # on stderr
-    r = rm(tmp_path, str(big), str(small), "--config", str(cfg))
-    assert r.exit_code == 1 and "action=removed" in r.stdout and "action=kept" in r.stdout
+    r = rm(tmp_path, str(big), str(small), "--config", str(cfg), "-v")
+    assert r.exit_code == 1 and "action=removed" in r.stdout and "action=kept" not in r.stdout
+    assert f"segment {big}: larger than quarantine_max_bytes" in r.output  # said once
     assert set(rows()) == {big}
     r = rm(tmp_path, str(big), "--no-quarantine")  # the explicit choice: done, exit 0
     assert r.exit_code == 0, r.output
