@@ -47,7 +47,7 @@ def caller() -> policy.Caller:
 def _execute(sv: survey.Survey, candidates: Sequence[Candidate], cfg: _config.Config, *,
              dry_run: bool, quarantine: bool, state_dir: Optional[Path], hooks: Hooks,
              held: Optional[lock.Held], forced: bool = False) -> list[Result]:  # fmt: skip
-    note = held.note if held is not None else (lambda _t: None)
+    note = held.note if held is not None else (lambda _t: None)  # type: Callable[[bytes], None]
     if not candidates or dry_run or not quarantine:
         limit = cfg.quarantine_max_bytes if quarantine else None
         return remove.execute(candidates, dry_run=dry_run, batch=None, max_copy=limit,

@@ -170,6 +170,14 @@ def _stat(v: Verdict) -> tuple[Optional[kernel.Stat], Optional[Result]]:
         return None, Result(v, Action.FAILED, f"not removed: {_meaning(e)}")
 
 
+def _stat_failed(v: Verdict, e: OSError) -> Result:
+    if e.errno in _GONE:
+        return Result(v, Action.GONE, "already gone")
+    if e.errno == errno.EACCES:
+        return Result(v, Action.FAILED, f"not removed: cannot re-check it: {_meaning(e)}")
+    return Result(v, Action.FAILED, f"not removed: {_meaning(e)}")
+
+
 def _recheck(v: Verdict, forced: bool, seen_dead: Optional[set[int]] = None) -> Optional[Result]:
     """None when the segment may still go, else the result to report."""
     now, result = _stat(v)
@@ -226,43 +234,43 @@ def undo_left_lock(note: str) -> Optional[str]:
 
 def _last_instant(v: Verdict, reason: str, forced: bool, *, copied: bool = False,
                   zero: bool = False, seen_dead: Optional[set[int]] = None,
-                  lock_note: Callable[[str], None] = lambda _t: None) -> Result:  # fmt: skip
+                  lock_note: Callable[[bytes], None] = lambda _t: None) -> Result:  # fmt: skip
     """Check, lock, check, remove, and check the kernel's answer (module docstring, 4)."""
-    shmid = v.segment.id
-    before, result = _stat(v)
-    if before is None:
-        assert result is not None
-        return result
+    s = v.segment
+    shmid = s.id
+    if not copied and not forced:
+        # Liveness first (kill(2), /proc reads: the slow part), so that nothing but a
+        # pure comparison stands between the IPC_STAT below and the IPC_SET that locks.
+        why = users_back(v, seen_dead)
+        if why:
+            return Result(v, Action.KEPT, why)
+    if not forced:
+        # Said before the lock: a run killed between IPC_SET and IPC_RMID leaves the
+        # segment locked, and the next holder of the reaper lock puts the mode back.
+        lock_note(b"%d %d %o" % (shmid, s.key, s.perms))
+    try:
+        before = kernel.shm_stat(shmid)
+    except OSError as e:
+        return _stat_failed(v, e)
     if copied:
         why = untouched_since_copy(v, before, zero, forced)
     else:
         why = changed_since_scan(v, before, forced)
-        if why is None and not forced:
-            why = users_back(v, seen_dead, before)
     if why:
         return Result(v, Action.KEPT, why)
     if not forced:
         # From here on only a process with CAP_IPC_OWNER can attach (ipcperms): the
         # window between our last look and IPC_RMID is closed for everyone else (for a
         # reaper without it, for everyone but the owner's own read-only attaches).
-        # Said first: a run killed between this IPC_SET and IPC_RMID leaves the segment
-        # locked, and the next holder of the reaper lock puts the mode back.
-        lock_note(f"{shmid} {before.key} {before.mode & 0o777:o}")
         try:
             kernel.set_mode_after_stat(shmid, lock_mode())
+            locked = kernel.shm_stat(shmid)
         except OSError as e:
-            if e.errno in _GONE:
-                return Result(v, Action.GONE, "already gone")
-            return Result(v, Action.FAILED, f"not removed: {_meaning(e)}")
-        locked, result = _stat(v)
-        if locked is None:
-            assert result is not None
-            return result
+            return _stat_failed(v, e)
         if locked.nattch or locked.mode & SHM_DEST or (
             locked.key, locked.atime, locked.dtime, locked.lpid
         ) != (before.key, before.atime, before.dtime, before.lpid):  # fmt: skip
             _put_mode_back(shmid, before.mode)
-            lock_note("")
             return Result(v, Action.KEPT, (
                 "changed since scan: attached at the last instant; its mode was put back"
             ))  # fmt: skip
@@ -273,7 +281,6 @@ def _last_instant(v: Verdict, reason: str, forced: bool, *, copied: bool = False
             return Result(v, Action.GONE, "already gone")
         if not forced:
             _put_mode_back(shmid, before.mode)
-            lock_note("")
         return Result(v, Action.FAILED, f"not removed: IPC_RMID: {_meaning(e)}")
     # IPC_RMID frees a segment nobody is attached to at once (ipc/shm.c, do_shm_rmid);
     # one still there has users, who attached after our last look (only a privileged
@@ -373,7 +380,7 @@ def execute(
     candidates: Sequence[Candidate], *, dry_run: bool, batch: Optional[Batch],
     max_copy: Optional[int] = None, forced: bool = False,
     on_result: Callable[[Result], None] = _ignore, stop: Optional[Stop] = None,
-    lock_note: Callable[[str], None] = lambda _t: None,
+    lock_note: Callable[[bytes], None] = lambda _t: None,
 ) -> list[Result]:  # fmt: skip
     """Remove what may go (see the module docstring); a result for every candidate.
 
