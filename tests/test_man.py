@@ -66,9 +66,8 @@ def documented_options(lines: list[str]) -> set[str]:
 
 
 class Command:
-    def __init__(self, cmd: click.Command, path: str) -> None:
+    def __init__(self, cmd: click.Command, path: str, ctx: click.Context) -> None:
         self.path = path
-        ctx = click.Context(cmd, info_name=path or "shmjanitor")
         help_option = cmd.get_help_option(ctx)
         self.help = set(help_option.opts) if help_option else set()
         self.options = {
@@ -86,13 +85,17 @@ class Command:
 def commands() -> dict[str, Command]:
     found: dict[str, Command] = {}
 
-    def walk(cmd: click.Command, path: str) -> None:
-        found[path] = Command(cmd, path)
+    def walk(cmd: click.Command, path: str, parent: click.Context | None) -> None:
+        # As click makes them: the command's context_settings, and what a subcommand
+        # inherits from its parent (help_option_names: -h is set once, on the root).
+        ctx = click.Context(cmd, parent=parent, info_name=path.split(" ")[-1] or "shmjanitor",
+                            **cmd.context_settings)  # fmt: skip
+        found[path] = Command(cmd, path, ctx)
         if isinstance(cmd, click.Group):
             for name, sub in cmd.commands.items():
-                walk(sub, f"{path} {name}".strip())
+                walk(sub, f"{path} {name}".strip(), ctx)
 
-    walk(typer.main.get_command(app), "")
+    walk(typer.main.get_command(app), "", None)
     return found
 
 
