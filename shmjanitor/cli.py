@@ -436,7 +436,8 @@ def reap(
     include_system: Optional[bool] = typer.Option(
         None,
         "--include-system/--no-include-system",
-        help="Also reap orphans of system accounts (uid below UID_MIN of /etc/login.defs).",
+        help="Also reap orphans of system accounts (uid below UID_MIN or above UID_MAX "
+        "of /etc/login.defs; nobody is one).",
     ),
     no_quarantine: bool = NO_QUARANTINE_OPT,
     config_path: Optional[Path] = CONFIG_OPT,
