@@ -112,7 +112,11 @@ def ensure_private_namespace() -> None:
     if unshare is None:
         sys.exit("bench: needs unshare(1) (util-linux) to run in a private IPC namespace")
     os.environ[ENV_OUTER_NS] = _ipc_ns() or "?"
-    argv = [unshare, "--ipc", sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]]
+    # A private mount namespace too, with its own /run: the reaper takes its lock in
+    # /run/shmjanitor, which must stay the machine's as it was.
+    argv = [unshare, "--ipc", "--mount", "--propagation", "private", "sh", "-c",
+            'mount -t tmpfs -o mode=0755 shmjanitor-bench /run && exec "$0" "$@"',
+            sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]]  # fmt: skip
     os.execv(unshare, argv)
 
 
