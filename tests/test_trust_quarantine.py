@@ -368,6 +368,7 @@ def test_a_data_file_that_is_a_symlink_is_never_opened(tmp_path):
     data.symlink_to(secret)
     r = restore(tmp_path, e["entry"])
     assert r.exit_code == 1 and "data file unusable" in r.output, r.output
+    assert r.stdout == "" and len(r.output.splitlines()) == 1, r.output  # one line, stderr
     assert "Traceback" not in r.output and rows() == {}  # nothing made
 
 
@@ -392,6 +393,8 @@ def test_a_damaged_index_is_set_aside_and_blocks_nothing(tmp_path, index):
     bad.chmod(0o600)
     r = cli("quarantine", "list", "--json", "--state-dir", str(tmp_path))
     assert r.exit_code == 0 and "damaged" in r.output and "Traceback" not in r.output, r.output
+    said = r.output[len(r.stdout) :] if r.output.startswith(r.stdout) else r.output
+    assert len([ln for ln in said.splitlines() if "damaged" in ln]) == 1, said  # said once
     assert [e["entry"] for e in json.loads(r.stdout)["entries"]] == [good["entry"]]
     assert not bad.exists() and bad.with_name(bad.name + ".damaged").exists()
     shmid = filled(4096, b"next")
@@ -416,6 +419,7 @@ def test_a_damaged_data_file_is_said_damaged_on_restore(tmp_path, how):
     data.write_bytes(bytes(blob))
     r = restore(tmp_path, e["entry"])
     assert r.exit_code == 1 and "damaged" in r.output and "Traceback" not in r.output, r.output
+    assert r.stdout == "" and len(r.output.splitlines()) == 1, r.output  # one line, stderr
     assert rows() == {}  # the half-made segment was removed again
 
 
@@ -426,6 +430,7 @@ def test_restore_larger_than_shmmax_says_so(tmp_path):
     Path("/proc/sys/kernel/shmmax").write_text("4096")  # our IPC namespace's own limit
     r = restore(tmp_path, e["entry"])
     assert r.exit_code == 1 and "kernel.shmmax" in r.output and "Traceback" not in r.output
+    assert r.stdout == "" and len(r.output.splitlines()) == 1, r.output  # one line, stderr
 
 
 def test_a_one_tib_never_attached_segment_is_saved_and_restored_without_its_bytes(tmp_path):
