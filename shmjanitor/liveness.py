@@ -32,7 +32,9 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
 from shmjanitor import procs
@@ -201,6 +203,15 @@ def _write_record(path: Path, boot: str, earliest: float) -> None:
         pass
 
 
+@lru_cache(maxsize=1)
+def _kernel() -> ModuleType:
+    """shmjanitor.kernel, imported on first use (ctypes: `list` does not need it) and
+    then looked up once, not per segment (an import statement costs ~2 us a call)."""
+    from shmjanitor import kernel
+
+    return kernel
+
+
 def users_back(
     v: Verdict, seen_dead: Optional[set[int]] = None, now: Optional[Stat] = None
 ) -> Optional[str]:
@@ -222,8 +233,7 @@ def users_back(
     as one per segment (32,000 orphans of one creator: 1 call). Only "free" is
     remembered: a pid found in use is asked about again every time.
     """
-    from shmjanitor import kernel  # ctypes: not needed by list, only by removal
-
+    kernel = _kernel()
     s = v.segment
     if now is not None and now.lpid != s.lpid:
         return f"changed since scan: last attached or detached by pid {now.lpid} now"
