@@ -391,7 +391,7 @@ def execute(
     IPC_RMID and the quarantine's journal line).
     """
     results: dict[int, Result] = {}
-    stop = stop or Stop()
+    stop = stop if stop is not None else Stop()  # a Stop not yet set is falsy
 
     def done(r: Result) -> None:
         results[r.verdict.segment.id] = r
