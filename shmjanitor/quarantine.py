@@ -589,9 +589,11 @@ def settle(store: Store, run: str, doc: dict[str, Any]) -> None:
                 e["cuid"],
             ):
                 # Still there: the run stopped before removing it. Our last-instant lock
-                # may have set its mode to 000 (or 0400; and IPC_SET moved its ctime):
-                # put the saved mode back.
-                if now.mode & 0o777 in (0, 0o400) and now.ctime != e["ctime"] and e["mode"]:
+                # may have set its mode to 000 (or 0400): put the saved mode back. The
+                # mode is the evidence, not ctime: IPC_SET sets ctime to now in seconds,
+                # so a lock in the second of the scan leaves ctime as the entry has it.
+                mode = now.mode & 0o777
+                if mode in (0, 0o400) and mode != e["mode"]:
                     with contextlib.suppress(OSError):
                         kernel.shm_stat(e["id"])
                         kernel.set_mode_after_stat(e["id"], e["mode"])
