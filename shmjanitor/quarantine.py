@@ -362,6 +362,13 @@ class Store:
                 if data.exists() and not _owner_is_gone(data):
                     continue  # its run is still going
                 settle(self, run, doc)
+                continue
+            journal = self.dir / f"{run}.journal"
+            if journal.exists() and _owner_is_gone(journal):
+                # Every entry is decided: its run (or a settle) died after writing the
+                # final index and before deleting the journal, which says nothing more.
+                with contextlib.suppress(OSError):
+                    journal.unlink()
         # A data file or journal without its index: the run died before its index was
         # written, so nothing of it was removed; or it was set aside.
         for suffix in (".data", ".journal"):
