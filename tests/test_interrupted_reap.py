@@ -539,35 +539,40 @@ def test_killed_between_lock_and_rmid_gets_its_mode_back(tmp_path: Path, same_se
     entry (the segment was not removed), and the next reap removes it and can restore it.
 
     IPC_SET sets ctime to now in seconds (ipc/shm.c, shmctl_down): in the same second
-    as the segment's creation it does not move it. `same_second` makes that happen."""
+    as the ctime the scan saw, it does not move it. `same_second` makes that happen."""
+    from shmjanitor import kernel
+
     rng = random.Random(7)
     j = Janitor(tmp_path)
     made: dict[int, Seg] = {}
-    next_id = 0  # a fresh namespace hands out ids 0, 1, 2, ... (ipc_idr_alloc, cyclic)
     for attempt in range(5):
         out, err = tmp_path / f"out{attempt}.log", tmp_path / f"err{attempt}.log"
-        victim = next_id + 5  # the sixth removed: the survey goes by id
-        with holding_reaper_lock(j):
-            if same_second:  # the reaper waits on the lock, started and ready
+        segs = [Seg(100 * (i + 1), rng.choice((0o640, 0o604, 0o600)), next(_keys),
+                    data=os.urandom(50)) for i in range(20)]  # fmt: skip
+        batch = make_orphans(segs, made)
+        order = [i for i in rows() if i in batch]  # the reap's order: the table's
+        victim = order[5]
+        if not same_second:
+            time.sleep(1.1)  # its lock comes in a later second than its ctime
+            p = j.start(*REAP, out=out, err=err, trap=kill_at_rmid(victim))
+        else:
+            with holding_reaper_lock(j):  # the reaper waits on it, started and ready
                 p = j.start(*REAP, out=out, err=err, trap=kill_at_rmid(victim))
                 while not waiting_on_lock(p.pid, j.run_dir / "shmjanitor.lock"):
                     assert p.poll() is None, err.read_text()
                     time.sleep(0.01)
-                time.sleep(1 - time.time() % 1)  # a second that just began
-            segs = [Seg(100 * (i + 1), rng.choice((0o640, 0o604, 0o600)), next(_keys),
-                        data=os.urandom(50)) for i in range(20)]  # fmt: skip
-            batch = make_orphans(segs, made)
-            ids = sorted(batch)
-            assert ids == list(range(next_id, next_id + 20))
-            next_id += 20
-            born = column("ctime")[victim]
-            if not same_second:
-                time.sleep(1.1)  # its lock comes in a later second than its creation
-                p = j.start(*REAP, out=out, err=err, trap=kill_at_rmid(victim))
+                # A second that just began (and a few clock ticks into it: ctime is the
+                # kernel's coarse clock, a tick behind), which becomes their ctime (an
+                # IPC_SET of the same mode): the reaper's lock comes within it.
+                time.sleep(1.02 - time.time() % 1)
+                for i in order:
+                    kernel.shm_stat(i)
+                    kernel.set_mode_after_stat(i, made[i].mode)
+        born = column("ctime")[victim]
         assert p.wait(timeout=60) == -signal.SIGSYS  # killed by the filter, not by us
         if (column("ctime")[victim] == born) == same_second:
             break
-        # Too slow to lock it within the second it was made in: clear, and again.
+        # Too slow to lock it within the second of its ctime: clear, and again.
         for i in rows():
             sysv_ipc.remove_shared_memory(i)
         for i in batch:
@@ -576,18 +581,18 @@ def test_killed_between_lock_and_rmid_gets_its_mode_back(tmp_path: Path, same_se
     else:
         pytest.fail("could not make the lock land in the wanted second in 5 tries")
     assert perms()[victim] == 0  # locked, not removed: the state a kill leaves
-    assert set(removed_in(out.read_text())) == set(ids[:5])
+    assert removed_in(out.read_text()) == order[:5]
 
     entries, notes = j.entries()
     assert perms()[victim] == made[victim].mode, "the lock's mode 000 was left in place"
     assert victim not in {e["id"] for e in entries}
-    assert {e["id"] for e in entries} == set(ids[:5])
+    assert {e["id"] for e in entries} == set(order[:5])
     assert "settled quarantine run" in notes
     check_settled(j, made, entries, set())
 
     r = j.run(*REAP)
     assert r.returncode == 0, r.stderr
-    assert sorted(removed_in(r.stdout)) == ids[5:]
+    assert removed_in(r.stdout) == order[5:]
     entries, _ = j.entries()
     check_settled(j, made, entries, set())
     (e,) = [e for e in entries if e["id"] == victim]
@@ -727,3 +732,89 @@ def test_killed_between_final_index_and_journal_delete_leaves_no_journal(tmp_pat
     entries, _ = j.entries()
     assert j.leftovers() == [], "the journal of a finished run was left behind"
     assert check_settled(j, made, entries, set()) == made.keys()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_stopped_while_copying_removes_nothing_and_leaves_nothing(tmp_path: Path, sig: int
+                                                                  ) -> None:  # fmt: skip
+    """Stopped while it copies (before its index is written), a reap has removed
+    nothing: SIGTERM ends it cleanly, and what a SIGKILL leaves (the copies' .data.tmp)
+    is deleted by the next command. No entry, every segment as it was."""
+    j = Janitor(tmp_path)
+    made = make_orphans(random_segs(2000, random.Random(sig)), {})
+    out, err = tmp_path / "out.log", tmp_path / "err.log"
+    p = j.start(*REAP, out=out, err=err)
+    q = j.state / "quarantine"
+
+    def copying() -> bool:  # copies are being written, and no index yet
+        with contextlib.suppress(OSError):
+            return any(f.stat().st_size for f in q.glob("*.data.tmp"))
+        return False
+
+    deadline = time.monotonic() + 120
+    while not copying():
+        assert p.poll() is None and time.monotonic() < deadline, "no copy seen being made"
+        time.sleep(0.001)
+    p.send_signal(sig)
+    assert p.wait(timeout=60) in (-signal.SIGKILL, 128 + signal.SIGTERM)
+    assert perms() == {i: s.mode for i, s in made.items()}  # nothing removed, modes as made
+    if sig == signal.SIGKILL:
+        assert [f.suffixes[-2:] for f in q.iterdir()] == [[".data", ".tmp"]]  # the state left
+    else:
+        summary = out.read_text().splitlines()[-1]
+        assert summary.startswith("summary dry_run=false considered=2000 removed=0 "), summary
+        assert list(q.iterdir()) == []  # the run dropped its own files
+    entries, notes = j.entries()
+    assert entries == [] and list(q.iterdir()) == []
+    assert ("left by a run that died" in notes) == (sig == signal.SIGKILL)
+
+
+def test_a_reap_that_settles_a_locked_segment_does_not_save_the_locks_mode(tmp_path: Path
+                                                                            ) -> None:  # fmt: skip
+    """Run A is killed at its last instant (the victim's mode is 000); run B, waiting for
+    the reaper lock meanwhile, surveys as A dies, so it sees mode 000, and only then
+    settles A's run, which puts the mode back. If that comes in the same second as A's
+    lock, ctime does not move: B must still see that the segment changed since its survey
+    (and keep it for the next run), not save it with the 000 its survey saw."""
+    rng = random.Random(11)
+    j = Janitor(tmp_path)
+    made: dict[int, Seg] = {}
+    lock = j.run_dir / "shmjanitor.lock"
+    for attempt in range(5):
+        segs = [Seg(100 * (i + 1), rng.choice((0o640, 0o604, 0o600)), 0,
+                    data=os.urandom(50)) for i in range(20)]  # fmt: skip
+        batch = make_orphans(segs, made)
+        order = [i for i in rows() if i in batch]
+        victim = order[5]
+        logs = [tmp_path / f"{n}{attempt}.log" for n in ("a_out", "a_err", "b_out", "b_err")]
+        with holding_reaper_lock(j):  # both wait for it; B is stopped, so A goes first
+            a = j.start(*REAP, out=logs[0], err=logs[1], trap=kill_at_rmid(victim))
+            b = j.start(*REAP, out=logs[2], err=logs[3])
+            while not (waiting_on_lock(a.pid, lock) and waiting_on_lock(b.pid, lock)):
+                assert a.poll() is None and b.poll() is None
+                time.sleep(0.01)
+            b.send_signal(signal.SIGSTOP)
+            time.sleep(1.02 - time.time() % 1)  # early in a second (see the test above)
+        assert a.wait(timeout=60) == -signal.SIGSYS
+        assert perms()[victim] == 0
+        locked_at = column("ctime")[victim]
+        b.send_signal(signal.SIGCONT)  # it takes the lock A's death freed, and surveys
+        assert b.wait(timeout=60) == 0, logs[3].read_text()
+        assert victim in rows(), "B removed it, saved with the mode its survey saw (000)"
+        if column("ctime")[victim] == locked_at:
+            break  # B's settle came in the second of A's lock: the case wanted
+    else:
+        pytest.fail("could not make the settle land in the second of the lock in 5 tries")
+    assert perms()[victim] == made[victim].mode
+    assert set(removed_in(logs[2].read_text())) == set(order) - {victim}
+
+    r = j.run(*REAP)
+    assert r.returncode == 0, r.stderr
+    assert removed_in(r.stdout) == [victim]
+    entries, _ = j.entries()
+    assert check_settled(j, made, entries, set()) == made.keys()
+    (e,) = [e for e in entries if e["id"] == victim]
+    r = j.run("restore", e["entry"], "--json")
+    assert r.returncode == 0, r.stderr
+    back = json.loads(r.stdout)["id"]
+    assert perms()[back] == made[victim].mode and content(back) == made[victim].content()
