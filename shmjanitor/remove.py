@@ -135,6 +135,11 @@ def changed_since_scan(v: Verdict, now: kernel.Stat, forced: bool) -> Optional[s
         return "changed since scan: attached, detached or IPC_SET since"
     if now.cpid != s.cpid or now.uid != s.uid:
         return "changed since scan: owner or creator differ"
+    # IPC_SET moves ctime only to a later second (ctime is in seconds): within the scan's
+    # second only the mode shows it (e.g. the quarantine putting back the mode a killed
+    # run's last-instant lock had set, after this run's survey saw the lock's 000).
+    if now.mode & 0o777 != s.perms:
+        return "changed since scan: mode changed (IPC_SET) since"
     return None
 
 
