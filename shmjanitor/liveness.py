@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, NamedTuple, Optional
 
 from shmjanitor import procs
 from shmjanitor.durations import format_age
+from shmjanitor.paths import default_state_dir
 from shmjanitor.procs import Proc
 
 if TYPE_CHECKING:
@@ -147,18 +148,6 @@ def observe(state_dir: Optional[Path], record: bool, proc_stat: Path = PROC_STAT
     if record and (seen is None or seen != (boot, earliest)):
         _write_record(path, boot, earliest)
     return Clock(btime, earliest)
-
-
-def default_state_dir() -> Path:
-    """quarantine.default_state_dir, the same rule (tests/test_liveness.py pins them
-    equal): importing quarantine (and its config and TOML parser) would add 40 ms to
-    every `list`, which reads the record but never writes it."""
-    if os.environ.get("STATE_DIRECTORY"):
-        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-    if os.geteuid() == 0:
-        return Path("/var/lib/shmjanitor")
-    xdg = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(xdg) / "shmjanitor"
 
 
 def _ours_alone(st: os.stat_result) -> bool:

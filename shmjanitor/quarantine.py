@@ -47,6 +47,7 @@ from shmjanitor.classify import Verdict
 from shmjanitor.config import Config
 from shmjanitor.durations import format_size
 from shmjanitor.errors import JanitorError, SaveFailed, StateDirError
+from shmjanitor.paths import default_state_dir
 from shmjanitor.render import json_int, json_string
 
 VERSION = 2
@@ -59,16 +60,6 @@ class RestoreError(JanitorError):
 
 class Damaged(Exception):
     """An index or data file that fails its checks (a message says which)."""
-
-
-def default_state_dir() -> Path:
-    """$STATE_DIRECTORY under systemd, /var/lib/shmjanitor for root, else XDG's."""
-    if os.environ.get("STATE_DIRECTORY"):
-        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-    if os.geteuid() == 0:
-        return Path("/var/lib/shmjanitor")
-    xdg = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(xdg) / "shmjanitor"
 
 
 def store_for(cfg: Config, state_dir: Optional[Path] = None,
