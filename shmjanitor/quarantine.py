@@ -765,6 +765,8 @@ class Batch:
         self.offset = 0
         self.base_usage = store.usage()
         self._journal = -1
+        self._free_at: Optional[int] = None  # f_bavail bytes, as of offset _free_offset
+        self._free_offset = 0
         # Opened now, before any segment is attached to copy it: a state dir we cannot
         # write fails the run here, with every segment left exactly as it was. The flock
         # says "this run is alive" to tidy() in other processes.
@@ -798,7 +800,15 @@ class Batch:
         # Never fill the state directory's file system: a user who fills a disk to its
         # reserve and leaks a few segments must not make root write into root's reserved
         # blocks. Only f_bavail counts (what non-root could still write).
-        free, floor = self._free(), self.store.cfg.quarantine_min_free_bytes
+        floor = self.store.cfg.quarantine_min_free_bytes
+        # statvfs once, then again only when what this run wrote since could have taken
+        # it near the floor (a reap of 32,000 zero entries asked it 32,000 times: 5%).
+        if (
+            self._free_at is None
+            or self._free_at - (self.offset - self._free_offset) - expect < floor
+        ):
+            self._free_at, self._free_offset = self._free(), self.offset
+        free = self._free_at - (self.offset - self._free_offset)
         if free - expect < floor:
             return (f"not enough free space for its copy in {self.store.dir} "
                     f"({format_size(free)} free, quarantine_min_free_bytes "
