@@ -767,6 +767,7 @@ class Batch:
         self._journal = -1
         self._free_at: Optional[int] = None  # f_bavail bytes, as of offset _free_offset
         self._free_offset = 0
+        self._free_until = 0.0
         # Opened now, before any segment is attached to copy it: a state dir we cannot
         # write fails the run here, with every segment left exactly as it was. The flock
         # says "this run is alive" to tidy() in other processes.
@@ -801,13 +802,15 @@ class Batch:
         # reserve and leaks a few segments must not make root write into root's reserved
         # blocks. Only f_bavail counts (what non-root could still write).
         floor = self.store.cfg.quarantine_min_free_bytes
-        # statvfs once, then again only when what this run wrote since could have taken
-        # it near the floor (a reap of 32,000 zero entries asked it 32,000 times: 5%).
-        if (
-            self._free_at is None
-            or self._free_at - (self.offset - self._free_offset) - expect < floor
-        ):
+        # statvfs again when a second has passed, 16 MiB were written, or what was
+        # written since could have taken it near the floor; not per segment (a reap of
+        # 32,000 zero entries asked it 32,000 times: 5% of its time). Others may fill
+        # the disk meanwhile: for at most a second, and a write that fails is SaveFailed.
+        written = self.offset - self._free_offset
+        if (self._free_at is None or written > 16 << 20 or time.monotonic() > self._free_until
+                or self._free_at - written - expect < floor):  # fmt: skip
             self._free_at, self._free_offset = self._free(), self.offset
+            self._free_until = time.monotonic() + 1.0
         free = self._free_at - (self.offset - self._free_offset)
         if free - expect < floor:
             return (f"not enough free space for its copy in {self.store.dir} "
