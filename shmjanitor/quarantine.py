@@ -18,12 +18,15 @@ A run's lifecycle (remove.execute drives it):
 4. finish: the index is rewritten with `removed` entries only; the journal goes.
 
 An entry is restorable only when its status is `removed`. A run that died between 2
-and 4 still holds `pending` entries: the next command that opens the store settles it
-(`settle`): in the same boot and IPC namespace, an entry whose segment is still there
-(same id, key, creator) was not removed, and is dropped (its mode is put back if our
-last-instant lock had set it to 000); one whose segment is gone is `removed`. After a
-reboot every segment of the old boot is gone, so every pending entry is `removed`.
-A run in another IPC namespace is left pending (not restorable) until settled there.
+and 4 still holds `pending` entries: the next reap or rm settles it (`settle`, under the
+reaper lock, in its log): in the same boot and IPC namespace, an entry whose segment is
+still there (same id, key, creator) was not removed, and is dropped (the mode our
+last-instant lock may have left is put back from the lock's note, remove.undo_left_lock);
+one whose segment is gone is `removed` if the journal or the lock's note names it, else
+its owner removed it and the entry is dropped. After a reboot every segment of the old
+boot is gone, so every pending entry is `removed`. A run in another IPC namespace is
+left pending (not restorable) until settled there. tidy, settle, restore and purge
+work under the store's own flock (`.lock`).
 Temporary files of dead runs (their flock is free) are deleted; an index or data file
 that fails its checks is renamed `.damaged`, reported, and never blocks the rest.
 """
