@@ -113,9 +113,10 @@ def ensure_private_namespace() -> None:
         sys.exit("bench: needs unshare(1) (util-linux) to run in a private IPC namespace")
     os.environ[ENV_OUTER_NS] = _ipc_ns() or "?"
     # A private mount namespace too, with its own /run: the reaper takes its lock in
-    # /run/shmjanitor, which must stay the machine's as it was.
+    # /run/shmjanitor, which must stay the machine's as it was. mount -n: without it,
+    # libmount writes /run/mount/utab into the machine's /run before the tmpfs hides it.
     argv = [unshare, "--ipc", "--mount", "--propagation", "private", "sh", "-c",
-            'mount -t tmpfs -o mode=0755 shmjanitor-bench /run && exec "$0" "$@"',
+            'mount -n -t tmpfs -o mode=0755 shmjanitor-bench /run && exec "$0" "$@"',
             sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]]  # fmt: skip
     os.execv(unshare, argv)
 
