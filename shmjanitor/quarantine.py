@@ -50,6 +50,7 @@ from shmjanitor.classify import Verdict
 from shmjanitor.config import Config
 from shmjanitor.durations import format_size
 from shmjanitor.errors import JanitorError, SaveFailed, StateDirError
+from shmjanitor.lock import ipc_namespace
 from shmjanitor.paths import default_state_dir
 from shmjanitor.render import json_int, json_string
 
@@ -171,14 +172,6 @@ def boot_id() -> str:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return ""
-
-
-def ipc_namespace() -> int:
-    """The inode of our IPC namespace: segment ids mean something only inside it."""
-    try:
-        return os.stat("/proc/self/ns/ipc").st_ino
-    except OSError:
-        return 0
 
 
 # --- The index: checked on the way in, written by hand on the way out --------------------
@@ -515,8 +508,9 @@ class Store:
                     p.unlink(missing_ok=True)
 
     def open_batch(self, now: float) -> Batch:
+        """A new run. Its caller has tidied (and settled) the store already, under the
+        reaper lock (reaping._locked): every index is not read and checked twice."""
         self.ensure()
-        self.tidy()
         self.prune(now)
         with self.locked():  # made and flocked before any tidy() can look at it
             return Batch(self, now)
