@@ -39,6 +39,12 @@ KILLED_AT = textwrap.dedent("""
         def die(*a, **k):
             os.kill(os.getpid(), signal.SIGKILL)
         kernel.shm_rmid = die
+    elif step == "after-rmid":  # removed, killed before the journal line is written
+        rmid = kernel.shm_rmid
+        def die(*a, **k):
+            rmid(*a, **k)
+            os.kill(os.getpid(), signal.SIGKILL)
+        kernel.shm_rmid = die
     sys.argv[0] = "shmjanitor"
     from shmjanitor.cli import main; main()
 """)
@@ -93,6 +99,37 @@ def test_a_no_quarantine_run_killed_after_its_lock_leaves_no_locked_segment(tmp_
     state.mkdir(mode=0o700, exist_ok=True)  # a --no-quarantine run made none
     entries(state)  # any later command that opens the store
     assert kernel.shm_stat(shmid).mode & 0o777 == 0o660
+
+
+def test_a_mode_its_owner_set_after_a_killed_run_is_left_alone(tmp_path):
+    """Killed between its lock and IPC_RMID, the run left the segment at mode 000 and a
+    note naming it. Its owner chmods it before any shmjanitor runs again: the repair
+    must leave the owner's mode, not put back the one the run saw."""
+    state = tmp_path / "state"
+    shmid = filled(4096, b"x", mode=0o660)
+    killed_reap("before-rmid", state, "--no-quarantine")
+    assert kernel.shm_stat(shmid).mode & 0o777 == remove.lock_mode()
+    set_mode(shmid, 0o640)  # the owner's own choice
+    state.mkdir(mode=0o700, exist_ok=True)
+    entries(state)  # a command that repairs what a killed run left
+    assert kernel.shm_stat(shmid).mode & 0o777 == 0o640
+
+
+def test_a_removal_killed_before_its_journal_line_stays_ours_after_a_repair(tmp_path):
+    """Killed right after IPC_RMID, before the journal line: only the reaper lock's note
+    says the run removed it. A command that only repairs (quarantine list) takes the
+    lock first; the note must still be there for the reap that settles the run, which
+    then keeps the copy restorable and says the removal in its log."""
+    state = tmp_path / "state"
+    shmid = filled(4096, b"last words", mode=0o600)
+    killed_reap("after-rmid", state)
+    assert shmid not in rows()
+    entries(state)  # repairs (takes and lets go of the reaper lock); settles nothing
+    r = settling_reap(state)
+    assert f"action=removed id={shmid} " in r.output and "removed as the run was stopped" \
+        in r.output, r.output  # fmt: skip
+    (e,) = entries(state)
+    assert e["id"] == shmid and e["status"] == "removed"
 
 
 def test_a_quarantined_run_killed_after_its_lock_puts_the_mode_back(tmp_path):

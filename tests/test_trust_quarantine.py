@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -86,6 +87,26 @@ def test_no_quarantine_attach_and_detach_between_scan_and_removal_is_kept(tmp_pa
     assert res["action"] == "kept", res
     assert res["reason"] == "changed since scan: attached, detached or IPC_SET since", res
     assert shmid in rows()
+
+
+def test_no_quarantine_mode_changed_in_the_second_of_the_scan_is_kept(tmp_path, monkeypatch):
+    """An IPC_SET (a chmod by its owner) after the survey, in the same second: ctime,
+    in whole seconds, does not move; the mode itself shows the change."""
+    time.sleep(1.02 - time.time() % 1)  # early in a second: all of it happens in one
+    shmid = filled(4096, b"in use", mode=0o644)
+    real_take = survey.take
+
+    def take_then_owner_chmods(*a, **k):  # type: ignore[no-untyped-def]
+        sv = real_take(*a, **k)
+        kernel.shm_stat(shmid)
+        kernel.set_mode_after_stat(shmid, 0o600)
+        return sv
+
+    monkeypatch.setattr(survey, "take", take_then_owner_chmods)
+    out = reap(tmp_path, "--no-quarantine")
+    (res,) = out["results"]
+    assert res["action"] == "kept" and "mode changed" in res["reason"], res
+    assert kernel.shm_stat(shmid).mode & 0o777 == 0o600
 
 
 @pytest.mark.parametrize("quarantine", [True, False])
