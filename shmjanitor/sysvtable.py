@@ -1,0 +1,99 @@
+"""Reading the kernel's /proc/sysvipc/{shm,sem,msg} tables: the parts every kind shares.
+
+The kernel prints one header line naming the columns, then one line per object, every
+field a number (ipc/shm.c, ipc/sem.c, ipc/msg.c: sysvipc_*_proc_show). Facts relied on:
+
+* `key` is printed with "%10d", i.e. as a signed int: keys >= 0x80000000 come out
+  negative. Kinds keep the unsigned 32-bit value (`unsigned_key`), as ipcs shows it.
+* `perms` is the mode in octal ("%4o"); every other field is decimal.
+* times are epoch seconds, 0 meaning "never".
+
+Never guesses: a row with the wrong number of fields or a non-number is an error, because
+a reaper acting on a half-understood table could remove the wrong object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from shmjanitor.errors import CorruptTable, NoSysvIpc
+
+PROC_SYSVIPC = Path("/proc/sysvipc")
+CHUNK = 4096  # rows converted at a time: 32,000 rows' split fields at once cost memory
+
+
+def read_text(path: Path) -> str:
+    """The table's text; NoSysvIpc when it does not exist, CorruptTable when it cannot be
+    read or holds anything but ASCII (the kernel prints only a header and numbers, and
+    int() would accept some other digits, Arabic-Indic ones say)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise NoSysvIpc(
+            f"{path} does not exist: this kernel has no System V IPC (or this is not Linux)"
+        ) from None
+    except OSError as e:
+        raise CorruptTable(f"cannot read {path}: {e.strerror}") from None
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise CorruptTable(
+            f"{path}, line {line}: byte 0x{data[e.start]:02x} is not ASCII, as the kernel's "
+            "table always is"
+        ) from None
+
+
+def header(lines: Sequence[str], source: str, required: Sequence[str]) -> dict[str, int]:
+    """Column name -> index, or CorruptTable when a required column is missing."""
+    if not lines:
+        raise CorruptTable(f"{source}: empty, not even a header line")
+    index = {name: i for i, name in enumerate(lines[0].split())}
+    missing = [name for name in required if name not in index]
+    if missing:
+        raise CorruptTable(f"{source}: header lacks column(s) {', '.join(missing)}")
+    return index
+
+
+def chunks(lines: Sequence[str], source: str, width: int) -> Iterator[tuple[int, list[list[str]]]]:
+    """(line offset, rows of split fields), CHUNK rows at a time, each row checked to
+    have `width` fields (CorruptTable names the first that has not)."""
+    body = lines[1:]
+    for start in range(0, len(body), CHUNK):
+        rows = [line.split() for line in body[start : start + CHUNK]]
+        if any(n != width for n in map(len, rows)):
+            at, bad = next((k, r) for k, r in enumerate(rows) if len(r) != width)
+            raise CorruptTable(
+                f"{source}, line {start + at + 2}: {len(bad)} fields where the header names "
+                f"{width}: {body[start + at].strip()!r}"
+            )
+        yield start, rows
+
+
+def not_a_number(lines: Sequence[str], source: str) -> CorruptTable:
+    """The error for the first line with a field that is not a number (perms in octal)."""
+    i_perms = lines[0].split().index("perms")
+    for lineno, line in enumerate(lines[1:], start=2):
+        fields = line.split()
+        try:
+            [int(f) for f in fields]
+            if fields:
+                int(fields[i_perms], 8)
+        except ValueError:
+            return CorruptTable(
+                f"{source}, line {lineno}: a field is not a number: {line.strip()!r}"
+            )
+    raise AssertionError("called for a table whose numbers all parse")
+
+
+def unsigned_key(key: int) -> int:
+    return key & 0xFFFFFFFF
+
+
+def read_sysctl(name: str, root: Path = Path("/proc/sys/kernel")) -> list[int]:
+    """The numbers of /proc/sys/kernel/<name> (per IPC namespace); [] when unreadable."""
+    try:
+        return [int(x) for x in (root / name).read_text().split()]
+    except (OSError, ValueError):
+        return []
