@@ -15,43 +15,28 @@ Liveness (alive, dead, cannot know) is liveness.judge's; "cannot know" is never 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from enum import Enum
 from sys import intern
 from typing import NamedTuple, Optional
 
 from shmjanitor.durations import format_age
 from shmjanitor.liveness import NO_EVIDENCE, Clock, judge, last_touch
+from shmjanitor.model import Creator, State
 from shmjanitor.procs import Proc
 from shmjanitor.scan import Segment
 
 
-class State(str, Enum):
-    ATTACHED = "attached"
-    IDLE = "idle"
-    ORPHAN = "orphan"
-    UNKNOWN = "unknown"
-    REMOVING = "removing"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class Creator(NamedTuple):
-    """A process the table names, its creator (cpid) or its last user (lpid), as far as
-    we can tell: alive None means cannot be known."""
-
-    pid: int
-    alive: Optional[bool]
-    name: Optional[str]  # its command name, only while it is alive
-
-
 class Verdict(NamedTuple):
-    segment: Segment
+    segment: Segment  # the object judged, of any kind: new code reads it as `obj`
     state: State
     reason: str
     creator: Creator
     idle_for: int  # seconds since ctime/atime/dtime, whichever is latest
     last_user: Optional[Creator] = None  # lpid's process; None when nobody ever attached
+
+    @property
+    def obj(self) -> Segment:
+        """The object judged (the field keeps its name from when shm was the only kind)."""
+        return self.segment
 
 
 Evidence = tuple[Creator, str]  # a process's liveness and a clause for the reason

@@ -34,7 +34,6 @@ import os
 import signal
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from enum import Enum
 from functools import lru_cache
 from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
 
@@ -43,21 +42,11 @@ from shmjanitor.classify import Verdict
 from shmjanitor.durations import format_size
 from shmjanitor.errors import SaveFailed
 from shmjanitor.liveness import users_back
+from shmjanitor.model import Action
 from shmjanitor.scan import SHM_DEST
 
 if TYPE_CHECKING:
     from shmjanitor.quarantine import Batch
-
-
-class Action(str, Enum):
-    REMOVED = "removed"
-    WOULD_REMOVE = "would-remove"
-    KEPT = "kept"
-    FAILED = "failed"
-    GONE = "gone"  # removed by someone else between our scan and our IPC_RMID
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class Result(NamedTuple):
