@@ -50,6 +50,11 @@ class Kind(Protocol):
         """The clause when a process uses it right now (attached, waiting, blocked),
         else None. `name_of(pid)` is a live process's command name, if known."""
 
+    def unknowable(self, o: Any) -> Optional[str]:
+        """The clause when evidence of use could not be read (no permission to ask the
+        kernel for a set's waiters, a process whose syscall cannot be read), else None:
+        the object is `unknown` unless a party is alive (then idle) or it is in use."""
+
     def removing(self, o: Any) -> Optional[str]:
         """The clause when IPC_RMID was called and the kernel frees it later, else None."""
 
