@@ -94,6 +94,11 @@ class Kind(Protocol):
         """Its saved data is known to be empty without reading it (shm: never attached
         and no page; msg: no message). Only for unforced removals."""
 
+    def save_bound(self, o: Any) -> int:
+        """At most how many bytes `save` hands to `write`: the quarantine refuses the
+        object before anything is read when that much would pass its budget or its
+        free-space floor (shm: resident and swapped pages, not its size)."""
+
     def save(self, o: Any, write: Callable[[bytes], None]) -> list[tuple[int, int]]:
         """Write its data through `write` and return the extents [(offset, length)] of
         the object's data they are (holes are zeros). Raises OSError."""

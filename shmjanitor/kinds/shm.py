@@ -161,3 +161,237 @@ def read_limits(root: Path = Path("/proc/sys/kernel")) -> Limits:
             return None
 
     return Limits(one("shmmni"), one("shmall"), one("shmmax"))
+
+
+# --- removing ---
+# What remove.py and quarantine.py ask of a segment (kinds.Kind says what each is for).
+# Imported here rather than at the top, which is the reading part's; kernel and segcopy
+# (ctypes) only on first use, as `list` never needs them.
+import errno  # noqa: E402
+import importlib  # noqa: E402
+import os  # noqa: E402
+from collections.abc import Mapping  # noqa: E402
+from typing import TYPE_CHECKING, Any, Callable  # noqa: E402
+
+if TYPE_CHECKING:
+    from shmjanitor import kernel, segcopy
+    from shmjanitor.kernel import Stat
+
+
+class _OnFirstUse:
+    """A module imported when first used, which then takes this stand-in's place as a
+    global here: after the first call, `kernel.shm_stat` is a plain module lookup."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        module = importlib.import_module(f"shmjanitor.{self._name}")
+        globals()[self._name] = module
+        return getattr(module, attr)
+
+
+if not TYPE_CHECKING:
+    kernel = _OnFirstUse("kernel")
+    segcopy = _OnFirstUse("segcopy")
+
+NOUN = "segment"  # also the reading part's (kinds-read); the merge keeps one of the two
+
+
+def stat(id: int) -> Stat:
+    """IPC_STAT, which does not attach (an attach would change nattch, lpid and atime)."""
+    return kernel.shm_stat(id)
+
+
+def changed_since_scan(s: Segment, now: Stat, forced: bool) -> Optional[str]:
+    """Why the segment is no longer what we judged (None when it is the same). Pure."""
+    if now.key != s.key:
+        return f"changed since scan: key is now 0x{now.key:08x}"
+    if now.mode & SHM_DEST:
+        return "changed since scan: someone else called IPC_RMID"
+    if forced:
+        return None
+    if now.nattch:
+        return f"changed since scan: {now.nattch} attached now"
+    # Times are whole seconds: an attach and detach within the second of the scan leaves
+    # them as they were, but not lpid, the pid of the last shmat/shmdt.
+    if (now.atime, now.dtime, now.ctime, now.lpid) != (s.atime, s.dtime, s.ctime, s.lpid):
+        return "changed since scan: attached, detached or IPC_SET since"
+    if now.cpid != s.cpid or now.uid != s.uid:
+        return "changed since scan: owner or creator differ"
+    # IPC_SET moves ctime only to a later second (ctime is in seconds): within the scan's
+    # second only the mode shows it (e.g. the quarantine putting back the mode a killed
+    # run's last-instant lock had set, after this run's survey saw the lock's 000).
+    if now.mode & 0o777 != s.perms:
+        return "changed since scan: mode changed (IPC_SET) since"
+    return None
+
+
+def lock(id: int, mode: int) -> None:
+    """IPC_SET of the permission bits, from the buffer the last stat() filled (IPC_SET
+    writes uid, gid and mode together: kernel.set_mode_after_stat)."""
+    kernel.set_mode_after_stat(id, mode)
+
+
+def changed_while_locked(before: Stat, locked: Stat) -> Optional[str]:
+    """An attach between the IPC_STAT before the lock and the lock shows after it: in
+    nattch, or in the times and lpid once it detached again. Pure."""
+    if locked.nattch or locked.mode & SHM_DEST or (
+        locked.key, locked.atime, locked.dtime, locked.lpid
+    ) != (before.key, before.atime, before.dtime, before.lpid):  # fmt: skip
+        return "changed since scan: attached at the last instant"
+    return None
+
+
+def busy_now(id: int) -> Optional[str]:
+    """Nothing beyond IPC_STAT: nattch says who is attached."""
+    return None
+
+
+def rmid(id: int) -> None:
+    kernel.shm_rmid(id)
+
+
+def users_after_rmid(id: int) -> Optional[int]:
+    """IPC_RMID frees a segment nobody is attached to at once (ipc/shm.c, do_shm_rmid):
+    one still there has users, who attached after our last look; its nattch."""
+    return kernel.shm_nattch(id)
+
+
+# --- the quarantine ---
+
+
+def known_empty(s: Segment) -> bool:
+    """Are the segment's bytes all zero, known without attaching to copy them?
+
+    Yes when nobody ever attached to it (atime 0, shown as None) and the kernel holds
+    no page of it (rss and swap 0). A System V segment is only ever written through an
+    attach, and every attach sets atime (ipc/shm.c, __shm_open: shmat, and the fork of
+    an attached process). The re-check before the save (atime unchanged, so still 0)
+    and the one at the last instant (changed_since_copy) show that nobody attached in
+    between either.
+    """
+    return s.atime is None and s.rss == 0 and s.swap == 0
+
+
+def save_bound(s: Segment) -> int:
+    """At most the bytes the segment holds: its resident and swapped pages (a sparse
+    segment's holes are not copied), or its size on a kernel that does not say."""
+    return min(s.size, (s.rss or 0) + (s.swap or 0)) if s.rss is not None else s.size
+
+
+# What save() saw just before its own shmdt, by shmid: whether another process attached
+# or detached while we copied. Only an IPC_STAT while we are still attached shows it
+# (nattch not 1, or lpid not ours): our shmdt makes lpid ours again. changed_since_copy
+# takes it, once, right after the save (remove.copy_out), unless the removal is forced.
+_while_copying: dict[int, str] = {}
+
+
+def save(s: Segment, write: Callable[[bytes], None]) -> list[tuple[int, int]]:
+    """Attach read-only, hand the bytes that exist to `write` (segcopy: never a page the
+    segment does not hold), look, detach. Raises OSError (attach, listing the pages)."""
+    _while_copying.clear()  # one save at a time: nothing of an earlier one is left over
+    with segcopy.attached(s.id) as addr:
+        extents = segcopy.copy(addr, s.size, write)
+        now = kernel.shm_stat(s.id)
+    if now.nattch != 1 or now.lpid != os.getpid():
+        _while_copying[s.id] = "changed since scan: attached by another process while copying"
+    return extents
+
+
+def changed_since_copy(s: Segment, now: Stat, empty: bool, forced: bool) -> Optional[str]:
+    """Why a segment we saved cannot go now (None when nobody touched it since).
+
+    After our own detach lpid is ours: anyone else's attach or detach since shows as
+    their lpid. A segment saved as zeros without attaching must still be unattached
+    ever (atime unset).
+    """
+    busy = _while_copying.pop(s.id, None)
+    if now.key != s.key or now.mode & SHM_DEST or now.cpid != s.cpid:
+        return "changed since scan: removed or replaced while copying"
+    if empty:
+        if now.nattch or now.atime is not None:
+            return "changed since scan: attached by another process while it was saved"
+        return None
+    if forced:
+        return None
+    if busy is not None:
+        return busy
+    if now.nattch or now.lpid != os.getpid():
+        return "changed since scan: attached by another process after it was copied"
+    return None
+
+
+def _json_int(n: Optional[int]) -> str:
+    return "null" if n is None else str(n)
+
+
+def record(s: Segment) -> str:
+    """Its own facts in a quarantine entry, in the order entries have always had them."""
+    return (f'"cpid": {s.cpid}, "lpid": {s.lpid}, "atime": {_json_int(s.atime)}, '
+            f'"dtime": {_json_int(s.dtime)}, "ctime": {s.ctime}')  # fmt: skip
+
+
+def _whole(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def check_record(doc: Mapping[str, Any]) -> Optional[str]:
+    for name in ("cpid", "lpid", "ctime"):
+        if not _whole(doc.get(name)):
+            return f"{name} missing or not a whole number"
+    for name in ("atime", "dtime"):
+        if doc.get(name) is not None and not _whole(doc[name]):
+            return f"{name} is not a whole number"
+    return None
+
+
+def same(doc: Mapping[str, Any], now: Stat) -> bool:
+    """The segment an entry recorded: same key, creator pid and creator uid."""
+    return (now.key, now.cpid, now.cuid) == (doc["key"], doc["cpid"], doc["cuid"])
+
+
+def _shmmax() -> Optional[int]:
+    try:
+        return int(Path("/proc/sys/kernel/shmmax").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def restore(doc: Mapping[str, Any], data: Iterator[tuple[int, bytes]]) -> int:
+    """shmget with the entry's key and size, the stored extents written, then its owner
+    and mode: the new shmid. Whatever fails after shmget (a signal too) removes the
+    half-made segment again. Raises OSError (EEXIST: the key is in use)."""
+    import sysv_ipc
+
+    try:
+        # 0600 while we fill it; the saved mode is set once the bytes are in. The
+        # kernel gives zero pages and allocates none until written: only the stored
+        # extents are written, so a sparse segment comes back sparse.
+        shmid = kernel.shm_create(doc["key"], doc["size"], 0o600)
+    except OSError as e:
+        limit = _shmmax()
+        if e.errno == errno.EINVAL and limit is not None and doc["size"] > limit:
+            raise OSError(e.errno, (
+                f"its {doc['size']} bytes are more than kernel.shmmax ({limit}); raise it "
+                "(sysctl kernel.shmmax) and try again"
+            )) from None  # fmt: skip
+        raise
+    try:
+        shm = sysv_ipc.attach(shmid)
+    except sysv_ipc.Error as e:
+        kernel.shm_rmid(shmid)
+        raise OSError(errno.EIO, f"cannot attach to the new segment: {e}") from None
+    try:
+        for off, chunk in data:
+            shm.write(chunk, off)
+        shm.uid, shm.gid = doc["uid"], doc["gid"]
+        shm.mode = doc["mode"]
+    except BaseException as e:  # a signal too: never leave a half-filled segment
+        shm.detach()
+        kernel.shm_rmid(shmid)
+        if isinstance(e, sysv_ipc.Error):
+            raise OSError(errno.EIO, f"cannot restore its owner or mode: {e}") from None
+        raise
+    shm.detach()
+    return shmid
