@@ -1,6 +1,8 @@
-"""Which orphans a reap may remove, and why it keeps the others. Pure.
+"""Which orphans a reap may remove, and why it keeps the others. Pure, and kind-blind:
+the rules read only what every kind's object has (model.IpcObject: key, uid, cuid) and
+the verdict's idle_for (now minus the object's last_used, from its kind's own times).
 
-Each rule is an early return that keeps the segment, read aloud in its reason (in the
+Each rule is an early return that keeps the object, read aloud in its reason (in the
 manner of systemd's clean-ipc.c). Only `orphan` verdicts are ever considered.
 """
 
@@ -15,7 +17,8 @@ from shmjanitor.render import owner_name
 
 
 class Caller(NamedTuple):
-    """Who runs the reap: IPC_RMID needs ownership (uid or cuid) or CAP_SYS_ADMIN."""
+    """Who runs the reap: IPC_RMID needs ownership (uid or cuid) or CAP_SYS_ADMIN, for
+    every kind (ipc/util.c, ipcctl_obtain_check)."""
 
     euid: int
     cap_sys_admin: bool
@@ -37,14 +40,14 @@ def decide(v: Verdict, cfg: Config, caller: Caller) -> Optional[Decision]:
 
 
 def system_account(uid: int, cuid: int, caller: Caller) -> Optional[str]:
-    """Why the segment is a system account's, or None when it is an ordinary user's.
+    """Why the object is a system account's, or None when it is an ordinary user's.
 
     The owner (uid) decides; so does the creator (cuid), unless the creator is root.
-    A system account's daemon (PostgreSQL, say) manages its own segments, and keeps
+    A system account's daemon (PostgreSQL, say) manages its own objects, and keeps
     owner's access to one it made even after giving it to a user (ipcperms() grants
     the creator the owner's bits), so it may come back for it. Root, though, makes
-    segments *for* users: `shmjanitor restore` run by root, a setuid helper, a login
-    service. Such a segment is its owner's, and an orphan of an ordinary owner is
+    objects *for* users: `shmjanitor restore` run by root, a setuid helper, a login
+    service. Such an object is its owner's, and an orphan of an ordinary owner is
     reaped like any other, not kept for ever as "system account root".
     """
     lo, hi = caller.uid_min, caller.uid_max
@@ -59,7 +62,7 @@ def system_account(uid: int, cuid: int, caller: Caller) -> Optional[str]:
 
 
 def _decide_orphan(v: Verdict, cfg: Config, caller: Caller) -> Decision:
-    s = v.segment
+    s = v.obj
     uid, cuid = s.uid, s.cuid
     # Each `if` first asks the cheap question that is almost always "no" (empty set, both
     # uids ordinary ones), then the rule in full: plan() runs this 32,000 times.
@@ -72,7 +75,7 @@ def _decide_orphan(v: Verdict, cfg: Config, caller: Caller) -> Decision:
     lo, hi = caller.uid_min, caller.uid_max
     if not cfg.include_system and not (lo <= uid <= hi and lo <= cuid <= hi):
         # As systemd-logind's RemoveIPC: system accounts (databases such as PostgreSQL
-        # among them) manage their own segments and may come back for them.
+        # among them) manage their own objects and may come back for them.
         why = system_account(uid, cuid, caller)
         if why is not None:
             return Decision(v, False, f"{why}; --include-system to reap")

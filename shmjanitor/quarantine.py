@@ -1,17 +1,19 @@
-"""The quarantine: a durable copy of every segment before it is removed, and an index
-that tells the truth at every instant, even when a run is killed.
+"""The quarantine: a durable copy of every IPC object before it is removed, and an index
+that tells the truth at every instant, even when a run is killed. Kind-blind: an
+entry's "kind" (absent: "shm", as every entry written before there were kinds) names
+the kind module that saved it (kinds.Kind: record, check_record, same, restore).
 
 Layout under the state directory (0700, created by us; files 0600, owned by us):
 
     quarantine/<run>.data.tmp  the copies while a run makes them (flock held by the run)
     quarantine/<run>.data      the copies, back to back (zlib, only the bytes that exist)
     quarantine/<run>.json      the run's index: metadata, extents, crc32, status
-    quarantine/<run>.journal   one line per segment removed, appended as each goes
+    quarantine/<run>.journal   one line per object removed, appended as each goes
     quarantine/<name>.damaged  an index or data file that failed its checks, set aside
 
 A run's lifecycle (remove.execute drives it):
 
-1. copies stream into `.data.tmp`; no segment has been removed yet;
+1. copies stream into `.data.tmp`; no object has been removed yet;
 2. commit: fsync the data, rename it, write the index with every entry `pending`
    (write-ahead: nothing is removed before this is durable);
 3. each removal appends the entry's number to `.journal` right after IPC_RMID;
@@ -19,12 +21,13 @@ A run's lifecycle (remove.execute drives it):
 
 An entry is restorable only when its status is `removed`. A run that died between 2
 and 4 still holds `pending` entries: the next reap or rm settles it (`settle`, under the
-reaper lock, in its log): in the same boot and IPC namespace, an entry whose segment is
-still there (same id, key, creator) was not removed, and is dropped (the mode our
-last-instant lock may have left is put back from the lock's note, remove.undo_left_lock);
-one whose segment is gone is `removed` if the journal or the lock's note names it, else
-its owner removed it and the entry is dropped. After a reboot every segment of the old
-boot is gone, so every pending entry is `removed`. A run in another IPC namespace is
+reaper lock, in its log): in the same boot and IPC namespace, an entry whose object is
+still there (same kind and id, and k.same: a segment's key and creator) was not
+removed, and is dropped (the mode our last-instant lock may have left is put back from
+the lock's note, remove.undo_left_lock); one whose object is gone is `removed` if the
+journal or the lock's note names it, else its owner removed it and the entry is
+dropped. After a reboot every object of the old boot is gone, so every pending entry
+is `removed`. A run in another IPC namespace is
 left pending (not restorable) until settled there. tidy, settle, restore and purge
 work under the store's own flock (`.lock`).
 Temporary files of dead runs (their flock is free) are deleted; an index or data file
@@ -46,13 +49,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional, Union
 
+from shmjanitor import kinds
 from shmjanitor.classify import Verdict
 from shmjanitor.config import Config
 from shmjanitor.durations import format_size
 from shmjanitor.errors import JanitorError, SaveFailed, StateDirError
 from shmjanitor.lock import ipc_namespace
 from shmjanitor.paths import default_state_dir
-from shmjanitor.render import json_int, json_string
+from shmjanitor.remove import LEGACY_KIND, parse_lock_note
+from shmjanitor.render import json_string
 
 VERSION = 2
 PENDING, REMOVED = "pending", "removed"
@@ -176,8 +181,9 @@ def boot_id() -> str:
 
 # --- The index: checked on the way in, written by hand on the way out --------------------
 
-_INT_FIELDS = ("n", "id", "key", "size", "mode", "uid", "gid", "cuid", "cgid", "cpid", "lpid",
-               "ctime", "removed_at", "offset", "length", "crc32")  # fmt: skip
+# Every kind's entries have these; its own members are its kind's (check_record).
+_INT_FIELDS = ("n", "id", "key", "size", "mode", "uid", "gid", "cuid", "cgid", "removed_at",
+               "offset", "length", "crc32")  # fmt: skip
 
 
 def _is_int(x: Any) -> bool:
@@ -190,7 +196,13 @@ def _check_entry(e: Any, version: int) -> None:
     for name in _INT_FIELDS:
         if not _is_int(e.get(name)) or e[name] < 0:
             raise Damaged(f"entry {e.get('n')!r}: {name} missing or not a whole number")
-    for name in ("atime", "dtime", "restored_as", "restored_at"):
+    kind = e.get("kind", LEGACY_KIND)
+    if kind not in kinds.names() or (version == 1 and kind != LEGACY_KIND):
+        raise Damaged(f"entry {e['n']}: unknown kind {kind!r}")
+    why = kinds.of(kind).check_record(e)
+    if why is not None:
+        raise Damaged(f"entry {e['n']}: {why}")
+    for name in ("restored_as", "restored_at"):
         if e.get(name) is not None and not _is_int(e[name]):
             raise Damaged(f"entry {e['n']}: {name} is not a whole number")
     if not isinstance(e.get("reason"), str):
@@ -209,7 +221,7 @@ def _check_entry(e: Any, version: int) -> None:
         and x[0] + x[1] <= e["size"]
         for x in ext
     ):  # fmt: skip
-        raise Damaged(f"entry {e['n']}: extents are not [offset, length] pairs in the segment")
+        raise Damaged(f"entry {e['n']}: extents are not [offset, length] pairs in the object")
 
 
 def check_index(doc: Any) -> dict[str, Any]:
@@ -228,17 +240,29 @@ def check_index(doc: Any) -> dict[str, Any]:
     return doc
 
 
+def kind_of_entry(doc: dict[str, Any]) -> kinds.Kind:
+    """The kind module of an entry (checked by check_index: a registered kind)."""
+    return kinds.of(doc.get("kind", LEGACY_KIND))
+
+
+def _kind_member(kind: str) -> str:
+    """'"kind": "sem", ' for an entry; nothing for a segment's (see _entry_head)."""
+    return "" if kind == LEGACY_KIND else f'"kind": {json_string(kind)}, '
+
+
 def _entry_head(n: int, v: Verdict, removed_at: int, reason: str, extents: list[tuple[int, int]],
                 offset: int, length: int, crc32: int) -> str:  # fmt: skip
     """An index entry's JSON up to and including '"status": ' (by hand: a reap writes
-    32,000 of these; json.dumps of a dict costs ~4 us more an entry)."""
-    s = v.segment
+    32,000 of these; json.dumps of a dict costs ~4 us more an entry). A segment's entry
+    has no "kind", as before there were kinds: an index stays readable by them, byte
+    for byte the same."""
+    s = v.obj
+    kind = s.kind
     ext = ", ".join(f"[{o}, {n}]" for o, n in extents)
     return (
-        f'{{"n": {n}, "id": {s.id}, "key": {s.key}, "size": {s.size}, '
+        f'{{"n": {n}, {_kind_member(kind)}"id": {s.id}, "key": {s.key}, "size": {s.size}, '
         f'"mode": {s.perms}, "uid": {s.uid}, "gid": {s.gid}, "cuid": {s.cuid}, '
-        f'"cgid": {s.cgid}, "cpid": {s.cpid}, "lpid": {s.lpid}, '
-        f'"atime": {json_int(s.atime)}, "dtime": {json_int(s.dtime)}, "ctime": {s.ctime}, '
+        f'"cgid": {s.cgid}, {kinds.of(kind).record(s)}, '
         f'"creator": {json_string(v.creator.name)}, '
         f'"removed_at": {removed_at}, "reason": {json_string(reason)}, '
         f'"encoding": "extents", "extents": [{ext}], "offset": {offset}, '
@@ -663,12 +687,11 @@ def _owner_is_gone(path: Path) -> bool:
 def settle(store: Store, run: str, doc: dict[str, Any], locked: str = "") -> None:
     """Decide every `pending` entry of an interrupted run (see the module docstring).
 
-    `locked` is the reaper lock's note ("ID KEY MODE", lock.Held): the one segment the
-    run had locked for its last instant, the only one it may have removed without a
+    `locked` is the reaper lock's note ("KIND ID KEY MODE", lock.Held): the one object
+    the run had locked for its last instant, the only one it may have removed without a
     journal line (killed between IPC_RMID and the write)."""
-    in_hand = tuple(locked.split()[:2])
-    from shmjanitor import kernel
-
+    note = parse_lock_note(locked)
+    in_hand = note[:3] if note is not None else None
     here = doc.get("boot_id") == boot_id() and doc.get("ipc_ns") == ipc_namespace()
     rebooted = doc.get("boot_id") not in (None, boot_id())
     if not here and not rebooted:
@@ -685,36 +708,34 @@ def settle(store: Store, run: str, doc: dict[str, Any], locked: str = "") -> Non
         if e["status"] != PENDING:
             kept.append(e)
             continue
+        kind = e.get("kind", LEGACY_KIND)
+        k = kinds.of(kind)
         if rebooted:
             why = "the machine rebooted"
         else:
             try:
-                now = kernel.shm_stat(e["id"])
+                now = k.stat(e["id"])
             except OSError as err:
                 if err.errno not in (errno.EINVAL, errno.EIDRM):
                     store.note(f"quarantine entry {run}.{e['n']}: cannot settle: {err.strerror}")
                     kept.append(e)
                     continue
                 now = None
-            if now is not None and (now.key, now.cpid, now.cuid) == (
-                e["key"],
-                e["cpid"],
-                e["cuid"],
-            ):
+            if now is not None and k.same(e, now):
                 # Still there: the run stopped before removing it. (A mode our last-
                 # instant lock left is put back from the reaper lock's note, which
-                # names the one segment locked: the mode here may be its owner's.)
+                # names the one object locked: the mode here may be its owner's.)
                 continue  # dropped: it was not removed
             if e["n"] in journal:
                 why = "removed before the run was stopped"
-            elif in_hand == (str(e["id"]), str(e["key"])):
+            elif in_hand == (kind, e["id"], e["key"]):
                 why = "removed as the run was stopped"
             else:
                 # Gone, but this run never removed it: its owner (or another reaper)
                 # did, after we saved it. Not ours to claim or to bring back (the copy
                 # is older than the owner's last use): the entry is dropped.
                 store.note(
-                    f"quarantine entry {run}.{e['n']} dropped: segment {e['id']} was "
+                    f"quarantine entry {run}.{e['n']} dropped: {k.NOUN} {e['id']} was "
                     "removed by another process after it was saved, not by shmjanitor"
                 )
                 continue
@@ -722,7 +743,7 @@ def settle(store: Store, run: str, doc: dict[str, Any], locked: str = "") -> Non
         kept.append(e)
         if why:  # said even if the run logged it: a line twice beats a removal unsaid
             store.note(
-                f"action=removed id={e['id']} key=0x{e['key']:08x} size={e['size']} "
+                f"action=removed id={e['id']} kind={kind} key=0x{e['key']:08x} size={e['size']} "
                 f'uid={e["uid"]} entry={run}.{e["n"]} reason="settled after an interrupted '
                 f'run: {why}"'
             )
@@ -757,7 +778,6 @@ class Batch:
         self.tmp = store.dir / f"{self.run}.data.tmp"
         self.data = store.dir / f"{self.run}.data"
         self._heads: list[str] = []
-        self._ids: list[int] = []
         self._removed: list[bool] = []
         self.offset = 0
         self.base_usage = store.usage()
@@ -781,18 +801,17 @@ class Batch:
              list[tuple[int, int]]]]) -> Optional[str]:  # fmt: skip
         """Append one copy; a reason when it cannot be kept (budget, free space).
 
-        `copier(write)` hands the segment's bytes to `write` and returns their extents;
-        None means the segment is known to hold only zero bytes (remove.known_zero).
+        `copier(write)` hands the object's data to `write` and returns their extents;
+        None means its data is known to be empty (remove.known_zero).
         Raises SaveFailed when this copy could not be written (the run goes on), OSError
         when the disk fails us in a way that leaves the file unknown (nothing more is
         removed).
         """
-        s = v.segment
+        s = v.obj
         budget = self.store.cfg.quarantine_budget_bytes
-        # At most the bytes the segment holds are written (compressed, usually far less).
-        expect = min(s.size, (s.rss or 0) + (s.swap or 0)) if s.rss is not None else s.size
-        if copier is None:
-            expect = 0
+        # At most the bytes the object holds are written (compressed, usually far less):
+        # checked before anything is read (a segment is not even attached).
+        expect = 0 if copier is None else kinds.kind_of(s).save_bound(s)
         if self.base_usage + self.offset + expect > budget and expect:
             return self._full(budget)
         # Never fill the state directory's file system: a user who fills a disk to its
@@ -847,13 +866,12 @@ class Batch:
                 return self._full(budget)
         self._heads.append(_entry_head(len(self._heads), v, int(self.now), reason, extents,
                                        start, self.offset - start, crc))  # fmt: skip
-        self._ids.append(s.id)
         self._removed.append(False)
         return None
 
     def _full(self, budget: int) -> str:
         self.store.note(
-            f"quarantine budget ({format_size(budget)}) is full: segments are kept until "
+            f"quarantine budget ({format_size(budget)}) is full: objects are kept until "
             f"older runs expire (quarantine_days) or are purged"
         )
         return f"quarantine budget ({format_size(budget)}) is full: kept"
@@ -936,10 +954,10 @@ class Batch:
 
 
 def restore(store: Store, which: Union[str, Entry], now: float) -> tuple[int, int]:
-    """Recreate an entry (by name, digest prefix, or as found): same key, size, mode,
-    owner and bytes. Returns (id, key).
+    """Recreate an entry (by name, digest prefix, or as found): same key, mode, owner
+    and data (its kind's restore). Returns (id, key).
 
-    Only an entry whose segment was removed can be restored. A keyed segment whose key
+    Only an entry whose object was removed can be restored. A keyed object whose key
     is in use again is refused: two programs would share it. An IPC_PRIVATE one comes
     back under a new id. The entry stays, marked restored.
     """
@@ -952,17 +970,14 @@ def restore(store: Store, which: Union[str, Entry], now: float) -> tuple[int, in
 
 
 def _restore(store: Store, name: str, now: float) -> tuple[int, int]:
-    import sysv_ipc
-
-    from shmjanitor import kernel
-
     entry = store.find(name)  # read again under the lock: another restore may have run
     name = entry.name
     e = entry.doc
+    k = kind_of_entry(e)
     if e["status"] != REMOVED:
         raise RestoreError(
             f"entry {name} is pending: its run was interrupted and it is not known yet "
-            "whether its segment was removed; the next `shmjanitor reap` (or the timer's "
+            f"whether its {k.NOUN} was removed; the next `shmjanitor reap` (or the timer's "
             "run) in the IPC namespace where it was made settles it"
         )
     ns = store.load(entry.run).get("ipc_ns")
@@ -978,51 +993,13 @@ def _restore(store: Store, name: str, now: float) -> tuple[int, int]:
             "`shmjanitor quarantine purge` removes old entries"
         )
     try:
-        # 0600 while we fill it; the saved mode is set once the bytes are in. The
-        # kernel gives zero pages and allocates none until written: only the stored
-        # extents are written, so a sparse segment comes back sparse.
-        shmid = kernel.shm_create(e["key"], e["size"], 0o600)
+        new_id = k.restore(e, store.read(entry))
     except OSError as err:
-        raise RestoreError(_create_failed(name, e, err)) from None
-    try:
-        shm = sysv_ipc.attach(shmid)
-    except sysv_ipc.Error as err:
-        kernel.shm_rmid(shmid)
-        raise RestoreError(f"cannot attach to the new segment: {err}") from None
-    try:
-        for off, chunk in store.read(entry):
-            shm.write(chunk, off)
-        shm.uid, shm.gid = e["uid"], e["gid"]
-        shm.mode = e["mode"]
-    except BaseException as err:  # a signal too: never leave a half-filled segment
-        shm.detach()
-        kernel.shm_rmid(shmid)
-        if isinstance(err, (sysv_ipc.Error, OSError)):
-            raise RestoreError(f"cannot restore owner or mode of entry {name}: {err}") from None
-        raise
-    shm.detach()
-    store.mark_restored(entry, shmid, now)
-    return shmid, int(e["key"])
-
-
-def _create_failed(name: str, e: dict[str, Any], err: OSError) -> str:
-    if err.errno == errno.EEXIST:
-        return (
-            f"key 0x{e['key']:08x} is in use by another segment now; remove that one "
-            f"first (shmjanitor list --json shows it) or leave entry {name} be"
-        )
-    limit = _shmmax()
-    if err.errno == errno.EINVAL and limit is not None and e["size"] > limit:
-        return (
-            f"cannot restore entry {name}: its {format_size(e['size'])} is more than "
-            f"kernel.shmmax ({format_size(limit)}); raise it (sysctl kernel.shmmax) and "
-            "try again"
-        )
-    return f"cannot create the segment for entry {name}: {err.strerror}"
-
-
-def _shmmax() -> Optional[int]:
-    try:
-        return int(Path("/proc/sys/kernel/shmmax").read_text())
-    except (OSError, ValueError):
-        return None
+        if err.errno == errno.EEXIST:
+            raise RestoreError(
+                f"key 0x{e['key']:08x} is in use by another {k.NOUN} now; remove that one "
+                f"first (shmjanitor list --json shows it) or leave entry {name} be"
+            ) from None
+        raise RestoreError(f"cannot restore entry {name}: {err.strerror or err}") from None
+    store.mark_restored(entry, new_id, now)
+    return new_id, int(e["key"])
