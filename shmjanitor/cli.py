@@ -24,7 +24,7 @@ from click.utils import PacifyFlushWrapper
 
 from shmjanitor.classify import State
 from shmjanitor.errors import EXIT_BROKEN_PIPE, EXIT_BUG, JanitorError, MetricsError, OutputClosed
-from shmjanitor.keys import parse_id, segment_key
+from shmjanitor.keys import parse_id, parse_key
 from shmjanitor.render import ALIASES, COLUMNS, DEFAULT, Format
 from shmjanitor.text import printable
 
@@ -397,7 +397,7 @@ def _show_outcome(outcome, as_json: bool, verbose: bool) -> None:  # type: ignor
 def _show_rm(outcome, as_json: bool, verbose: bool) -> None:  # type: ignore[no-untyped-def]
     """rm's output, as ipcrm's: nothing when all went well, unless -v (or a dry run,
     which is asked to tell); each refusal or failure one line on stderr."""
-    from shmjanitor import report
+    from shmjanitor import reaping, report
     from shmjanitor.remove import Action
 
     if as_json:
@@ -420,7 +420,7 @@ def _show_rm(outcome, as_json: bool, verbose: bool) -> None:  # type: ignore[no-
     if not told:
         for r in outcome.results:
             if r.action is Action.FAILED:
-                typer.echo(f"shmjanitor: segment {r.verdict.segment.id}: {printable(r.reason)}",
+                typer.echo(f"shmjanitor: {reaping.said(r.verdict)}: {printable(r.reason)}",
                            err=True)  # fmt: skip
 
 
@@ -445,12 +445,16 @@ def reap(
     as_json: bool = JSON_OPT,
     verbose: bool = VERBOSE_OPT,
     metrics_file: Optional[Path] = METRICS_OPT,
+    shm: bool = typer.Option(False, "--shm", "-m", help="Shared memory segments (as ipcs -m)."),
+    sem: bool = typer.Option(False, "--sem", "-s", help="Semaphore sets (as ipcs -s)."),
+    msg: bool = typer.Option(False, "--msg", "-q", help="Message queues (as ipcs -q)."),
 ) -> None:
-    """Remove orphaned segments (nobody attached, creator dead) that pass the policy.
+    """Remove orphaned IPC objects (nobody uses them, nobody who did lives) that pass
+    the policy: every kind, or the kinds -m, -s and -q choose (combinable).
 
     Kept, with the reason said: orphans younger than --min-age, of system accounts,
     with protected keys or owners (config), others' orphans when not root, and any
-    segment that changed since the scan. A copy of each removed segment goes to the
+    object that changed since the scan. A copy of each removed object goes to the
     quarantine first (see `shmjanitor restore`).
 
     Exit status: 0 all went as planned (including nothing to do), 1 some removal
@@ -459,6 +463,7 @@ def reap(
     """
     from shmjanitor import reaping, remove, report
 
+    only = _kinds_chosen(shm=shm, sem=sem, msg=msg)
     with errors_as_exit(metrics_file):
         cfg = _load_config(
             config_path, min_age=_duration("--min-age", min_age), include_system=include_system
@@ -474,7 +479,7 @@ def reap(
                 stop=stop,
             )
             outcome = reaping.reap(cfg, dry_run=dry_run, quarantine=not no_quarantine,
-                                   state_dir=state_dir, hooks=hooks)  # fmt: skip
+                                   state_dir=state_dir, hooks=hooks, only=only)  # fmt: skip
         if logger is not None:
             logger.finish(outcome)
         else:
@@ -487,6 +492,27 @@ def reap(
         raise typer.Exit(1)
 
 
+# Each kind's flag, as ipcs and ipcrm spell it (-m shm, -s sem, -q msg).
+_KIND_FLAGS = {"shm": "--shm", "sem": "--sem", "msg": "--msg"}
+
+
+def _known_kind(kind: str, flag: str) -> None:
+    """A usage error for a kind this shmjanitor has no module for."""
+    from shmjanitor import kinds
+
+    if kind not in kinds.names():
+        raise usage_error(f"{flag}: this shmjanitor knows no kind {kind!r} "
+                          f"(it knows {', '.join(kinds.names())})")  # fmt: skip
+
+
+def _kinds_chosen(**chosen: bool) -> tuple[str, ...]:
+    """The kinds a command's -m/-s/-q flags chose; none chosen is every kind: ()."""
+    names = tuple(kind for kind, on in chosen.items() if on)
+    for kind in names:
+        _known_kind(kind, _KIND_FLAGS[kind])
+    return names
+
+
 def _note(text: str) -> None:
     typer.echo(f"shmjanitor: note: {printable(text)}", err=True)
 
@@ -495,35 +521,76 @@ def _write_reap_metrics(path: Path, outcome) -> None:  # type: ignore[no-untyped
     from shmjanitor import metrics
     from shmjanitor.remove import Action
 
-    gone = {r.verdict.segment.id for r in outcome.results
-            if r.action in (Action.REMOVED, Action.GONE)}  # fmt: skip
+    gone = {id(r.verdict) for r in outcome.results if r.action in (Action.REMOVED, Action.GONE)}
     removed = [r for r in outcome.results if r.action is Action.REMOVED]
     run = metrics.RunStats(
         removed=len(removed),
-        removed_bytes=sum(r.verdict.segment.size for r in removed),
+        removed_bytes=sum(r.verdict.obj.size for r in removed),
         kept=sum(r.action is Action.KEPT for r in outcome.results),
         success=outcome.ok and not outcome.interrupted,  # 130/143 is not a success
     )
-    left = [v for v in outcome.survey.verdicts if v.segment.id not in gone]
+    left = [v for v in outcome.survey.verdicts if id(v) not in gone]  # the survey's own
     metrics.write(path, left, run=run, now=outcome.survey.taken_at)
 
 
-@app.command(short_help="Remove segments by id or key, as ipcrm; refuse those in use.")
+def _ids(kind: str) -> Callable[[str], int]:
+    """The parser of a kind's ids (-s ID says "not a semaphore set id")."""
+
+    def parse(text: str) -> int:
+        return parse_id(text, _noun(kind))
+
+    return parse
+
+
+def _keys(kind: str) -> Callable[[str], int]:
+    """The parser of a kind's keys: IPC_PRIVATE (0) names no one object, refused."""
+
+    def parse(text: str) -> int:
+        return parse_key(text, noun=_noun(kind))
+
+    return parse
+
+
+def _noun(kind: str) -> str:
+    from shmjanitor import kinds
+
+    return kinds.of(kind).NOUN if kind in kinds.names() else f"{kind} object"
+
+
+@app.command(short_help="Remove objects by id or key, as ipcrm; refuse those in use.")
 def rm(
     ids: Optional[list[int]] = typer.Argument(
         None, metavar="[ID]...", parser=parse_id, help="Segment ids (shmid), in decimal."
     ),
     shmem_id: Optional[list[int]] = typer.Option(
-        None, "--shmem-id", "-m", metavar="ID", parser=parse_id,
+        None, "--shm", "-m", "--shmem-id", metavar="ID", parser=_ids("shm"),
         help="A segment id, as ipcrm -m (repeatable).",
     ),
+    sem_id: Optional[list[int]] = typer.Option(
+        None, "--sem", "-s", "--semaphore-id", metavar="ID", parser=_ids("sem"),
+        help="A semaphore set id, as ipcrm -s (repeatable).",
+    ),
+    msg_id: Optional[list[int]] = typer.Option(
+        None, "--msg", "-q", "--queue-id", metavar="ID", parser=_ids("msg"),
+        help="A message queue id, as ipcrm -q (repeatable).",
+    ),
     key: Optional[list[int]] = typer.Option(
-        None, "--key", "-k", "--shmem-key", "-M", metavar="KEY", parser=segment_key,
+        None, "--key", "-k", "--shm-key", "-M", "--shmem-key", metavar="KEY",
+        parser=_keys("shm"),
         help="Segment key: 0x1234abcd, decimal, or signed as the kernel prints it "
         "(-1 = 0xffffffff). Repeatable; ipcrm's -M.",
     ),
+    sem_key: Optional[list[int]] = typer.Option(
+        None, "--sem-key", "-S", "--semaphore-key", metavar="KEY", parser=_keys("sem"),
+        help="Semaphore set key, written as --key's. Repeatable; ipcrm's -S.",
+    ),
+    msg_key: Optional[list[int]] = typer.Option(
+        None, "--msg-key", "-Q", "--queue-key", metavar="KEY", parser=_keys("msg"),
+        help="Message queue key, written as --key's. Repeatable; ipcrm's -Q.",
+    ),
     force: bool = typer.Option(
-        False, "--force", help="Remove even a segment in use (attached, or creator alive)."
+        False, "--force", help="Remove even an object in use (attached, waited on, or a "
+        "process that used it alive)."
     ),
     dry_run: bool = DRY_RUN_OPT,
     no_quarantine: bool = NO_QUARANTINE_OPT,
@@ -532,28 +599,41 @@ def rm(
     as_json: bool = JSON_OPT,
     verbose: bool = typer.Option(
         False, "--verbose", "-v",
-        help="Say what was removed, a line per segment (a dry run always does).",
+        help="Say what was removed, a line per object (a dry run always does).",
     ),
 ) -> None:  # fmt: skip
-    """Remove the named segments, like ipcrm, but refuse one that is in use.
+    """Remove the named objects, like ipcrm, but refuse one that is in use.
 
-    In use means attached, marked for removal but still attached, or its creator is
-    alive (or cannot be known). --force removes it anyway: the kernel then frees it at
-    the last detach. As ipcrm, it prints nothing when all went well (-v says what it
-    did); each segment kept or not found is one line on stderr. Exit status: 0 done,
-    1 a segment was missing, refused or failed, 2 usage or configuration error.
+    IDs alone, -m and --key/-M name segments; -s and -S semaphore sets; -q and -Q
+    message queues. In use means attached (a segment), waited on or blocked on (a set,
+    a queue), marked for removal but still attached, or a process that may use it again
+    alive (or whether one is cannot be known). --force removes it anyway: the kernel
+    then frees a segment at the last detach. As ipcrm, it prints nothing when all went
+    well (-v says what it did); each object kept or not found is one line on stderr.
+    Exit status: 0 done, 1 an object was missing, refused or failed, 2 usage or
+    configuration error.
     """
     from shmjanitor import reaping, remove
 
-    named = [*(ids or ()), *(shmem_id or ())]
-    if not named and not key:
-        raise usage_error("name at least one segment: shmjanitor rm ID... or --key KEY")
+    named = [
+        *(reaping.Named("shm", i) for i in (*(ids or ()), *(shmem_id or ()))),
+        *(reaping.Named("sem", i) for i in sem_id or ()),
+        *(reaping.Named("msg", i) for i in msg_id or ()),
+        *(reaping.Named("shm", k, by_key=True) for k in key or ()),
+        *(reaping.Named("sem", k, by_key=True) for k in sem_key or ()),
+        *(reaping.Named("msg", k, by_key=True) for k in msg_key or ()),
+    ]
+    if not named:
+        raise usage_error("name at least one segment, semaphore set or message queue: "
+                          "shmjanitor rm ID..., -m/-s/-q ID or --key/-S/-Q KEY")  # fmt: skip
+    for kind, given in (("sem", sem_id or sem_key), ("msg", msg_id or msg_key)):
+        if given:
+            _known_kind(kind, _KIND_FLAGS[kind])
     with errors_as_exit():
-        keys = list(key or ())
         cfg = _load_config(config_path)
         with remove.stop_on_signals() as stop:
             hooks = reaping.Hooks(on_note=_note, stop=stop)
-            outcome = reaping.rm(named, keys, cfg, force=force, dry_run=dry_run,
+            outcome = reaping.rm(named, cfg, force=force, dry_run=dry_run,
                                  quarantine=not no_quarantine, state_dir=state_dir,
                                  hooks=hooks)  # fmt: skip
         _show_rm(outcome, as_json, verbose)
@@ -611,11 +691,13 @@ def _print_entries(entries, as_json: bool, header: bool) -> None:  # type: ignor
     from shmjanitor.durations import format_size
     from shmjanitor.layout import Col, draw
     from shmjanitor.quarantine import short_names
+    from shmjanitor.remove import LEGACY_KIND
     from shmjanitor.render import owner_name, when, word
 
     short = short_names(entries)
     rows = [{
-        "entry": e.name, "short": short[e.name], "id": e.doc["id"], "key": e.doc["key"],
+        "entry": e.name, "short": short[e.name], "kind": e.doc.get("kind", LEGACY_KIND),
+        "id": e.doc["id"], "key": e.doc["key"],
         "size": e.doc["size"], "uid": e.doc["uid"], "owner": owner_name(e.doc["uid"]),
         "mode": e.doc["mode"], "removed_at": e.doc["removed_at"], "reason": e.doc["reason"],
         "restored_as": e.doc.get("restored_as"), "status": e.doc["status"],
@@ -627,14 +709,19 @@ def _print_entries(entries, as_json: bool, header: bool) -> None:  # type: ignor
         typer.echo("quarantine is empty", err=True)
         return
     tty = sys.stdout.isatty()
-    cols = (Col("ENTRY"), Col("ID", right=True), Col("KEY", drop=3),
-            Col("SIZE", right=True, drop=2), Col("OWNER", drop=1, squeeze=True),
-            Col("REMOVED", drop=4), Col("STATUS"), Col("REASON", wrap=True))  # fmt: skip
+    cols: tuple[Col, ...] = (
+        Col("ENTRY"), Col("ID", right=True), Col("KEY", drop=3),
+        Col("SIZE", right=True, drop=2), Col("OWNER", drop=1, squeeze=True),
+        Col("REMOVED", drop=4), Col("STATUS"), Col("REASON", wrap=True))  # fmt: skip
     one = _same if tty else word
-    cells = [(r["short"], str(r["id"]), f"0x{r['key']:08x}", format_size(r["size"]),
-              one(printable(r["owner"])), when(r["removed_at"]),
-              f"restored:{r['restored_as']}" if r["restored_as"] is not None
-              else printable(r["status"]), printable(r["reason"])) for r in rows]  # fmt: skip
+    cells: list[tuple[str, ...]] = [
+        (r["short"], str(r["id"]), f"0x{r['key']:08x}", format_size(r["size"]),
+         one(printable(r["owner"])), when(r["removed_at"]),
+         f"restored:{r['restored_as']}" if r["restored_as"] is not None
+         else printable(r["status"]), printable(r["reason"])) for r in rows]  # fmt: skip
+    if len({r["kind"] for r in rows}) > 1:  # a KIND column, after ID, when it says something
+        cols = (*cols[:2], Col("KIND", drop=5), *cols[2:])
+        cells = [c[:2] + (r["kind"],) + c[2:] for c, r in zip(cells, rows)]
     lines = draw(cols, cells, _width() if tty else None, header=header,
                  color=use_color(sys.stdout))  # fmt: skip
     typer.echo("\n".join(lines))

@@ -30,7 +30,7 @@ _ID = re.compile(r"0|[1-9][0-9]*")
 _RANGE = "a key is 32 bits: -2147483648 to 4294967295, or 0x0 to 0xffffffff"
 
 
-def parse_key(value: Union[str, int], *, private_ok: bool = False) -> int:
+def parse_key(value: Union[str, int], *, private_ok: bool = False, noun: str = "segment") -> int:
     """The unsigned 32-bit key that `value` spells; ValueError naming it otherwise.
 
     `private_ok` allows 0 (IPC_PRIVATE). Where a key names one segment to act on it is
@@ -54,8 +54,8 @@ def parse_key(value: Union[str, int], *, private_ok: bool = False) -> int:
     key = n & 0xFFFFFFFF
     if key == IPC_PRIVATE and not private_ok:
         raise ValueError(
-            f"{value!r} is IPC_PRIVATE (key 0), which every private segment shares: "
-            "name the segment by its id"
+            f"{value!r} is IPC_PRIVATE (key 0), which every private {noun} shares: "
+            f"name the {noun} by its id"
         )
     return key
 
@@ -65,11 +65,11 @@ def segment_key(text: str) -> int:
     return parse_key(text)
 
 
-def parse_id(text: str) -> int:
-    """A segment id (shmid) as ipcs prints it: decimal, 0 to 2^31-1."""
+def parse_id(text: str, noun: str = "segment") -> int:
+    """An id (shmid, semid, msqid) as ipcs prints it: decimal, 0 to 2^31-1."""
     if _ID.fullmatch(text) is None or int(text) > ID_MAX:
         raise ValueError(
-            f"{text!r} is not a segment id: an id is a decimal number from 0 to {ID_MAX}, "
+            f"{text!r} is not a {noun} id: an id is a decimal number from 0 to {ID_MAX}, "
             "as ipcs and `shmjanitor list` print it (use --key for a key)"
         )
     return int(text)

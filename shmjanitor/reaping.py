@@ -1,20 +1,22 @@
-"""`reap` and `rm`: survey under the lock, decide, hand over to remove.execute."""
+"""`reap` and `rm`: survey under the lock, decide, hand over to remove.execute. For every
+kind of object alike (kinds/): reap's kind flags narrow the kinds it considers, rm's say
+which kind each id or key it is given names."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
 from shmjanitor import config as _config
-from shmjanitor import kernel, lock, policy, remove, survey
-from shmjanitor.classify import State
+from shmjanitor import kernel, kinds, lock, policy, remove, survey
+from shmjanitor.classify import State, Verdict
 from shmjanitor.errors import ConfigError, JanitorError
+from shmjanitor.model import IpcObject
 from shmjanitor.remove import Action, Candidate, Result, Stop
 from shmjanitor.render import owner_name
-from shmjanitor.scan import Segment
 
 
 class Outcome(NamedTuple):
@@ -71,7 +73,7 @@ def _execute(sv: survey.Survey, candidates: Sequence[Candidate], cfg: _config.Co
 
 def repair_left_lock(cfg: _config.Config, on_note: Callable[[str], None]) -> None:
     """For commands that do not reap (quarantine list, purge, restore): if no reaper
-    holds this namespace's lock, put back the mode a killed run left on the segment it
+    holds this namespace's lock, put back the mode a killed run left on the object it
     had locked (remove.undo_left_lock). A reaper at work is never waited for."""
     try:
         with lock.held(lock.default_path(), 0) as held:
@@ -88,7 +90,7 @@ def _locked(dry_run: bool, cfg: _config.Config, state_dir: Optional[Path],
     """The reaper lock for a real run (a dry run removes nothing and need not wait).
 
     Holding it, first undo what a killed run of this namespace may have left: the mode
-    of the segment it had locked for its last instant, and its quarantine run's pending
+    of the object it had locked for its last instant, and its quarantine run's pending
     entries (settled here, where the log is the record, whether or not this run keeps
     copies itself)."""
     if dry_run:
@@ -108,13 +110,18 @@ def _locked(dry_run: bool, cfg: _config.Config, state_dir: Optional[Path],
 
 
 def reap(cfg: _config.Config, *, dry_run: bool, quarantine: bool, state_dir: Optional[Path],
-         proc_shm: Path = survey.scan.PROC_SHM, hooks: Hooks = Hooks()) -> Outcome:  # fmt: skip
-    """Remove the orphans the policy lets go; a result for every orphan considered."""
+         proc_shm: Path = survey.scan.PROC_SHM, hooks: Hooks = Hooks(),
+         only: Collection[str] = ()) -> Outcome:  # fmt: skip
+    """Remove the orphans the policy lets go; a result for every orphan considered.
+    `only`: the kinds to consider (registry names, kinds.names()); empty: every kind."""
     with _locked(dry_run, cfg, state_dir, hooks) as held:
         # The survey is taken under the lock: a reaper that waited sees what the first
-        # one left, so two reapers never both try the same segment.
+        # one left, so two reapers never both try the same object.
         sv = survey.take(proc_shm, state_dir=state_dir or cfg.state_dir, record=not dry_run)
-        decisions = policy.plan(sv.verdicts, cfg, caller())
+        verdicts = sv.verdicts
+        if only and set(kinds.names()) - set(only):
+            verdicts = [v for v in verdicts if v.obj.kind in only]
+        decisions = policy.plan(verdicts, cfg, caller())
         candidates = [Candidate(d.verdict, d.reason) for d in decisions if d.remove]
         done = _execute(sv, candidates, cfg, dry_run=dry_run, quarantine=quarantine,
                         state_dir=state_dir, hooks=hooks, held=held)  # fmt: skip
@@ -138,18 +145,19 @@ def _signal(hooks: Hooks) -> Optional[int]:
     return hooks.stop.signum if hooks.stop is not None else None
 
 
-# States `rm` refuses without --force, and why in a word.
+# States `rm` refuses without --force, and why in a word (the verdict's reason follows).
 _IN_USE = {
     State.ATTACHED: "in use",
     State.REMOVING: "in use (removal already pending)",
-    State.IDLE: "in use (its creator is alive)",
-    State.UNKNOWN: "maybe in use (creator's liveness unknown)",
+    State.IDLE: "in use (its creator is alive, or a process that used it last)",
+    State.UNKNOWN: "maybe in use (whether its users live cannot be known)",
 }
 
 
-def not_yours(s: Segment, who: policy.Caller) -> Optional[str]:
+def not_yours(s: IpcObject, who: policy.Caller) -> Optional[str]:
     """Why `who` may not remove `s`, in plain words; None when it may. IPC_RMID needs
-    the owner's or the creator's uid, or CAP_SYS_ADMIN (ipc/util.c, ipcctl_obtain_check)."""
+    the owner's or the creator's uid, or CAP_SYS_ADMIN, for every kind of object
+    (ipc/util.c, ipcctl_obtain_check). The caller says which object ("segment 7: ")."""
     if who.cap_sys_admin or who.euid in (s.uid, s.cuid):
         return None
     owner = owner_name(s.uid)
@@ -169,31 +177,42 @@ def parse_key(text: str) -> int:
         raise ConfigError(f"--key: {e}") from None
 
 
-def rm(ids: Sequence[int], keys: Sequence[int], cfg: _config.Config, *, force: bool,
-       dry_run: bool, quarantine: bool, state_dir: Optional[Path],
-       proc_shm: Path = survey.scan.PROC_SHM, hooks: Hooks = Hooks()) -> Outcome:  # fmt: skip
-    """Remove the named segments, refusing any that is in use unless `force`."""
+class Named(NamedTuple):
+    """An object `rm` is asked for: by its id, or by its key (`by_key`), of one kind."""
+
+    kind: str  # a registry name: "shm", "sem", "msg"
+    value: int
+    by_key: bool = False
+
+
+def rm(named: Sequence[Named], cfg: _config.Config, *, force: bool, dry_run: bool,
+       quarantine: bool, state_dir: Optional[Path], proc_shm: Path = survey.scan.PROC_SHM,
+       hooks: Hooks = Hooks()) -> Outcome:  # fmt: skip
+    """Remove the named objects, refusing any that is in use unless `force`."""
     with _locked(dry_run, cfg, state_dir, hooks) as held:
         sv = survey.take(proc_shm, state_dir=state_dir or cfg.state_dir, record=not dry_run)
-        by_id = {v.segment.id: v for v in sv.verdicts}
+        # Ids and keys are per kind: a segment and a semaphore set may share both.
+        by_id = {(v.obj.kind, v.obj.id): v for v in sv.verdicts}
         problems: list[str] = []
-        wanted: list[int] = []
-        for shmid in ids:
-            if shmid in by_id:
-                wanted.append(shmid)
+        wanted: list[tuple[str, int]] = []
+        for n in named:
+            noun = kinds.of(n.kind).NOUN
+            if n.by_key:
+                found = [(n.kind, v.obj.id) for v in sv.verdicts
+                         if v.obj.key == n.value and v.obj.kind == n.kind]  # fmt: skip
+                if not found:
+                    problems.append(f"no {noun} with key 0x{n.value:08x}")
+                wanted.extend(found)
+            elif (n.kind, n.value) in by_id:
+                wanted.append((n.kind, n.value))
             else:
-                problems.append(f"no segment with id {shmid}")
-        for key in keys:
-            found = [v.segment.id for v in sv.verdicts if v.segment.key == key]
-            if not found:
-                problems.append(f"no segment with key 0x{key:08x}")
-            wanted.extend(found)
+                problems.append(f"no {noun} with id {n.value}")
         refused: list[Result] = []
         candidates: list[Candidate] = []
         who = caller()
-        for shmid in dict.fromkeys(wanted):  # once each, in the order named
-            v = by_id[shmid]
-            why = not_yours(v.segment, who)
+        for one in dict.fromkeys(wanted):  # once each, in the order named
+            v = by_id[one]
+            why = not_yours(v.obj, who)
             if why is not None:  # the kernel would say EPERM, or EACCES to the re-check
                 refused.append(Result(v, Action.KEPT, why))
                 continue
@@ -206,10 +225,16 @@ def rm(ids: Sequence[int], keys: Sequence[int], cfg: _config.Config, *, force: b
                                         + (" (--force)" if v.state in _IN_USE else "")))  # fmt: skip
         done = _execute(sv, candidates, cfg, dry_run=dry_run, quarantine=quarantine,
                         state_dir=state_dir, hooks=hooks, held=held, forced=force)  # fmt: skip
-    # Every segment named was asked for: one kept for any reason (refused as in use,
+    # Every object named was asked for: one kept for any reason (refused as in use,
     # larger than quarantine_max_bytes, changed since the scan) leaves the job undone,
     # exit 1. One "gone" is done: someone else removed it first.
     results = refused + done
-    problems.extend(f"segment {r.verdict.segment.id}: {r.reason}"
-                    for r in results if r.action is Action.KEPT)  # fmt: skip
+    problems.extend(f"{said(r.verdict)}: {r.reason}" for r in results
+                    if r.action is Action.KEPT)  # fmt: skip
     return Outcome(sv, results, dry_run, problems, _signal(hooks))
+
+
+def said(v: Verdict) -> str:
+    """The object of a verdict in a message: "segment 7", "semaphore set 3"."""
+    o = v.obj
+    return f"{kinds.kind_of(o).NOUN} {o.id}"
