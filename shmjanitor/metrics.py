@@ -2,7 +2,14 @@
 
 prometheus_client does the exposition format and the atomic write (temp file, then
 rename), so a scrape never sees half a file. It is imported only when --metrics-file is
-given: start-up of a plain `list` does not pay for it. Labels are the five states only.
+given: start-up of a plain `list` does not pay for it.
+
+Objects of every kind are counted in shmjanitor_objects{kind,state} and their bytes in
+shmjanitor_object_bytes{kind,state} (kind: "shm", "sem", "msg"; state: the five
+states). shmjanitor_segments{state} and shmjanitor_segment_bytes{state} stay as they
+were, the shm kind's alone, so that dashboards and alerts written for them keep
+meaning what they meant. The last_run_* gauges are the run's totals over the kinds it
+reaped.
 
 shmjanitor_last_run_success is 1 exactly when the run exits 0: every failure (lock
 timeout, unreadable table, bad config, a crash, output that could not be written)
@@ -15,11 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from shmjanitor.classify import Verdict
+from shmjanitor.classify import State, Verdict
 from shmjanitor.errors import MetricsError
-from shmjanitor.survey import by_state
 
 __all__ = ["MetricsError", "RunStats", "write"]
+
+SEGMENTS = "shm"  # the kind shmjanitor_segments{state} counts (named before there were kinds)
 
 
 class RunStats(NamedTuple):
@@ -33,25 +41,42 @@ class RunStats(NamedTuple):
 
 def write(path: Path, verdicts: Optional[Sequence[Verdict]], run: Optional[RunStats],
           now: float, success: bool = True) -> None:  # fmt: skip
-    """Write segments and bytes per state (after the run), and the run's outcome.
+    """Write objects and bytes per kind and state (after the run), and the run's outcome.
 
     `verdicts` None: a run that failed before it knew the segments writes only
     shmjanitor_last_run_success (0) and the time, rather than stale counts.
     """
     from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
+    from shmjanitor import kinds
+
     reg = CollectorRegistry()
     if verdicts is not None:
+        # Every registered kind and state, zeros included: a series that vanishes when
+        # the last orphan goes would leave an alert on it pending, not resolved.
+        counts = {(k, s): [0, 0] for k in kinds.names() for s in State}
+        for v in verdicts:
+            c = counts[v.obj.kind, v.state]
+            c[0] += 1
+            c[1] += v.obj.size
+        objs = Gauge("shmjanitor_objects", "System V IPC objects by kind and state",
+                     ["kind", "state"], registry=reg)  # fmt: skip
+        size = Gauge("shmjanitor_object_bytes", "Bytes System V IPC objects hold, by kind "
+                     "and state", ["kind", "state"], registry=reg)  # fmt: skip
+        for (kind, state), (n, b) in counts.items():
+            objs.labels(kind, state.value).set(n)
+            size.labels(kind, state.value).set(b)
         segs = Gauge("shmjanitor_segments", "System V shm segments by state", ["state"],
                      registry=reg)  # fmt: skip
-        size = Gauge("shmjanitor_segment_bytes", "Bytes of System V shm segments by state",
-                     ["state"], registry=reg)  # fmt: skip
-        for state, tally in by_state(list(verdicts)).items():
-            segs.labels(state.value).set(tally.segments)
-            size.labels(state.value).set(tally.bytes)
+        seg_bytes = Gauge("shmjanitor_segment_bytes", "Bytes of System V shm segments by state",
+                          ["state"], registry=reg)  # fmt: skip
+        for state in State:
+            n, b = counts.get((SEGMENTS, state), (0, 0))
+            segs.labels(state.value).set(n)
+            seg_bytes.labels(state.value).set(b)
     if run is not None:
-        Gauge("shmjanitor_last_run_removed_segments", "Segments the last reap removed",
-              registry=reg).set(run.removed)  # fmt: skip
+        Gauge("shmjanitor_last_run_removed_segments", "Objects the last reap removed (all "
+              "kinds)", registry=reg).set(run.removed)  # fmt: skip
         Gauge("shmjanitor_last_run_removed_bytes", "Bytes the last reap freed",
               registry=reg).set(run.removed_bytes)  # fmt: skip
         Gauge("shmjanitor_last_run_kept_orphans", "Orphans the last reap kept (policy)",

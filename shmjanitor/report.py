@@ -1,4 +1,6 @@
-"""Show what reap/rm did: a table for people, key=value lines for journald, JSON.
+"""Show what reap/rm did: a table for people, key=value lines for journald, JSON. Every
+result says its object's kind ("kind": "shm" in JSON, kind=shm in a log line, a KIND
+column in the table when a run holds more than one kind).
 
 Owner names, reasons (which quote process names) and problems come from outside: the
 table and the log lines print them through text.printable, JSON escapes them itself.
@@ -12,6 +14,7 @@ import signal
 from functools import lru_cache
 from typing import IO, Any, Optional
 
+from shmjanitor.classify import Verdict
 from shmjanitor.durations import format_age, format_size
 from shmjanitor.layout import Col, draw, wrap_lines
 from shmjanitor.reaping import Outcome
@@ -36,7 +39,7 @@ def summary(o: Outcome) -> dict[str, Any]:
         action = r.action
         count[action] += 1
         if action in frees:
-            freed += r.verdict.segment.size
+            freed += r.verdict.obj.size
     return {
         "considered": len(o.results),
         "removed": count[Action.REMOVED],
@@ -51,12 +54,18 @@ def summary(o: Outcome) -> dict[str, Any]:
     }
 
 
+def _cpid(v: Verdict) -> Optional[int]:
+    """The creator's pid, for the kinds whose table keeps one (shm's cpid); None else
+    (a semaphore set or a queue has no creator pid: their reasons name who used them)."""
+    return getattr(v.obj, "cpid", None)
+
+
 def result_json(r: Result) -> dict[str, Any]:
-    s = r.verdict.segment
+    s = r.verdict.obj
     return {
-        "id": s.id, "key": s.key, "size": s.size, "uid": s.uid, "owner": owner_name(s.uid),
-        "cpid": s.cpid, "idle_seconds": r.verdict.idle_for, "state": r.verdict.state.value,
-        "action": r.action.value, "reason": r.reason,
+        "kind": s.kind, "id": s.id, "key": s.key, "size": s.size, "uid": s.uid,
+        "owner": owner_name(s.uid), "cpid": _cpid(r.verdict), "idle_seconds": r.verdict.idle_for,
+        "state": r.verdict.state.value, "action": r.action.value, "reason": r.reason,
     }  # fmt: skip
 
 
@@ -79,13 +88,15 @@ def _owner_uid(uid: int) -> str:
 
 
 def log_line(r: Result) -> str:
-    """One key=value line, as journald and grep like them."""
-    s = r.verdict.segment
+    """One key=value line, as journald and grep like them (action and id first)."""
+    v = r.verdict
+    s = v.obj
+    cpid = _cpid(v)
     # Built from cached pieces in one f-string: a big reap logs 32,000 of these.
     return (
-        f"action={r.action.value} id={s.id} key=0x{s.key:08x} size={s.size} "
-        f"{_owner_uid(s.uid)} cpid={s.cpid} idle={format_age(r.verdict.idle_for)} "
-        f"reason={_quote(r.reason)}"
+        f"action={r.action.value} id={s.id} kind={s.kind} key=0x{s.key:08x} size={s.size} "
+        f"{_owner_uid(s.uid)}{'' if cpid is None else f' cpid={cpid}'} "
+        f"idle={format_age(v.idle_for)} reason={_quote(r.reason)}"
     )
 
 
@@ -131,6 +142,7 @@ _COLS = (Col("ACTION"), Col("ID", right=True), Col("KEY", drop=3), Col("SIZE", r
          Col("OWNER", drop=2, squeeze=True), Col("UID", right=True, drop=6),
          Col("CPID", right=True, drop=5), Col("IDLE", right=True, drop=1),
          Col("REASON", wrap=True))  # fmt: skip
+_KIND_COL = Col("KIND", drop=7)  # after ID, when the results hold more than one kind
 
 
 def table(o: Outcome, out: IO[str], err: IO[str], *, verbose: bool, width: Optional[int] = None,
@@ -139,13 +151,18 @@ def table(o: Outcome, out: IO[str], err: IO[str], *, verbose: bool, width: Optio
     least useful giving way on a narrow terminal) and the summary in words; problems
     on stderr. Kept orphans only with -v, as in the log."""
     results = [r for r in o.results if shown(r, verbose)]
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for r in results:
-        s = r.verdict.segment
-        rows.append((r.action.value, str(s.id), f"0x{s.key:08x}", format_size(s.size),
-                     printable(owner_name(s.uid)), str(s.uid), str(s.cpid),
+        s = r.verdict.obj
+        cpid = _cpid(r.verdict)
+        rows.append((r.action.value, str(s.id), s.kind, f"0x{s.key:08x}", format_size(s.size),
+                     printable(owner_name(s.uid)), str(s.uid), "-" if cpid is None else str(cpid),
                      format_age(r.verdict.idle_for), printable(r.reason)))  # fmt: skip
-    lines = draw(_COLS, rows, width, color=color,
+    cols: tuple[Col, ...] = (*_COLS[:2], _KIND_COL, *_COLS[2:])
+    if len({row[2] for row in rows}) < 2:  # one kind: the column would only repeat it
+        cols = _COLS
+        rows = [row[:2] + row[3:] for row in rows]
+    lines = draw(cols, rows, width, color=color,
                  styles=(0, [ACTION_STYLE[r.action] for r in results])) if rows else []  # fmt: skip
     if summary:
         lines.extend(wrap_lines([summary_text(o)], width))
