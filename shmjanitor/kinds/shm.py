@@ -280,10 +280,10 @@ def save_bound(s: Segment) -> int:
     return min(s.size, (s.rss or 0) + (s.swap or 0)) if s.rss is not None else s.size
 
 
-# What save() saw just before its own shmdt, by shmid: whether another process attached
-# or detached while we copied. Only an IPC_STAT while we are still attached shows it
-# (nattch not 1, or lpid not ours): our shmdt makes lpid ours again. changed_since_copy
-# takes it, once, right after the save (remove.copy_out), unless the removal is forced.
+# What save() saw just before its own shmdt, by shmid: why the copy may be torn ("" when
+# nobody else attached or detached while we copied). Only an IPC_STAT while we are still
+# attached shows it (nattch not 1, or lpid not ours): our shmdt makes lpid ours again.
+# changed_since_copy takes it right after the save (remove.copy_out). One save at a time.
 _while_copying: dict[int, str] = {}
 
 
@@ -294,19 +294,24 @@ def save(s: Segment, write: Callable[[bytes], None]) -> list[tuple[int, int]]:
     with segcopy.attached(s.id) as addr:
         extents = segcopy.copy(addr, s.size, write)
         now = kernel.shm_stat(s.id)
-    if now.nattch != 1 or now.lpid != os.getpid():
-        _while_copying[s.id] = "changed since scan: attached by another process while copying"
+    alone = now.nattch == 1 and now.lpid == os.getpid()
+    _while_copying[s.id] = "" if alone else (
+        "changed since scan: attached by another process while copying")  # fmt: skip
     return extents
 
 
 def changed_since_copy(s: Segment, now: Stat, empty: bool, forced: bool) -> Optional[str]:
     """Why a segment we saved cannot go now (None when nobody touched it since).
 
-    After our own detach lpid is ours: anyone else's attach or detach since shows as
+    Right after save(): whether anybody attached while we copied (what save saw while
+    still attached; --force does not ask). At the last instant: the same segment, and
+    after our own detach lpid is ours, so anyone else's attach or detach since shows as
     their lpid. A segment saved as zeros without attaching must still be unattached
     ever (atime unset).
     """
-    busy = _while_copying.pop(s.id, None)
+    copying = _while_copying.pop(s.id, None)
+    if copying is not None:  # right after save(): the copy itself is in question
+        return None if forced else (copying or None)
     if now.key != s.key or now.mode & SHM_DEST or now.cpid != s.cpid:
         return "changed since scan: removed or replaced while copying"
     if empty:
@@ -315,8 +320,6 @@ def changed_since_copy(s: Segment, now: Stat, empty: bool, forced: bool) -> Opti
         return None
     if forced:
         return None
-    if busy is not None:
-        return busy
     if now.nattch or now.lpid != os.getpid():
         return "changed since scan: attached by another process after it was copied"
     return None
