@@ -59,6 +59,11 @@ class Result(NamedTuple):
     reason: str
 
 
+# tuple.__new__ directly for the one result every removal makes: a NamedTuple's own
+# __new__ is a Python frame (as kernel.shm_stat builds its Stat).
+_new_result = tuple.__new__
+
+
 class Candidate(NamedTuple):
     """An object a decision lets go, with the reason it may go."""
 
@@ -115,7 +120,7 @@ def changed_since_scan(v: Verdict, now: Any, forced: bool, k: Optional[Kind] = N
                        ) -> Optional[str]:  # fmt: skip
     """Why the object is no longer what we judged (None when it is the same): its kind's
     rule (kinds.Kind.changed_since_scan), on `now`, its kind's stat(). Pure."""
-    o = v.obj
+    o = v.segment  # v.obj, without the property's call: this runs once per object
     return (k or kind_of(o)).changed_since_scan(o, now, forced)
 
 
@@ -177,6 +182,12 @@ def _put_mode_back(k: Kind, id: int, mode: int) -> None:
 LEGACY_KIND = "shm"
 
 
+def _note_format(kind: str) -> bytes:
+    """The reaper lock's note for an object about to be locked (lock.Held), to be
+    %-formatted with its id, key and mode: "KIND ID KEY MODE", MODE in octal."""
+    return kind.encode() + b" %d %d %o"
+
+
 def parse_lock_note(note: str) -> Optional[tuple[str, int, int, int]]:
     """(kind, id, key, mode) of a lock note; one of three fields ("ID KEY MODE"), as
     runs before kinds wrote them, is a segment's. None for no note (the run ended
@@ -222,11 +233,15 @@ def undo_left_lock(note: str) -> Optional[str]:
 def _last_instant(v: Verdict, reason: str, forced: bool, *, copied: bool = False,
                   zero: bool = False, seen_dead: Optional[set[int]] = None,
                   lock_note: Callable[[bytes], None] = lambda _t: None,
-                  k: Optional[Kind] = None) -> Result:  # fmt: skip
-    """Check, lock, check, remove, and check the kernel's answer (module docstring, 4)."""
-    o = v.obj
+                  k: Optional[Kind] = None, note: Optional[bytes] = None) -> Result:  # fmt: skip
+    """Check, lock, check, remove, and check the kernel's answer (module docstring, 4).
+    `k` is the object's kind and `note` its lock note's format (b"shm %d %d %o"), as
+    execute found them once for the run; found here when not given."""
+    o = v.segment  # v.obj, without the property's call: this runs once per object
     if k is None:
         k = kind_of(o)
+    if note is None:
+        note = _note_format(o.kind)
     id = o.id
     if not copied and not forced:
         # Liveness first (kill(2), /proc reads: the slow part), so that nothing but a
@@ -237,7 +252,7 @@ def _last_instant(v: Verdict, reason: str, forced: bool, *, copied: bool = False
     if not forced:
         # Said before the lock: a run killed between IPC_SET and IPC_RMID leaves the
         # object locked, and the next holder of the reaper lock puts the mode back.
-        lock_note(b"%s %d %d %o" % (o.kind.encode(), id, o.key, o.perms))
+        lock_note(note % (id, o.key, o.perms))
     try:
         before = k.stat(id)
     except OSError as e:
@@ -273,7 +288,7 @@ def _last_instant(v: Verdict, reason: str, forced: bool, *, copied: bool = False
     # after our lock only a privileged process could have attached.
     users = k.users_after_rmid(id)
     if forced or not users:
-        return Result(v, Action.REMOVED, reason)
+        return _new_result(Result, (v, Action.REMOVED, reason))
     return Result(v, Action.REMOVED, (
         f"{reason}; removed while {users} attached: a privileged process attached at "
         "the last instant; it keeps its mapping until it detaches"
@@ -377,17 +392,20 @@ def execute(
     def interrupted(v: Verdict) -> Result:
         return Result(v, Action.KEPT, f"not removed: interrupted by {stop.name}")
 
-    copied: list[tuple[int, Kind, bool, int]] = []  # with: saved as zeros, entry number
+    copied: list[tuple[int, Kind, bytes, bool, int]] = []  # saved as zeros, entry number
     seen_dead: set[int] = set()  # pids found free in this pass (liveness.users_back)
+    straight = batch is None and not dry_run  # quarantine off: straight to the last instant
     for i, c in enumerate(candidates):
         v = c.verdict
-        if stop:
+        if stop.signum is not None:  # `if stop`, without a call to Stop.__bool__ each time
             done(i, interrupted(v))
             continue
-        k = kind(v.obj)
-        if batch is None and not dry_run:  # quarantine off: straight to the last instant
-            done(i, _last_instant(v, c.reason, forced, seen_dead=seen_dead,
-                                  lock_note=lock_note, k=k))  # fmt: skip
+        k, note = kind(v.segment)
+        if straight:
+            r = _last_instant(v, c.reason, forced, seen_dead=seen_dead, lock_note=lock_note,
+                              k=k, note=note)  # fmt: skip
+            results[i] = r  # done(i, r), inlined: this is the loop of a big reap
+            on_result(r)
             continue
         stopped = _recheck(v, forced, seen_dead, k)
         if stopped is not None:
@@ -419,7 +437,7 @@ def execute(
         if stopped is not None:
             done(i, stopped)
             continue
-        copied.append((i, k, zero, n))
+        copied.append((i, k, note, zero, n))
 
     if batch is not None and not copied:
         batch.abort()  # nothing was copied: leave no empty run behind
@@ -430,13 +448,13 @@ def execute(
     except OSError as e:
         return _save_failed(candidates, results, batch, e, on_result)
     try:
-        for i, k, zero, n in copied:
+        for i, k, note, zero, n in copied:
             c = candidates[i]
             if stop:
                 done(i, interrupted(c.verdict))
                 continue
             r = _last_instant(c.verdict, c.reason, forced, copied=True, zero=zero,
-                              lock_note=lock_note, k=k)  # fmt: skip
+                              lock_note=lock_note, k=k, note=note)  # fmt: skip
             if r.action is Action.REMOVED:
                 batch.removed(n)  # journalled at once, before the log line
             done(i, r)
@@ -457,14 +475,14 @@ def _every(results: list[Optional[Result]]) -> list[Result]:
 
 
 class _Kinds:
-    """The kind module of each object, found once per kind in a run, not per object."""
+    """The kind module of each object and its lock note's format, found once per kind
+    in a run, not per object (by the object's class: no property to call)."""
 
     def __init__(self) -> None:
-        self._of: dict[str, Kind] = {}
+        self._of: dict[type, tuple[Kind, bytes]] = {}
 
-    def __call__(self, o: IpcObject) -> Kind:
-        name = o.kind
-        k = self._of.get(name)
-        if k is None:
-            k = self._of[name] = kinds.of(name)
-        return k
+    def __call__(self, o: IpcObject) -> tuple[Kind, bytes]:
+        found = self._of.get(type(o))
+        if found is None:
+            found = self._of[type(o)] = (kind_of(o), _note_format(o.kind))
+        return found
