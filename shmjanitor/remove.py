@@ -205,7 +205,7 @@ def parse_lock_note(note: str) -> Optional[tuple[str, int, int, int]]:
 
 def undo_left_lock(note: str) -> Optional[str]:
     """Put back the mode of the object a killed run left locked (see lock.Held); what
-    was done, in words, or None. The note is lock_note()'s.
+    was done, in words, or None. The note is _note_format()'s.
 
     Only that object, only if it is still the same one (same key) and still has the
     lock's mode: a mode its owner set since is theirs.

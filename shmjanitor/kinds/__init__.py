@@ -63,8 +63,9 @@ class Kind(Protocol):
 
     # --- removing (remove.py drives these; see its docstring) --------------------
     def stat(self, id: int) -> Any:
-        """IPC_STAT now (and any per-object fact the re-check compares). Raises OSError:
-        EINVAL/EIDRM gone, EACCES no read permission."""
+        """IPC_STAT now (and any per-object fact the re-check compares), with at least
+        `key` and `mode` (remove.py puts a mode back from it and compares the key of a
+        lock note). Raises OSError: EINVAL/EIDRM gone, EACCES no read permission."""
 
     def changed_since_scan(self, o: Any, now: Any, forced: bool) -> Optional[str]:
         """Why it is no longer what was judged ("changed since scan: ..."), else None.
