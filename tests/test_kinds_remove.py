@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import sysv_ipc
+from prometheus_client.parser import text_string_to_metric_families
 from segments import Spec, cli, make, rows
 from test_adversary import killed_reap, set_mode
 from test_quarantine import content, entries, filled, reap, restore
@@ -189,9 +190,6 @@ def test_results_say_their_kind(tmp_path):
 
 
 def test_metrics_count_every_kind_and_keep_the_segment_series(tmp_path):
-    pytest.importorskip("prometheus_client")
-    from prometheus_client.parser import text_string_to_metric_families
-
     make(Spec(size=1000), Spec(size=24))
     path = tmp_path / "m.prom"
     r = cli("list", "--metrics-file", str(path))
