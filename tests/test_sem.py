@@ -92,8 +92,7 @@ class Procs:
 
 
 def _waiting(semid: int) -> int:
-    ncnt, zcnt, _ = kernel.sem_waits_and_pids(semid, kernel.sem_stat(semid).nsems)
-    return sum(ncnt) + sum(zcnt)
+    return one(semid).waiters or 0
 
 
 @pytest.fixture
@@ -121,7 +120,7 @@ def one(semid: int) -> SemSet:
 
 
 def values(semid: int) -> tuple[int, ...]:
-    return kernel.sem_getall(semid, kernel.sem_stat(semid).nsems)
+    return kernel.sem_getall(semid, one(semid).nsems)
 
 
 # --- reading ------------------------------------------------------------------------
