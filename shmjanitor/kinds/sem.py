@@ -255,7 +255,9 @@ def in_use(s: SemSet, name_of: Callable[[int], Optional[str]]) -> Optional[str]:
             parts.append(f"semaphore {num}: {', '.join(what)}")
     clause = f"{s.waiters} waiting in semop ({'; '.join(parts)})"
     if s.operators:
-        names = [f"{p} ({name_of(p)})" if name_of(p) else str(p) for p in s.operators]
+        names = [
+            f"{p} ({n})" if n else str(p) for p, n in zip(s.operators, map(name_of, s.operators))
+        ]
         clause += f"; last operator{'s' * (len(names) > 1)} {', '.join(names)}"
     return clause
 
