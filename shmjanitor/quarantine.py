@@ -216,9 +216,10 @@ def _check_entry(e: Any, version: int) -> None:
     if e.get("encoding") != "extents" or e.get("status") not in (PENDING, REMOVED):
         raise Damaged(f"entry {e['n']}: unknown encoding or status")
     ext = e.get("extents")
+    bound = kinds.of(kind).data_size(e)  # the object's data the extents lie in
     if not isinstance(ext, list) or not all(
         isinstance(x, list) and len(x) == 2 and all(_is_int(v) and v >= 0 for v in x)
-        and x[0] + x[1] <= e["size"]
+        and x[0] + x[1] <= bound
         for x in ext
     ):  # fmt: skip
         raise Damaged(f"entry {e['n']}: extents are not [offset, length] pairs in the object")

@@ -101,6 +101,10 @@ class Kind(Protocol):
         object before anything is read when that much would pass its budget or its
         free-space floor (shm: resident and swapped pages, not its size)."""
 
+    def data_size(self, doc: Mapping[str, Any]) -> int:
+        """The length of the data an entry's extents lie in (shm: the segment's size; a
+        set: two bytes per semaphore), from an entry its check_record accepted."""
+
     def save(self, o: Any, write: Callable[[bytes], None]) -> list[tuple[int, int]]:
         """Write its data through `write` and return the extents [(offset, length)] of
         the object's data they are (holes are zeros). Raises OSError."""

@@ -370,6 +370,14 @@ def known_empty(s: SemSet) -> bool:
     return False  # reading its values is one GETALL
 
 
+def save_bound(s: SemSet) -> int:
+    return s.nsems * _VALUE.size
+
+
+def data_size(doc: Mapping[str, Any]) -> int:
+    return int(doc["nsems"]) * _VALUE.size
+
+
 def save(s: SemSet, write: Callable[[bytes], None]) -> list[tuple[int, int]]:
     """GETALL, written as the bytes above. Raises OSError."""
     values = kernel.sem_getall(s.id, s.nsems)

@@ -349,6 +349,10 @@ def check_record(doc: Mapping[str, Any]) -> Optional[str]:
     return None
 
 
+def data_size(doc: Mapping[str, Any]) -> int:
+    return int(doc["size"])
+
+
 def same(doc: Mapping[str, Any], now: Stat) -> bool:
     """The segment an entry recorded: same key, creator pid and creator uid."""
     return (now.key, now.cpid, now.cuid) == (doc["key"], doc["cpid"], doc["cuid"])
