@@ -21,6 +21,7 @@ from shmjanitor.model import Fact, IpcObject, Party
 # we follow lsipc's and the order: shm, sem, msg).
 _MODULES = {
     "shm": "shmjanitor.kinds.shm",
+    "msg": "shmjanitor.kinds.msg",
 }
 
 
