@@ -14,6 +14,7 @@ import ctypes
 import errno
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -207,6 +208,10 @@ def test_reader_that_never_got_a_message_is_seen_waiting(seen: None) -> None:
     assert msg.in_use(found, _no_name) == f"{pid} (python) blocked in msgrcv"
     assert msg.in_use(found, lambda p: "worker") == f"{pid} (worker) blocked in msgrcv"
     assert msg.unknowable(found) is None
+    # Stopped (Ctrl-Z), it goes back to msgrcv on SIGCONT: still waiting on it.
+    os.kill(pid, signal.SIGSTOP)
+    _until_waiting(pid, "do_signal_stop")
+    assert [b.pid for b in one(q).blocked] == [pid]
 
 
 def test_writer_on_a_full_queue_is_seen_waiting(seen: None) -> None:
@@ -315,6 +320,9 @@ def test_tasks_whose_system_call_is_closed_could_wait_where_they_may(tmp_path: P
         q.uid = 1000
     fill(full)
     other = sleeper(1001)
+    zombie = _spawn(lambda: None, 1001)  # exits at once; not waited for until the end
+    while Path(f"/proc/{zombie}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z":
+        time.sleep(0.01)
     script = (
         "import json; from shmjanitor.kinds import msg\n"
         "print(json.dumps({q.id: [h.pid for h in q.hidden] for q in msg.read()}))"
@@ -327,6 +335,21 @@ def test_tasks_whose_system_call_is_closed_could_wait_where_they_may(tmp_path: P
     assert other not in hidden[shut.id]
     assert other in hidden[full.id]
     assert os.getpid() in hidden[shut.id]  # root: CAP_IPC_OWNER opens every queue
+    # A zombie or a kernel thread (where /proc shows any) waits on nothing.
+    assert not {zombie, *_kernel_threads()} & set().union(*hidden.values())
+
+
+def _kernel_threads() -> set[int]:
+    """Processes whose /proc/PID/stat flags have PF_KTHREAD."""
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_bytes()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(b")") + 2 :].split()[6]) & 0x00200000:
+            found.add(int(pid))
+    return found
 
 
 def test_pid_1_whose_system_call_is_closed_makes_every_queue_unknowable() -> None:
@@ -338,6 +361,19 @@ def test_pid_1_whose_system_call_is_closed_makes_every_queue_unknowable() -> Non
     why = msg.unknowable(one(q))
     assert why is not None and why.startswith("1 (")
     assert "could be waiting in msgsnd or msgrcv on it" in why
+
+
+def test_a_machine_whose_system_call_numbers_are_not_known(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:  # fmt: skip
+    q = new_queue()
+    reader(q)
+    monkeypatch.setattr(msg, "_CALLS", {})
+    found = one(q)
+    assert found.blocked == ()
+    assert msg.unknowable(found) == (
+        f"the system call numbers of msgsnd and msgrcv on this machine ({os.uname().machine}) "
+        "are not known to shmjanitor: a task waiting on it cannot be seen"
+    )
 
 
 def test_tasks_outside_our_pid_namespace_that_share_our_ipc_namespace() -> None:
@@ -385,11 +421,12 @@ def test_changes_since_the_scan(seen: None) -> None:
     assert msg.changed_since_scan(scanned, msg.stat(q.id), False) == (
         "changed since scan: a message was sent or received since"
     )
-    q.mode = 0o644  # IPC_SET
-    why = msg.changed_since_scan(scanned._replace(qnum=1, cbytes=1, lspid=os.getpid(),
-                                                  stime=msg.stat(q.id).stime),
-                                 msg.stat(q.id), False)  # fmt: skip
-    assert why is not None and "IPC_SET" in why
+    assert msg.changed_since_scan(scanned, msg.stat(q.id), True) is None  # rm --force
+    scanned = one(q)
+    q.mode = 0o644  # IPC_SET, within the scan's second: only the mode shows it
+    assert msg.changed_since_scan(scanned, msg.stat(q.id), False) == (
+        "changed since scan: owner, mode or size limit changed (IPC_SET) since"
+    )
     assert msg.changed_since_scan(scanned._replace(key=7), msg.stat(q.id), True) == (
         f"changed since scan: key is now 0x{q.key & 0xFFFFFFFF:08x}"
     )
@@ -411,27 +448,21 @@ def test_the_lock_keeps_owner_and_size_limit(seen: None) -> None:
 
 
 def test_use_at_the_last_instant(seen: None, fresh: None) -> None:
+    """After the lock only a task with CAP_IPC_OWNER may send or start to wait (here:
+    root); a sender already waiting on a full queue stays (IPC_SET does not wake it)."""
     q = new_queue()
     before = msg.stat(q.id)
     msg.lock(q.id, 0)
-    q.send(b"root may still send")  # CAP_IPC_OWNER
+    q.send(b"root may still send")
     assert msg.changed_while_locked(before, msg.stat(q.id)) == (
         "changed since scan: a message was sent or received at the last instant"
     )
     assert msg.busy_now(q.id) is None
-    fill(q)
-    pid = _spawn(lambda: q.send(b"w" * 1000))
-    _until_waiting(pid, "do_msgsnd")
+    pid = writer(q)
+    before = msg.stat(q.id)._replace(blocked=())
     assert msg.busy_now(q.id) == f"changed since scan: {pid} (python) blocked in msgsnd now"
-    locked = msg.stat(q.id)
-    assert (
-        msg.changed_while_locked(
-            before._replace(
-                **{f: getattr(locked, f) for f in ("stime", "qnum", "cbytes", "lspid")}
-            ),
-            locked,
-        )
-        == f"changed since scan: {pid} (python) blocked in msgsnd at the last instant"
+    assert msg.changed_while_locked(before, msg.stat(q.id)) == (
+        f"changed since scan: {pid} (python) blocked in msgsnd at the last instant"
     )
 
 

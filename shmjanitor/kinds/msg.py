@@ -276,11 +276,17 @@ def sweep(proc: str = PROC) -> Sweep:
     for name in os.listdir(proc):
         if not name.isdigit():
             continue
+        pid = int(name)
         try:
             tids = os.listdir(f"{proc}/{name}/task")
-        except OSError:
+        except (FileNotFoundError, ProcessLookupError):
             continue  # exited since the listing
-        pid = int(name)
+        except OSError as e:  # hidepid=1 lists a process but shuts its directory
+            tasks += 1
+            h = _hidden(f"{proc}/{name}", pid, pid, e, ours, names, proc)
+            if h is not None:
+                hidden.append(h)
+            continue
         for t in tids:
             tasks += 1
             tid = int(t)
@@ -305,7 +311,7 @@ def sweep(proc: str = PROC) -> Sweep:
                 continue
             msqid, call = waits
             ns = _ipc_ns(f"{name}/task/{t}", proc)
-            if ns is not None and ns != ours:
+            if ns is not None and ours is not None and ns != ours:
                 continue  # that msqid is another namespace's queue
             if pid not in names:
                 names[pid] = _comm(f"{proc}/{name}")
@@ -566,10 +572,8 @@ def unknowable(q: Queue) -> Optional[str]:
         first.setdefault(h.pid, h)
     named = [_tasks(pid, first[pid].comm, n) for pid, n in list(threads.items())[:3]]
     more = f" and {len(threads) - 3} more" if len(threads) > 3 else ""
-    why = q.hidden[0].why
-    verb = "is" if len(threads) == 1 else "are"
-    return (f"{', '.join(named)}{more} could be waiting in msgsnd or msgrcv on it: their "
-            f"system call {verb} closed to us (/proc/PID/task/TID/syscall: {why})")  # fmt: skip
+    return (f"{', '.join(named)}{more} could be waiting in msgsnd or msgrcv on it: "
+            f"/proc/PID/task/TID/syscall is closed to us ({q.hidden[0].why})")  # fmt: skip
 
 
 def removing(q: Queue) -> Optional[str]:
