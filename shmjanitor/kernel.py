@@ -246,6 +246,9 @@ _libc.msgrcv.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.
                          ctypes.c_int)  # fmt: skip
 _libc.msgrcv.restype = ctypes.c_ssize_t
 _MTYPE = struct.Struct("@l")  # struct msgbuf { long mtype; char mtext[]; }
+_QBYTES_AT = 88  # offset of msg_qbytes in the buffer
+_ulong = struct.Struct("@L")
+_qbytes_of = _ulong.unpack_from
 
 
 class MsgStat(NamedTuple):
@@ -295,7 +298,7 @@ def msg_qbytes(msqid: int) -> Optional[int]:
         if err in (errno.EACCES, errno.EPERM):
             return None
         raise OSError(err, os.strerror(err))
-    return int(_msg_unpack(_msgbuf)[16])
+    return int(_qbytes_of(_msgbuf, _QBYTES_AT)[0])
 
 
 def msg_set_mode_after_stat(msqid: int, mode: int) -> None:
@@ -310,8 +313,6 @@ def msg_set_mode_after_stat(msqid: int, mode: int) -> None:
         raise _msg_fail()
 
 
-_QBYTES_AT = 88  # offset of msg_qbytes in the buffer
-_ulong = struct.Struct("@L")
 _OWNER_AT = 4  # uid, gid: the two unsigned ints after the key
 _owner = struct.Struct("@II")
 

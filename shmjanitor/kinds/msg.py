@@ -182,20 +182,22 @@ def read(path: Path = PROC_MSG) -> list[Queue]:
 
 
 def with_facts(queues: Iterable[Queue], s: Sweep) -> list[Queue]:
-    """Each queue with msg_qbytes (IPC_STAT: 2.5 us a queue) and the sweep's evidence.
+    """Each queue with msg_qbytes (IPC_STAT: 2 us a queue) and the sweep's evidence.
     A queue removed since the table was read is dropped."""
     out: list[Queue] = []
     append = out.append
     qbytes = kernel.msg_qbytes
     evidence = _Evidence(s)
+    hidden_on = evidence.hidden_on if evidence.some else None
+    every, blind, blocked, threads = evidence.every, s.blind, s.blocked.get, s.threads.get
     new = tuple.__new__  # not _replace: a Python frame per queue
     for q in queues:
         try:
             limit = qbytes(q.id)
         except OSError:
             continue  # gone since the table was read
-        blocked, hidden, tgid = evidence.of(q, limit)
-        append(new(Queue, (*q[:14], limit, blocked, hidden, s.blind, tgid)))
+        hidden = every if hidden_on is None else hidden_on(q, limit)
+        append(new(Queue, (*q[:14], limit, blocked(q.id, ()), hidden, blind, threads(q.lrpid))))
     return out
 
 
@@ -468,22 +470,17 @@ class _Evidence:
         self.some = tuple(h for h in s.hidden if h.cred is not None and not h.cred.ipc_owner)
         self.readers: dict[tuple[int, int, int, int, int], tuple[Hidden, ...]] = {}
 
-    def of(self, q: Queue, qbytes: Optional[int]
-           ) -> tuple[tuple[Blocked, ...], tuple[Hidden, ...], Optional[int]]:  # fmt: skip
-        s = self.s
-        hidden = self.every
-        if self.some:
-            if _sender_possible(q.qnum, q.cbytes, qbytes, s.msgmax):
-                hidden += self.some
-            else:
-                k = (q.uid, q.gid, q.cuid, q.cgid, q.mode & 0o777)
-                readers = self.readers.get(k)
-                if readers is None:
-                    readers = self.readers[k] = tuple(
-                        h for h in self.some if h.cred is not None and _may_read(h.cred, q)
-                    )
-                hidden += readers
-        return s.blocked.get(q.id, ()), hidden, s.threads.get(q.lrpid)
+    def hidden_on(self, q: Queue, qbytes: Optional[int]) -> tuple[Hidden, ...]:
+        """The hidden tasks that could wait on `q` (its msg_qbytes as given)."""
+        if _sender_possible(q.qnum, q.cbytes, qbytes, self.s.msgmax):
+            return self.every + self.some
+        k = (q.uid, q.gid, q.cuid, q.cgid, q.mode & 0o777)
+        readers = self.readers.get(k)
+        if readers is None:
+            readers = self.readers[k] = tuple(
+                h for h in self.some if h.cred is not None and _may_read(h.cred, q)
+            )
+        return self.every + readers
 
 
 def _sender_possible(qnum: int, cbytes: int, qbytes: Optional[int], msgmax: Optional[int]
@@ -548,11 +545,13 @@ def _tasks(pid: int, comm: Optional[str], n: int) -> str:
 
 def in_use(q: Queue, name_of: Callable[[int], Optional[str]]) -> Optional[str]:
     """The clause: "4242 (reader) blocked in msgrcv, 4250 (w, 2 threads) blocked in msgsnd"."""
-    if not q.blocked:
-        return None
+    return _blocked_clause(q.blocked, name_of) if q.blocked else None
+
+
+def _blocked_clause(blocked: Iterable[Blocked], name_of: Callable[[int], Optional[str]]) -> str:
     count: dict[tuple[int, str], int] = {}
     comm: dict[int, Optional[str]] = {}
-    for b in q.blocked:
+    for b in blocked:
         count[b.pid, b.call] = count.get((b.pid, b.call), 0) + 1
         comm[b.pid] = b.comm
     return ", ".join(f"{_tasks(pid, name_of(pid) or comm[pid], n)} blocked in {call}"
@@ -601,27 +600,38 @@ def quiet(q: Queue, now: float) -> str:
 REUSE = 0.05
 REUSE_RUNS = 10
 _last: Optional[Sweep] = None
+_evidence: Optional[_Evidence] = None  # of _last
+_monotonic = time.monotonic
 
 
-def _recent() -> Sweep:
-    global _last
+def _recent() -> _Evidence:
+    global _last, _evidence
     s = _last
-    if s is None or time.monotonic() - s.started > max(REUSE, REUSE_RUNS * s.took):
+    if s is None or _monotonic() - s.started > max(REUSE, REUSE_RUNS * s.took):
         s = _last = sweep()
-    return s
+    e = _evidence
+    if e is None or e.s is not s:
+        e = _evidence = _Evidence(s)
+    return e
+
+
+_new = tuple.__new__  # a Queue without the NamedTuple's Python-level __new__ (2 us)
 
 
 def stat(id: int) -> Queue:
     """IPC_STAT now (its buffer stays for `lock`), and the tasks that wait on it (a
-    sweep of /proc at most REUSE seconds old). Raises OSError: EINVAL/EIDRM gone,
-    EACCES no read permission."""
+    sweep of /proc at most REUSE seconds old, see above). Raises OSError: EINVAL/EIDRM
+    gone, EACCES no read permission."""
     st = kernel.msg_stat(id)
-    s = _recent()
-    q = Queue(st.key, id, st.mode & 0o777, st.cbytes, st.qnum, st.lspid, st.lrpid, st.uid,
-              st.gid, st.cuid, st.cgid, st.stime, st.rtime, st.ctime)  # fmt: skip
-    blocked, hidden, tgid = _Evidence(s).of(q, st.qbytes)
-    return q._replace(qbytes=st.qbytes, blocked=blocked, hidden=hidden, blind=s.blind,
-                      lrpid_tgid=tgid)  # fmt: skip
+    e = _recent()
+    s = e.s
+    q: Queue = _new(Queue, (st.key, id, st.mode & 0o777, st.cbytes, st.qnum, st.lspid,
+                            st.lrpid, st.uid, st.gid, st.cuid, st.cgid, st.stime, st.rtime,
+                            st.ctime, st.qbytes, s.blocked.get(id, ()), e.every, s.blind,
+                            s.threads.get(st.lrpid)))  # fmt: skip
+    if e.some:
+        q = q._replace(hidden=e.hidden_on(q, st.qbytes))
+    return q
 
 
 def _other_queue(q: Queue, now: Queue) -> Optional[str]:
@@ -696,11 +706,19 @@ def changed_while_locked(before: Queue, locked: Queue) -> Optional[str]:
 def busy_now(id: int) -> Optional[str]:
     """A task waiting on it now (the shared sweep, see REUSE), or one that could be and
     cannot be seen; None when the queue is gone (IPC_RMID will say so)."""
+    e = _recent()
+    s = e.s
+    if s.blind:
+        return f"changed since scan: {s.blind}"
+    blocked = s.blocked.get(id)
+    if blocked:
+        return f"changed since scan: {_blocked_clause(blocked, _no_name)} now"
+    if not s.hidden:
+        return None  # nobody hidden: no IPC_STAT needed to say who could wait on it
     try:
-        now = stat(id)
+        return _waiting(stat(id))
     except OSError:
         return None
-    return _waiting(now)
 
 
 def rmid(id: int) -> None:
