@@ -376,6 +376,26 @@ def test_a_machine_whose_system_call_numbers_are_not_known(monkeypatch: pytest.M
     )
 
 
+def test_tasks_that_hidepid_hides() -> None:
+    """/proc mounted hidepid=2 shows uid 1000 only its own processes: root's, which could
+    wait on any queue, are not even listed. The kernel's count of threads says so."""
+    q = new_queue(mode=0o600)
+    q.uid = 1000
+    script = (
+        "from shmjanitor.kinds import msg\n"
+        "(q,) = msg.read(); print(q.hidden == (), q.blind)"
+    )
+    out = subprocess.run(["unshare", "--mount", "sh", "-c",
+                          'mount -t proc -o hidepid=2 proc /proc && exec "$@"', "sh",
+                          *python_as(1000), "-c", script],
+                         capture_output=True, text=True, cwd="/")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == (
+        "True /proc is mounted with hidepid and hides tasks from us: one waiting on it "
+        "cannot be seen\n"
+    )
+
+
 def test_tasks_outside_our_pid_namespace_that_share_our_ipc_namespace() -> None:
     """As a pod's containers do: the reader's PID namespace has its pid 1 in our IPC
     namespace, and tasks outside it cannot be seen."""

@@ -52,7 +52,6 @@ TABLE = PROC_MSG
 
 COLUMNS = ("key", "msqid", "perms", "cbytes", "qnum", "lspid", "lrpid",
            "uid", "gid", "cuid", "cgid", "stime", "rtime", "ctime")  # fmt: skip
-_GONE = (errno.EINVAL, errno.EIDRM)
 
 
 class Blocked(NamedTuple):
@@ -445,7 +444,8 @@ def _blind(machine: str, calls: dict[int, str], ours: Optional[str], tasks: int,
                     "in it, as in a pod's containers): one waiting on it cannot be seen")  # fmt: skip
     if procs.procfs_hides() and tasks != _all_tasks():
         # hidepid shows a task only to whom may ptrace it (or is in the gid= group):
-        # the kernel's count of every thread says whether any was left out.
+        # the kernel's count of every thread says whether any was left out. (Tasks that
+        # start or end during the sweep make the counts differ too: kept, not removed.)
         return ("/proc is mounted with hidepid and hides tasks from us: one waiting on it "
                 "cannot be seen")  # fmt: skip
     return None
@@ -655,10 +655,10 @@ def _no_name(_pid: int) -> Optional[str]:
 
 
 def _used(q: Queue, now: Queue) -> Optional[str]:
-    # Times are whole seconds: a send and a receive within the scan's second leave them
-    # as they were, but not lspid/lrpid if another process did it, nor... a same-process
-    # pair within one second leaves nothing: only a waiting task would show, and stat
-    # looks for those.
+    # Times are whole seconds: within the scan's second a send or a receive shows in
+    # qnum, cbytes, lspid or lrpid. (Only the very processes they name, sending and
+    # receiving as much within that second, would leave all as they were: the judgement
+    # that let this queue get here found those dead.)
     if (now.stime, now.rtime, now.qnum, now.cbytes, now.lspid, now.lrpid) != (
         q.stime, q.rtime, q.qnum, q.cbytes, q.lspid, q.lrpid
     ):  # fmt: skip
