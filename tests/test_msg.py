@@ -381,10 +381,7 @@ def test_tasks_that_hidepid_hides() -> None:
     wait on any queue, are not even listed. The kernel's count of threads says so."""
     q = new_queue(mode=0o600)
     q.uid = 1000
-    script = (
-        "from shmjanitor.kinds import msg\n"
-        "(q,) = msg.read(); print(q.hidden == (), q.blind)"
-    )
+    script = "from shmjanitor.kinds import msg\n(q,) = msg.read(); print(q.hidden == (), q.blind)"
     out = subprocess.run(["unshare", "--mount", "sh", "-c",
                           'mount -t proc -o hidepid=2 proc /proc && exec "$@"', "sh",
                           *python_as(1000), "-c", script],

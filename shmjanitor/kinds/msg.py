@@ -430,6 +430,12 @@ def _blind(machine: str, calls: dict[int, str], ours: Optional[str], tasks: int,
                 "are not known to shmjanitor: a task waiting on it cannot be seen")  # fmt: skip
     if not procs.procfs_is_ours(proc):
         return "/proc shows another PID namespace: a task waiting on it cannot be seen"
+    if procs.procfs_hides() and tasks != _all_tasks():
+        # hidepid shows a task only to whom may ptrace it (or is in the gid= group):
+        # the kernel's count of every thread says whether any was left out. (Tasks that
+        # start or end during the sweep make the counts differ too: kept, not removed.)
+        return ("/proc is mounted with hidepid and hides tasks from us: one waiting on it "
+                "cannot be seen")  # fmt: skip
     try:
         initial = os.readlink(f"{proc}/self/ns/pid") == _INITIAL_PID_NS
     except OSError:
@@ -442,12 +448,6 @@ def _blind(machine: str, calls: dict[int, str], ours: Optional[str], tasks: int,
         if init == ours:
             return ("tasks outside this PID namespace share its IPC namespace (its pid 1 is "
                     "in it, as in a pod's containers): one waiting on it cannot be seen")  # fmt: skip
-    if procs.procfs_hides() and tasks != _all_tasks():
-        # hidepid shows a task only to whom may ptrace it (or is in the gid= group):
-        # the kernel's count of every thread says whether any was left out. (Tasks that
-        # start or end during the sweep make the counts differ too: kept, not removed.)
-        return ("/proc is mounted with hidepid and hides tasks from us: one waiting on it "
-                "cannot be seen")  # fmt: skip
     return None
 
 
