@@ -719,6 +719,7 @@ def test_facts_are_named_and_valued_as_lsipc_says() -> None:
     q = new_queue(key=0x5EED0006)
     sent_and_exited(q, b"abc")
     sent_and_exited(q, b"de")
+    time.sleep(1.1)  # SEND and RECV a second apart: each column shows its own
     q.receive()
     out = subprocess.run(["lsipc", "-q", "--json", "-b", "--time-format=iso", "-o",
                           "ID,USEDBYTES,MSGS,SEND,RECV,LSPID,LRPID"],
