@@ -274,7 +274,12 @@ def sweep(proc: str = PROC) -> Sweep:
     threads: dict[int, int] = {}
     names: dict[int, Optional[str]] = {}
     tasks = 0
-    for name in os.listdir(proc):
+    try:
+        listing = os.listdir(proc)
+    except OSError as e:
+        return Sweep(started, 0.0, {}, (), f"{proc} cannot be listed ({e.strerror}): a task "
+                     "waiting on it cannot be seen", {}, None)  # fmt: skip
+    for name in listing:
         if not name.isdigit():
             continue
         pid = int(name)
