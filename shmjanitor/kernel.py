@@ -381,3 +381,152 @@ def sem_rmid(semid: int) -> None:
     freeary). Raises OSError: EINVAL/EIDRM gone, EPERM neither ours nor privileged."""
     if _semctl(semid, 0, IPC_RMID) != 0:
         raise _sem_error()
+
+
+# --- message queues ---
+# msgctl/msgget/msgsnd/msgrcv for kinds/msg.py. The buffer is glibc's struct msqid_ds on
+# 64-bit Linux, which is the kernel's msqid64_ds (ipc/msg.c, copy_msqid_to_user): the
+# ipc_perm above, then msg_stime, msg_rtime, msg_ctime (long), msg_cbytes, msg_qnum,
+# msg_qbytes (unsigned long), msg_lspid, msg_lrpid (int), two reserved longs: 120 bytes.
+
+MSG_NOERROR = 0o10000
+MSG_COPY = 0o40000  # msgrcv: copy the message at index msgtyp, leave it queued (3.8+)
+IPC_NOWAIT = 0o4000
+
+_MSQID_DS = struct.Struct("@iIIIIHHHHLLlllLLLiiLL")
+_MSG_LAYOUT_OK = ctypes.sizeof(ctypes.c_long) == 8 and _MSQID_DS.size == 120
+_msgctl = _libc.msgctl
+_msgctl.restype = ctypes.c_int
+_msgbuf = ctypes.create_string_buffer(_MSQID_DS.size)
+_msg_unpack = _MSQID_DS.unpack_from
+_libc.msgget.argtypes = (ctypes.c_int, ctypes.c_int)
+_libc.msgsnd.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+_libc.msgrcv.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_long,
+                         ctypes.c_int)  # fmt: skip
+_libc.msgrcv.restype = ctypes.c_ssize_t
+_MTYPE = struct.Struct("@l")  # struct msgbuf { long mtype; char mtext[]; }
+_QBYTES_AT = 88  # offset of msg_qbytes in the buffer
+_ulong = struct.Struct("@L")
+_qbytes_of = _ulong.unpack_from
+
+
+class MsgStat(NamedTuple):
+    """What msgctl(IPC_STAT) says of a queue now (times None when never)."""
+
+    key: int
+    mode: int
+    uid: int
+    gid: int
+    cuid: int
+    cgid: int
+    stime: Optional[int]
+    rtime: Optional[int]
+    ctime: int
+    cbytes: int
+    qnum: int
+    qbytes: int
+    lspid: int
+    lrpid: int
+
+
+def _msg_fail() -> OSError:
+    err = ctypes.get_errno()
+    return OSError(err, os.strerror(err))
+
+
+def msg_stat(msqid: int) -> MsgStat:
+    """IPC_STAT one queue; its buffer stays for `msg_set_mode_after_stat`. Raises
+    OSError: EINVAL/EIDRM gone, EACCES no read permission."""
+    if not _MSG_LAYOUT_OK:
+        raise OSError(errno.ENOSYS, "the re-check needs 64-bit Linux")
+    if _msgctl(msqid, IPC_STAT, _msgbuf) != 0:
+        raise _msg_fail()
+    (key, uid, gid, cuid, cgid, mode, _p1, _seq, _p2, _r1, _r2, stime, rtime, ctime,
+     cbytes, qnum, qbytes, lspid, lrpid, _r4, _r5) = _msg_unpack(_msgbuf)  # fmt: skip
+    return _new_stat(MsgStat, (key & 0xFFFFFFFF, mode, uid, gid, cuid, cgid, stime or None,
+                               rtime or None, ctime, cbytes, qnum, qbytes, lspid, lrpid))  # fmt: skip
+
+
+def msg_qbytes(msqid: int) -> Optional[int]:
+    """msg_qbytes of a queue (/proc/sysvipc/msg lacks it), None when we may not read it
+    (EACCES) or cannot (not 64-bit). Raises OSError otherwise: EINVAL/EIDRM gone."""
+    if not _MSG_LAYOUT_OK:
+        return None
+    if _msgctl(msqid, IPC_STAT, _msgbuf) != 0:
+        err = ctypes.get_errno()
+        if err in (errno.EACCES, errno.EPERM):
+            return None
+        raise OSError(err, os.strerror(err))
+    return int(_qbytes_of(_msgbuf, _QBYTES_AT)[0])
+
+
+def msg_set_mode_after_stat(msqid: int, mode: int) -> None:
+    """IPC_SET the permission bits of `msqid`, right after `msg_stat(msqid)`.
+
+    IPC_SET writes uid, gid, mode and msg_qbytes together (ipc/msg.c, msgctl_down):
+    all but the mode come from the buffer that IPC_STAT just filled, so the queue's
+    owner and limit stay as they were. Raises OSError: EPERM not ours, EINVAL/EIDRM gone.
+    """
+    _mode.pack_into(_msgbuf, _MODE_AT, mode & 0o777)
+    if _msgctl(msqid, IPC_SET, _msgbuf) != 0:
+        raise _msg_fail()
+
+
+_OWNER_AT = 4  # uid, gid: the two unsigned ints after the key
+_owner = struct.Struct("@II")
+
+
+def msg_set(msqid: int, uid: int, gid: int, mode: int, qbytes: int) -> None:
+    """IPC_STAT, then IPC_SET owner, mode and msg_qbytes. Raises OSError: EPERM (not
+    ours, or qbytes above kernel.msgmnb without CAP_SYS_RESOURCE), EINVAL/EIDRM gone."""
+    msg_stat(msqid)
+    _owner.pack_into(_msgbuf, _OWNER_AT, uid, gid)
+    _mode.pack_into(_msgbuf, _MODE_AT, mode & 0o777)
+    _ulong.pack_into(_msgbuf, _QBYTES_AT, qbytes)
+    if _msgctl(msqid, IPC_SET, _msgbuf) != 0:
+        raise _msg_fail()
+
+
+def msg_create(key: int, mode: int) -> int:
+    """msgget(key, IPC_CREAT | IPC_EXCL | mode): a new, empty queue (key 0 is
+    IPC_PRIVATE: always a new one). Raises OSError: EEXIST key in use, ENOSPC msgmni."""
+    signed = key - (1 << 32) if key >= 0x80000000 else key  # key_t is a signed int
+    msqid = _libc.msgget(signed, IPC_CREAT | IPC_EXCL | (mode & 0o777))
+    if msqid < 0:
+        raise _msg_fail()
+    return int(msqid)
+
+
+def msg_rmid(msqid: int) -> None:
+    """IPC_RMID: the queue and its messages go at once; blocked tasks get EIDRM.
+    Raises OSError: EINVAL/EIDRM gone, EPERM neither ours nor privileged."""
+    if _msgctl(msqid, IPC_RMID, None) != 0:
+        raise _msg_fail()
+
+
+def msg_copy(msqid: int, index: int, bufsz: int) -> Optional[tuple[int, bytes]]:
+    """(mtype, text) of the message at `index` (0 the oldest), left on the queue:
+    msgrcv(MSG_COPY | IPC_NOWAIT | MSG_NOERROR). None past the last (ENOMSG).
+
+    The kernel copies into a buffer of min(bufsz, kernel.msgmax) bytes and refuses a
+    longer message with EINVAL (ipc/msg.c, copy_msg: MSG_NOERROR does not truncate a
+    copy). Without CONFIG_CHECKPOINT_RESTORE it fails with ENOSYS and takes nothing.
+    Call only on Linux >= 3.8: older kernels ignore MSG_COPY and would take the message
+    of type `index` off the queue. Raises OSError.
+    """
+    buf = ctypes.create_string_buffer(_MTYPE.size + bufsz)
+    n = _libc.msgrcv(msqid, buf, bufsz, index, MSG_COPY | IPC_NOWAIT | MSG_NOERROR)
+    if n < 0:
+        err = ctypes.get_errno()
+        if err == errno.ENOMSG:
+            return None
+        raise OSError(err, os.strerror(err))
+    return _MTYPE.unpack_from(buf)[0], buf.raw[_MTYPE.size : _MTYPE.size + n]
+
+
+def msg_send(msqid: int, mtype: int, text: bytes) -> None:
+    """msgsnd(IPC_NOWAIT): EAGAIN instead of waiting when the queue is full. Raises
+    OSError: EINVAL (mtype < 1, or text longer than kernel.msgmax), EAGAIN, EACCES."""
+    buf = ctypes.create_string_buffer(_MTYPE.pack(mtype) + text, _MTYPE.size + len(text))
+    if _libc.msgsnd(msqid, buf, len(text), IPC_NOWAIT) != 0:
+        raise _msg_fail()

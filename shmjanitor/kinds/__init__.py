@@ -22,6 +22,7 @@ from shmjanitor.model import Fact, IpcObject, Party
 _MODULES = {
     "shm": "shmjanitor.kinds.shm",
     "sem": "shmjanitor.kinds.sem",
+    "msg": "shmjanitor.kinds.msg",
 }
 
 
