@@ -30,6 +30,7 @@ from conftest import python_as
 from segments import _children
 
 from shmjanitor import kernel
+from shmjanitor import waiters
 from shmjanitor.kinds import msg
 
 HERE = Path(__file__).parent
@@ -367,7 +368,7 @@ def test_a_machine_whose_system_call_numbers_are_not_known(monkeypatch: pytest.M
                                                            ) -> None:  # fmt: skip
     q = new_queue()
     reader(q)
-    monkeypatch.setattr(msg, "_CALLS", {})
+    monkeypatch.setattr(waiters, "_CALLS", {})
     found = one(q)
     assert found.blocked == ()
     assert msg.unknowable(found) == (
