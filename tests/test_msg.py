@@ -29,8 +29,7 @@ import sysv_ipc
 from conftest import python_as
 from segments import _children
 
-from shmjanitor import kernel
-from shmjanitor import waiters
+from shmjanitor import kernel, waiters
 from shmjanitor.kinds import msg
 
 HERE = Path(__file__).parent
