@@ -337,8 +337,13 @@ def plain(verdicts: list[Verdict], exact_bytes: bool, out: IO[str],
     aligns a whole row, and rows go out a few thousand at a time.
     """
     make = Cells(exact_bytes, columns, commands=commands)
-    rows = list(map(make.row, verdicts))
-    heads = [COLUMNS[n].layout for n in make.columns]
+    write_plain([COLUMNS[n].layout for n in make.columns], list(map(make.row, verdicts)), out,
+                header)  # fmt: skip
+
+
+def write_plain(heads: Sequence[Col], rows: Sequence[Sequence[str]], out: IO[str],
+                header: bool = True) -> None:  # fmt: skip
+    """Rows of cells (every one a word but the last) as aligned columns to `out`."""
     widths = natural(heads, rows, header)
     last = len(heads) - 1
     row = (
@@ -513,14 +518,23 @@ def table(
     least useful first; the reason wraps (layout.fit says how).
     """
     make = Cells(exact_bytes, columns, one_word=False, commands=commands)
-    rows = list(map(make.row, verdicts))
     cols = [COLUMNS[n].layout for n in make.columns]
+    out.write("\n".join(table_lines(cols, list(map(make.row, verdicts)), verdicts, width,
+                                     color, header=header, chosen=chosen,
+                                     footer=footer_lines(sv, verdicts))) + "\n")  # fmt: skip
+
+
+def table_lines(cols: Sequence[Col], rows: Sequence[Sequence[str]], verdicts: Sequence[Verdict],
+                width: Optional[int], color: bool, *, header: bool, chosen: bool,
+                footer: Sequence[str]) -> list[str]:  # fmt: skip
+    """A table's lines: `rows` (of `verdicts`) under `cols`, fitted to `width`, the
+    STATE column painted, and the `footer` sentences, wrapped and dim."""
     if chosen:
         cols = [c._replace(drop=0) for c in cols]
+    heads = [c.header for c in cols]
     styles = None
-    if "STATE" in make.columns:
-        styles = (make.columns.index("STATE"), [STATE_STYLE[v.state] for v in verdicts])
+    if "STATE" in heads:
+        styles = (heads.index("STATE"), [STATE_STYLE[v.state] for v in verdicts])
     lines = draw(cols, rows, width, header=header, color=color, styles=styles)
-    lines.extend(paint(line, "dim" if color else None)
-                 for line in wrap_lines(footer_lines(sv, verdicts), width))  # fmt: skip
-    out.write("\n".join(lines) + "\n")
+    lines.extend(paint(line, "dim" if color else None) for line in wrap_lines(footer, width))
+    return lines
