@@ -48,22 +48,14 @@ class Verdict(NamedTuple):
 NOBODY = Creator(0, None, None)  # the first party of an object whose table names none
 
 
-class _Parties(NamedTuple):
-    """What an object's parties say, worked out once per distinct tuple of parties."""
-
-    creator: Creator
-    last_user: Optional[Creator]
-    idle: Optional[str]  # the reason up to the quiet clause when a party lives, else None
-    clauses: str  # the parties' clauses, a repeated pid with the same answer said once
-    unknown: bool  # a party whose liveness cannot be known
+# What an object's parties say, worked out once per distinct tuple of parties: (the
+# first party as judged, the second, the reason up to the quiet clause when a party
+# lives (else None), the parties' clauses (a repeated pid with the same answer said
+# once), whether a party's liveness cannot be known). A plain tuple: unpacked per object.
+Said = tuple[Creator, Optional[Creator], Optional[str], str, bool]
 
 
-def _parties(judged: Sequence[tuple[Party, Creator, str]], verb: str) -> _Parties:
-    if len(judged) == 1:  # the common case (a segment nobody attached): said directly
-        _, c, clause = judged[0]
-        if c.alive:
-            return _Parties(c, None, f"{clause}, may {verb} again", "", False)
-        return _Parties(c, None, None, clause, c.alive is None)
+def _parties(judged: Sequence[tuple[Party, Creator, str]], verb: str) -> Said:
     creator = judged[0][1] if judged else NOBODY
     last_user = judged[1][1] if len(judged) > 1 else None
     said: list[str] = []
@@ -74,13 +66,13 @@ def _parties(judged: Sequence[tuple[Party, Creator, str]], verb: str) -> _Partie
             # The first live party keeps it idle: a worker that attaches now and then
             # outlives the process that made the segment (ipcmk, a parent that exited).
             idle = "; ".join([f"{clause}, may {verb} again", *said])
-            return _Parties(creator, last_user, idle, "", False)
+            return creator, last_user, idle, "", False
         unknown = unknown or c.alive is None
         answer = (p.pid, p.uid, c.alive)
         if answer not in seen:  # the creator's pid as last user, say: said once
             seen.add(answer)
             said.append(clause)
-    return _Parties(creator, last_user, None, "; ".join(said), unknown)
+    return creator, last_user, None, "; ".join(said), unknown
 
 
 def classify(o: IpcObject, facts: Mapping[int, Proc], now: float, clock: Clock = NO_EVIDENCE,
@@ -92,7 +84,7 @@ def classify(o: IpcObject, facts: Mapping[int, Proc], now: float, clock: Clock =
 
 
 def classify_all(
-    objects: Iterable[IpcObject],
+    objects: Iterable[Any],  # IpcObjects: their kinds' NamedTuples
     facts: Mapping[int, Proc],
     now: float,
     clock: Clock = NO_EVIDENCE,
@@ -106,19 +98,21 @@ def classify_all(
     users = users or {}
     name_of = _name_of(facts)
     judged: dict[Party, tuple[Party, Creator, str]] = {}
-    by_type: dict[type, tuple[kinds.Kind, dict[tuple[Party, ...], _Parties]]] = {}
+    by_type: dict[type, _Kind] = {}
     each = iter(parties) if parties is not None else None
-    verdicts = []
+    verdicts: list[Verdict] = []
+    append = verdicts.append
     for o in objects:
-        kind = by_type.get(type(o))
-        if kind is None:
-            kind = by_type[type(o)] = (kinds.kind_of(o), {})
-        k, said = kind
+        k = by_type.get(type(o))
+        if k is None:
+            k = by_type[type(o)] = _Kind(kinds.kind_of(o))
         ps = next(each) if each is not None else k.parties(o)
-        part = said.get(ps)
+        part: Optional[Said] = k.said.get(ps)
         if part is None:
-            if len(ps) == 1:  # the tuple's cache is the party's
-                js = [(ps[0], *judge_party(ps[0], facts, users, clock))]
+            if len(ps) == 1:  # the common case (nobody ever attached): said directly
+                c, clause = judge_party(ps[0], facts, users, clock)
+                part = (c, None, f"{clause}, may {k.verb} again", "", False) if c.alive \
+                    else (c, None, None, clause, c.alive is None)  # fmt: skip
             else:
                 js = []
                 for p in ps:
@@ -126,9 +120,52 @@ def classify_all(
                     if j is None:
                         j = judged[p] = (p, *judge_party(p, facts, users, clock))
                     js.append(j)
-            part = said[ps] = _parties(js, k.VERB)
-        verdicts.append(_verdict(o, k, part, name_of, now))
+                part = _parties(js, k.verb)
+            k.said[ps] = part
+        creator, user, idle, clauses, unknown = part
+        # The rules, in the module docstring's order. (Verdicts are made with
+        # tuple.__new__, as Verdict(...) would without a Python-level call: 32,000.)
+        idle_for = max(0, int(now - o.last_used))
+        why = k.removing(o)
+        if why is not None:
+            append(_new(Verdict, (o, REMOVING, why, creator, idle_for, user)))
+            continue
+        why = k.in_use(o, name_of)
+        if why is not None:
+            append(_new(Verdict, (o, ATTACHED, why, creator, idle_for, user)))
+            continue
+        quiet = k.quiet(o, now)
+        # Interned: a leak is often thousands of objects with one and the same reason.
+        if idle is not None:
+            state, reason = IDLE, intern(f"{idle}; {quiet}")
+        else:
+            said = f"{clauses}; {quiet}" if clauses else quiet
+            why = k.unknowable(o)
+            if why is not None:
+                state, reason = UNKNOWN, intern(f"{why}; {said}")
+            else:
+                state, reason = UNKNOWN if unknown else ORPHAN, intern(said)
+        append(_new(Verdict, (o, state, reason, creator, idle_for, user)))
     return verdicts
+
+
+_new = tuple.__new__
+REMOVING, ATTACHED, IDLE = State.REMOVING, State.ATTACHED, State.IDLE
+UNKNOWN, ORPHAN = State.UNKNOWN, State.ORPHAN
+
+
+class _Kind:
+    """A kind's evidence functions, looked up once per run rather than per object, and
+    what its tuples of parties said."""
+
+    def __init__(self, k: kinds.Kind) -> None:
+        self.parties = k.parties
+        self.removing = k.removing
+        self.in_use = k.in_use
+        self.quiet = k.quiet
+        self.unknowable = k.unknowable
+        self.verb = k.VERB
+        self.said: dict[tuple[Party, ...], Said] = {}
 
 
 def _name_of(facts: Mapping[int, Proc]) -> Callable[[int], Optional[str]]:
@@ -138,26 +175,3 @@ def _name_of(facts: Mapping[int, Proc]) -> Callable[[int], Optional[str]]:
         return p.name if p is not None and p.alive and p.name else None
 
     return name_of
-
-
-def _verdict(o: Any, k: kinds.Kind, part: _Parties, name_of: Callable[[int], Optional[str]],
-             now: float) -> Verdict:  # fmt: skip
-    idle_for = max(0, int(now - o.last_used))
-    creator, user = part.creator, part.last_user
-    why = k.removing(o)
-    if why is not None:
-        return Verdict(o, State.REMOVING, why, creator, idle_for, user)
-    why = k.in_use(o, name_of)
-    if why is not None:
-        return Verdict(o, State.ATTACHED, why, creator, idle_for, user)
-    quiet = k.quiet(o, now)
-    # Interned: a leak is often thousands of objects with one and the same reason.
-    if part.idle is not None:
-        return Verdict(o, State.IDLE, intern(f"{part.idle}; {quiet}"), creator, idle_for, user)
-    said = f"{part.clauses}; {quiet}" if part.clauses else quiet
-    why = k.unknowable(o)
-    if why is not None:
-        return Verdict(o, State.UNKNOWN, intern(f"{why}; {said}"), creator, idle_for, user)
-    if part.unknown:
-        return Verdict(o, State.UNKNOWN, intern(said), creator, idle_for, user)
-    return Verdict(o, State.ORPHAN, intern(said), creator, idle_for, user)

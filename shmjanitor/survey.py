@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
+from itertools import chain
 from pathlib import Path
 from types import MappingProxyType
 from typing import NamedTuple, Optional
@@ -24,6 +25,8 @@ class Survey(NamedTuple):
 
     def of(self, kind: str) -> list[Verdict]:
         """The verdicts of one kind, in table order."""
+        if self.kinds == (kind,):
+            return list(self.verdicts)
         return [v for v in self.verdicts if v.segment.kind == kind]
 
 
@@ -49,14 +52,9 @@ def take(path: Path = scan.PROC_SHM, now: Optional[float] = None,
     clock = liveness.observe(state_dir, record)
     # One pass of process facts for every kind: each distinct pid is looked up once,
     # and users (a party without a pid) only when some object names one.
-    pids: set[int] = set()
-    uids: set[int] = set()
-    for ps in parties:
-        for p in ps:
-            if p.uid is None:
-                pids.add(p.pid)
-            else:
-                uids.add(p.uid)
+    every = list(chain.from_iterable(parties))
+    pids = {p.pid for p in every}  # a user party's pid is 0, which look_up skips
+    uids = {p.uid for p in every if p.uid is not None}
     facts = procs.look_up(pids, clock.btime or None)  # 0: no btime, no start times
     users = procs.users(uids) if uids else {}
     taken_at = time.time() if now is None else now
