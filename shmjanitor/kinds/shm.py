@@ -247,9 +247,11 @@ def removing(s: Segment) -> Optional[str]:
 
 
 def quiet(s: Segment, now: float) -> str:
-    if s.atime is None:
-        return f"never attached, created {format_age(int(now - s.ctime))} ago"
-    return f"nobody attached for {format_age(max(0, int(now - s.last_used)))}"
+    atime, ctime = s.atime, s.ctime
+    if atime is None:
+        return f"never attached, created {format_age(int(now - ctime))} ago"
+    last_used = max(ctime, atime, s.dtime or 0)  # s.last_used, inlined: 32,000 calls
+    return f"nobody attached for {format_age(max(0, int(now - last_used)))}"
 
 
 # --- removing ---
