@@ -1,144 +1,177 @@
-"""Give every segment one state and a reason built from the evidence. Pure.
+"""Give every object one state and a reason built from the evidence. Pure.
 
-The rules, in order, each one an early return (as systemd's clean-ipc.c filters):
+The same rules for every kind; what counts as evidence is the kind's (kinds.Kind). In
+order, each one an early return (as systemd's clean-ipc.c filters):
 
-  removing  SHM_DEST is set: IPC_RMID was called, it goes when the last user detaches
-  attached  nattch > 0
-  idle      nattch 0, and the creator or the last user (lpid) is alive: may attach again
-  unknown   nattch 0, none of them alive, and whether one lives cannot be known
-  orphan    nattch 0, nobody could be using it: the creator is dead and so is the last
-            user, if anyone ever attached (exited, zombie, or pid recycled)
+  removing  the kind says IPC_RMID was called and the kernel frees it later
+            (a segment's SHM_DEST)
+  attached  the kind says a process uses it now (a segment's nattch > 0)
+  idle      a party (a process the table names: a segment's creator, its last user)
+            is alive: it may use it again
+  unknown   none is alive, and whether one lives cannot be known, or the kind could
+            not read all of its evidence of use
+  orphan    nobody could be using it: every party is dead (exited, zombie, or its pid
+            recycled), or the table names none
 
 Liveness (alive, dead, cannot know) is liveness.judge's; "cannot know" is never dead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from sys import intern
-from typing import NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
-from shmjanitor.durations import format_age
-from shmjanitor.liveness import NO_EVIDENCE, Clock, judge, last_touch
-from shmjanitor.model import Creator, State
-from shmjanitor.procs import Proc
+from shmjanitor import kinds
+from shmjanitor.liveness import NO_EVIDENCE, Clock, judge_party
+from shmjanitor.model import Creator, IpcObject, Party, State
+from shmjanitor.procs import Proc, User
 from shmjanitor.scan import Segment
+
+__all__ = ["Creator", "State", "Verdict", "classify", "classify_all"]
 
 
 class Verdict(NamedTuple):
     segment: Segment  # the object judged, of any kind: new code reads it as `obj`
     state: State
     reason: str
-    creator: Creator
-    idle_for: int  # seconds since ctime/atime/dtime, whichever is latest
-    last_user: Optional[Creator] = None  # lpid's process; None when nobody ever attached
+    creator: Creator  # the first party as judged (a segment's creator)
+    idle_for: int  # seconds since the object was last used (its last_used)
+    last_user: Optional[Creator] = None  # the second party (a segment's lpid); None: none
 
     @property
-    def obj(self) -> Segment:
+    def obj(self) -> Any:
         """The object judged (the field keeps its name from when shm was the only kind)."""
         return self.segment
 
 
-Evidence = tuple[Creator, str]  # a process's liveness and a clause for the reason
+NOBODY = Creator(0, None, None)  # the first party of an object whose table names none
 
 
-def _creator(seg: Segment, facts: Mapping[int, Proc], clock: Clock) -> Evidence:
-    pid = seg.cpid
-    if pid == 0:
-        return Creator(0, None, None), "creator not visible from this PID namespace (cpid 0)"
-    alive, evidence, name = judge(pid, seg.ctime, facts, clock)
-    return Creator(pid, alive, name), f"creator {evidence}"
+# What an object's parties say, worked out once per distinct tuple of parties: (the
+# first party as judged, the second, the reason up to the quiet clause when a party
+# lives (else None), the parties' clauses (a repeated pid with the same answer said
+# once), whether a party's liveness cannot be known). A plain tuple: unpacked per object.
+Said = tuple[Creator, Optional[Creator], Optional[str], str, bool]
 
 
-def _last_user(seg: Segment, facts: Mapping[int, Proc], clock: Clock) -> Optional[Evidence]:
-    """The last attacher/detacher's liveness, judged as of its last attach/detach; None
-    when nobody ever attached (lpid 0, atime and dtime never set)."""
-    touched = last_touch(seg)
-    pid = seg.lpid
-    if pid == 0:
-        if touched is None:
-            return None
-        return Creator(0, None, None), "last user not visible from this PID namespace (lpid 0)"
-    alive, evidence, name = judge(pid, touched or seg.ctime, facts, clock)
-    return Creator(pid, alive, name), f"last user {evidence}"
+def _parties(judged: Sequence[tuple[Party, Creator, str]], verb: str) -> Said:
+    creator = judged[0][1] if judged else NOBODY
+    last_user = judged[1][1] if len(judged) > 1 else None
+    said: list[str] = []
+    seen: set[tuple[int, Optional[int], Optional[bool]]] = set()
+    unknown = False
+    for p, c, clause in judged:
+        if c.alive:
+            # The first live party keeps it idle: a worker that attaches now and then
+            # outlives the process that made the segment (ipcmk, a parent that exited).
+            idle = "; ".join([f"{clause}, may {verb} again", *said])
+            return creator, last_user, idle, "", False
+        unknown = unknown or c.alive is None
+        answer = (p.pid, p.uid, c.alive)
+        if answer not in seen:  # the creator's pid as last user, say: said once
+            seen.add(answer)
+            said.append(clause)
+    return creator, last_user, None, "; ".join(said), unknown
 
 
-def classify(seg: Segment, facts: Mapping[int, Proc], now: float,
-             clock: Clock = NO_EVIDENCE) -> Verdict:  # fmt: skip
-    """One verdict for `seg` given process facts looked up at about `now`, with start
-    times computed from `clock.btime` (`clock` carries the evidence of clock steps)."""
-    return _verdict(seg, _creator(seg, facts, clock), _last_user(seg, facts, clock), facts, now)
-
-
-def _verdict(seg: Segment, creator_evidence: Evidence, user_evidence: Optional[Evidence],
-             facts: Mapping[int, Proc], now: float) -> Verdict:  # fmt: skip
-    creator, evidence = creator_evidence
-    user, user_said = user_evidence or (None, "")
-    idle_for = max(0, int(now - seg.last_used))
-    if seg.dest:
-        return Verdict(
-            seg,
-            State.REMOVING,
-            (
-                f"IPC_RMID already called (SHM_DEST); the kernel frees it when the last of "
-                f"{seg.nattch} attached detaches"
-            ),
-            creator,
-            idle_for,
-            user,
-        )
-    if seg.nattch > 0:
-        last = facts.get(seg.lpid)
-        who = f" ({last.name})" if last is not None and last.alive and last.name else ""
-        return Verdict(
-            seg,
-            State.ATTACHED,
-            (f"{seg.nattch} attached; last attach/detach by pid {seg.lpid}{who}"),
-            creator,
-            idle_for,
-            user,
-        )
-    if seg.atime is None:
-        quiet = f"never attached, created {format_age(int(now - seg.ctime))} ago"
-    else:
-        quiet = f"nobody attached for {format_age(idle_for)}"
-    # Interned: a leak is often thousands of segments with one and the same reason.
-    if creator.alive:
-        reason = intern(f"{evidence}, may attach again; {quiet}")
-        return Verdict(seg, State.IDLE, reason, creator, idle_for, user)
-    if user is not None and user.alive:
-        # A worker that attaches now and then outlives the process that made the
-        # segment (ipcmk, a parent that exited): between uses nattch is 0.
-        reason = intern(f"{user_said}, may attach again; {evidence}; {quiet}")
-        return Verdict(seg, State.IDLE, reason, creator, idle_for, user)
-    # The last user's clause, unless it is the creator's pid with the same answer.
-    if user is not None and (user.pid != creator.pid or user.alive != creator.alive):
-        evidence = f"{evidence}; {user_said}"
-    if creator.alive is None or (user is not None and user.alive is None):
-        return Verdict(seg, State.UNKNOWN, intern(f"{evidence}; {quiet}"), creator, idle_for,
-                       user)  # fmt: skip
-    return Verdict(seg, State.ORPHAN, intern(f"{evidence}; {quiet}"), creator, idle_for, user)
+def classify(o: IpcObject, facts: Mapping[int, Proc], now: float, clock: Clock = NO_EVIDENCE,
+             users: Optional[Mapping[int, User]] = None) -> Verdict:  # fmt: skip
+    """One verdict for `o` given process facts looked up at about `now`, with start
+    times computed from `clock.btime` (`clock` carries the evidence of clock steps), and
+    `users` (procs.users) for a kind whose parties include a user."""
+    return classify_all([o], facts, now, clock, users)[0]
 
 
 def classify_all(
-    segments: Iterable[Segment], facts: Mapping[int, Proc], now: float, clock: Clock = NO_EVIDENCE
+    objects: Iterable[Any],  # IpcObjects: their kinds' NamedTuples
+    facts: Mapping[int, Proc],
+    now: float,
+    clock: Clock = NO_EVIDENCE,
+    users: Optional[Mapping[int, User]] = None,
+    parties: Optional[Iterable[tuple[Party, ...]]] = None,
 ) -> list[Verdict]:
-    """Verdicts for a whole table. A process's part of a verdict depends only on its pid
-    and the moment judged (ctime for the creator, the last attach/detach for the last
-    user), so it is worked out once per pair, not per segment."""
-    creators: dict[tuple[int, int], Evidence] = {}
-    users: dict[tuple[int, int], Optional[Evidence]] = {}
-    verdicts = []
-    for s in segments:
-        k = (s.cpid, s.ctime)
-        ce = creators.get(k)
-        if ce is None:
-            ce = creators[k] = _creator(s, facts, clock)
-        touched = max(s.atime or 0, s.dtime or 0)  # last_touch, inlined: 32,000 calls
-        if not touched and s.lpid == 0:
-            ue = None  # never attached, as ipcmk leaves them
+    """Verdicts for whole tables, of any kinds. A party's part of a verdict depends only
+    on the party (its pid and the moment judged), and a reason's on the tuple of them,
+    so each is worked out once, not per object (32,000 segments of one creator).
+    `parties`, when given, is each object's kinds.Kind.parties, in the same order."""
+    users = users or {}
+    name_of = _name_of(facts)
+    judged: dict[Party, tuple[Party, Creator, str]] = {}
+    by_type: dict[type, _Kind] = {}
+    each = iter(parties) if parties is not None else None
+    verdicts: list[Verdict] = []
+    append = verdicts.append
+    for o in objects:
+        k = by_type.get(type(o))
+        if k is None:
+            k = by_type[type(o)] = _Kind(kinds.kind_of(o))
+        ps = next(each) if each is not None else k.parties(o)
+        part: Optional[Said] = k.said.get(ps)
+        if part is None:
+            if len(ps) == 1:  # the common case (nobody ever attached): said directly
+                c, clause = judge_party(ps[0], facts, users, clock)
+                part = (c, None, f"{clause}, may {k.verb} again", "", False) if c.alive \
+                    else (c, None, None, clause, c.alive is None)  # fmt: skip
+            else:
+                js = []
+                for p in ps:
+                    j = judged.get(p)
+                    if j is None:
+                        j = judged[p] = (p, *judge_party(p, facts, users, clock))
+                    js.append(j)
+                part = _parties(js, k.verb)
+            k.said[ps] = part
+        creator, user, idle, clauses, unknown = part
+        # The rules, in the module docstring's order. (Verdicts are made with
+        # tuple.__new__, as Verdict(...) would without a Python-level call: 32,000.)
+        idle_for = max(0, int(now - o.last_used))
+        why = k.removing(o)
+        if why is not None:
+            append(_new(Verdict, (o, REMOVING, why, creator, idle_for, user)))
+            continue
+        why = k.in_use(o, name_of)
+        if why is not None:
+            append(_new(Verdict, (o, ATTACHED, why, creator, idle_for, user)))
+            continue
+        quiet = k.quiet(o, now)
+        # Interned: a leak is often thousands of objects with one and the same reason.
+        if idle is not None:
+            state, reason = IDLE, intern(f"{idle}; {quiet}")
         else:
-            u = (s.lpid, touched or s.ctime)
-            ue = users[u] if u in users else users.setdefault(u, _last_user(s, facts, clock))
-        verdicts.append(_verdict(s, ce, ue, facts, now))
+            said = f"{clauses}; {quiet}" if clauses else quiet
+            why = k.unknowable(o)
+            if why is not None:
+                state, reason = UNKNOWN, intern(f"{why}; {said}")
+            else:
+                state, reason = UNKNOWN if unknown else ORPHAN, intern(said)
+        append(_new(Verdict, (o, state, reason, creator, idle_for, user)))
     return verdicts
+
+
+_new = tuple.__new__
+REMOVING, ATTACHED, IDLE = State.REMOVING, State.ATTACHED, State.IDLE
+UNKNOWN, ORPHAN = State.UNKNOWN, State.ORPHAN
+
+
+class _Kind:
+    """A kind's evidence functions, looked up once per run rather than per object, and
+    what its tuples of parties said."""
+
+    def __init__(self, k: kinds.Kind) -> None:
+        self.parties = k.parties
+        self.removing = k.removing
+        self.in_use = k.in_use
+        self.quiet = k.quiet
+        self.unknowable = k.unknowable
+        self.verb = k.VERB
+        self.said: dict[tuple[Party, ...], Said] = {}
+
+
+def _name_of(facts: Mapping[int, Proc]) -> Callable[[int], Optional[str]]:
+    def name_of(pid: int) -> Optional[str]:
+        """A live process's command name (as /proc says now), for an in-use clause."""
+        p = facts.get(pid)
+        return p.name if p is not None and p.alive and p.name else None
+
+    return name_of

@@ -25,7 +25,7 @@ from click.utils import PacifyFlushWrapper
 from shmjanitor.classify import State
 from shmjanitor.errors import EXIT_BROKEN_PIPE, EXIT_BUG, JanitorError, MetricsError, OutputClosed
 from shmjanitor.keys import parse_id, parse_key
-from shmjanitor.render import ALIASES, COLUMNS, DEFAULT, Format
+from shmjanitor.render import ALIASES, Format
 from shmjanitor.text import printable
 
 # Help is click's plain text everywhere (as util-linux's): wrapped at word boundaries to
@@ -257,31 +257,73 @@ def _pick_format(fmt: Format, as_json: bool) -> Format:
 
 
 def _columns_help() -> str:
-    """list's epilog: every column, one a line (\\b: click keeps these lines as they are)."""
-    lines = ["\b", "Columns for -o and --sort (lsipc's ATTACH and DETACH are ATIME and DTIME):"]
-    lines += [f"  {name:<10} {c.doc}" for name, c in COLUMNS.items()]
-    lines += ["", "\b", "The default columns:", "  " + ",".join(DEFAULT)]
-    return "\n".join(lines)
+    """list's epilog: every kind's columns, one a line (\b: click keeps these lines as
+    they are)."""
+    from shmjanitor import kinds, shapes
+
+    lines = []
+    for name in kinds.names():
+        shape = shapes.of(name)
+        flag = f" ({_KIND_FLAGS[name][0]})" if name in _KIND_FLAGS else ""
+        lines += ["\b", f"Columns of {shape.plural}{flag}, for -o and --sort:"]
+        lines += [f"  {column:<10} {c.doc}" for column, c in shape.columns.items()]
+        if "ATIME" in shape.columns:
+            lines += ["  (lsipc's ATTACH and DETACH are ATIME and DTIME)"]
+        lines += ["", "\b", f"The default columns of {shape.plural}:",
+                  "  " + ",".join(shape.default), ""]  # fmt: skip
+    return "\n".join(lines[:-1])
+
+
+def _sort_keys() -> list[str]:
+    from shmjanitor import shapes
+
+    return [n.lower() for n in (*shapes.all_columns(), *ALIASES)]
+
+
+# -m, -s, -q choose kinds, as ipcs and lsipc spell them.
+_KIND_FLAGS = {"shm": ("-m", "--shm"), "sem": ("-s", "--sem"), "msg": ("-q", "--msg")}
+
+
+def _kinds_chosen(shm: bool, sem: bool, msg: bool) -> tuple[str, ...]:
+    """The kinds -m, -s, -q chose (none chosen: every kind, ()); a usage error for one
+    this build has no module for."""
+    names = tuple(name for name, on in (("shm", shm), ("sem", sem), ("msg", msg)) if on)
+    for name in names:
+        _known_kind(name, "/".join(_KIND_FLAGS[name]))
+    return names
+
+
+def _known_kind(kind: str, flag: str) -> None:
+    """A usage error for a kind this shmjanitor has no module for."""
+    from shmjanitor import kinds
+
+    if kind not in kinds.names():
+        raise usage_error(f"{flag}: this shmjanitor knows no kind {kind!r} "
+                          f"(it knows {', '.join(kinds.names())})")  # fmt: skip
 
 
 @app.command(
-    "list", epilog=_columns_help(), short_help="Every segment, its state and the evidence for it."
-)
+    "list", epilog=_columns_help(),
+    short_help="Every IPC object, its state and the evidence for it.",
+)  # fmt: skip
 def list_(
+    shm: bool = typer.Option(False, "--shm", "-m", help="Shared memory segments."),
+    sem: bool = typer.Option(False, "--sem", "-s", help="Semaphore sets."),
+    msg: bool = typer.Option(False, "--msg", "-q", help="Message queues."),
     state: Optional[list[State]] = typer.Option(
-        None, "--state", "-s", help="Show only segments in this state (repeatable)."
+        None, "--state", help="Show only objects in this state (repeatable)."
     ),
     owner: Optional[str] = typer.Option(
-        None, "--owner", "-u", metavar="USER", help="Show only this user's segments (name or uid)."
+        None, "--owner", "-u", metavar="USER", help="Show only this user's objects (name or uid)."
     ),
     output: Optional[str] = typer.Option(
         None, "--output", "-o", metavar="LIST",
         help="The columns to show, in order, separated by commas: ID,KEY,STATE,REASON; "
-        "+LIST adds to the default ones (see Columns below).",
+        "+LIST adds to the default ones (see Columns below). One kind at a time.",
     ),
     sort: str = typer.Option(
         "id", "--sort", metavar="COLUMN", show_default=False,
-        click_type=click.Choice([n.lower() for n in (*COLUMNS, *ALIASES)], case_sensitive=False),
+        click_type=click.Choice(_sort_keys(), case_sensitive=False),
         help="Sort rows by this column (any of Columns below; default: id). Sizes, NATTCH "
         "and IDLE go largest first; ties stay in id order.",
     ),
@@ -300,29 +342,37 @@ def list_(
     ),
     metrics_file: Optional[Path] = METRICS_OPT,
 ) -> None:  # fmt: skip
-    """List every segment with its state and the evidence behind it.
+    """List every System V IPC object with its state and the evidence behind it: every
+    kind by default, as ipcs does; -m, -s and -q choose kinds (combinable).
 
-    States: attached (nattch > 0), idle (nobody attached, creator alive), orphan (nobody
-    attached, creator dead or its pid recycled), unknown (creator's liveness cannot be
-    known, e.g. cpid 0 from inside a container), removing (IPC_RMID already called).
+    States: attached (in use now: nattch > 0), idle (nobody uses it, but a process that
+    did is alive, the creator say), orphan (nobody could be using it: creator dead or
+    its pid recycled), unknown (whether someone could cannot be known, e.g. cpid 0 from
+    inside a container), removing (IPC_RMID already called).
 
     Plain output has one word per column but the last (a space inside one is written
-    \\x20, as lsipc --raw does), so the header and every row have as many fields.
+    \\x20, as lsipc --raw does), so the header and every row have as many fields; each
+    kind is a section of its own, after a line naming it, when several are listed.
     """
     from shmjanitor import listing
-    from shmjanitor.render import parse_columns
+    from shmjanitor.shapes import parse_output
 
+    chosen = _kinds_chosen(shm, sem, msg)
     try:
-        columns = None if output is None else parse_columns(output)
+        columns = None if output is None else parse_output(output)
     except ValueError as e:
         raise usage_error(f"--output: {e}") from None
     if columns is not None and (as_json or fmt is Format.JSON):
         raise usage_error("--output chooses columns of the table and plain output, not JSON")
+    if columns is not None and len(chosen) > 1:
+        raise usage_error("--output chooses the columns of one kind: name one of "
+                          + ", ".join("/".join(_KIND_FLAGS[n]) for n in chosen))  # fmt: skip
     with errors_as_exit(metrics_file):  # which checks that there is a stdout first
         picked = _pick_format(fmt, as_json)
         view = listing.View(columns, not noheadings, notruncate, use_color(sys.stdout))
         listing.run(states=set(state or ()), owner=owner, sort=sort, exact_bytes=exact_bytes,
-                    fmt=picked, metrics_file=metrics_file, out=sys.stdout, view=view)  # fmt: skip
+                    fmt=picked, metrics_file=metrics_file, out=sys.stdout, view=view,
+                    kinds=chosen)  # fmt: skip
 
 
 CONFIG_OPT = typer.Option(
@@ -492,27 +542,6 @@ def reap(
         raise typer.Exit(1)
 
 
-# Each kind's flag, as ipcs and ipcrm spell it (-m shm, -s sem, -q msg).
-_KIND_FLAGS = {"shm": "--shm", "sem": "--sem", "msg": "--msg"}
-
-
-def _known_kind(kind: str, flag: str) -> None:
-    """A usage error for a kind this shmjanitor has no module for."""
-    from shmjanitor import kinds
-
-    if kind not in kinds.names():
-        raise usage_error(f"{flag}: this shmjanitor knows no kind {kind!r} "
-                          f"(it knows {', '.join(kinds.names())})")  # fmt: skip
-
-
-def _kinds_chosen(**chosen: bool) -> tuple[str, ...]:
-    """The kinds a command's -m/-s/-q flags chose; none chosen is every kind: ()."""
-    names = tuple(kind for kind, on in chosen.items() if on)
-    for kind in names:
-        _known_kind(kind, _KIND_FLAGS[kind])
-    return names
-
-
 def _note(text: str) -> None:
     typer.echo(f"shmjanitor: note: {printable(text)}", err=True)
 
@@ -628,7 +657,7 @@ def rm(
                           "shmjanitor rm ID..., -m/-s/-q ID or --key/-S/-Q KEY")  # fmt: skip
     for kind, given in (("sem", sem_id or sem_key), ("msg", msg_id or msg_key)):
         if given:
-            _known_kind(kind, _KIND_FLAGS[kind])
+            _known_kind(kind, _KIND_FLAGS[kind][1])
     with errors_as_exit():
         cfg = _load_config(config_path)
         with remove.stop_on_signals() as stop:

@@ -1,22 +1,25 @@
-"""`shmjanitor list`: survey, filter, sort, render."""
+"""`shmjanitor list`: survey, filter, sort, render; every kind, or those chosen."""
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, NamedTuple, Optional
 
-from shmjanitor import render, survey
+from shmjanitor import render, shapes, survey
 from shmjanitor.classify import State, Verdict
 from shmjanitor.errors import ConfigError
 from shmjanitor.text import printable
 
+# How the command line chooses a kind, for the message that asks for one.
+FLAGS = {"shm": "-m", "sem": "-s", "msg": "-q"}
+
 
 class View(NamedTuple):
-    """How `list` shows the segments (table and plain output; JSON is fixed)."""
+    """How `list` shows the objects (table and plain output; JSON is fixed)."""
 
-    columns: Optional[Sequence[str]] = None  # -o; None: render.DEFAULT
+    columns: Optional[shapes.Output] = None  # -o; None: each kind's default columns
     header: bool = True  # --noheadings: False
     notruncate: bool = False  # the table: every column at full width, nothing cut
     color: bool = False
@@ -24,6 +27,8 @@ class View(NamedTuple):
 
 
 def select(verdicts: list[Verdict], states: set[State], uid: Optional[int]) -> list[Verdict]:
+    if not states and uid is None:
+        return list(verdicts)
     return [
         v
         for v in verdicts
@@ -67,28 +72,72 @@ def run(
     out: IO[str],
     view: View = View(),
     proc_shm: Path = survey.scan.PROC_SHM,
+    kinds: Optional[Iterable[str]] = None,
 ) -> None:
+    """`kinds`: those chosen (-m, -s, -q); None or empty: every registered kind."""
     try:
         uid = None if owner is None else render.uid_of(owner)
     except ValueError as e:
         raise ConfigError(f"--owner: {e}") from None
-    sv = survey.take(proc_shm)
-    shown = select(sv.verdicts, states, uid)
-    columns = tuple(view.columns or render.DEFAULT)
+    chosen = tuple(kinds or ())
+    sv = survey.take(proc_shm, kinds=chosen or None)
+    by_kind = {name: select(sv.of(name), states, uid) for name in sv.kinds}
+    if fmt is not render.Format.JSON:
+        by_kind = _shown(by_kind, bool(chosen), view.columns)
+    columns = _columns(by_kind, view.columns)
     sort = render.ALIASES.get(sort.upper(), sort.upper())
-    cmds = commands(shown) if "COMMAND" in columns or sort == "COMMAND" else {}
-    # Always sorted, by id too: the kernel lists segments in the order of its slots,
-    # where a reused slot puts a new id (slot + n * 32768) before older, smaller ones.
-    render.sort(shown, sort, cmds)
+    cmds: dict[int, str] = {}
+    for name, shown in by_kind.items():
+        if "COMMAND" in columns.get(name, ()) or sort == "COMMAND":
+            cmds.update(commands(shown))
+        # Always sorted, by id too: the kernel lists objects in the order of its slots,
+        # where a reused slot puts a new id (slot + n * 32768) before older, smaller ones.
+        shapes.of(name).sort(shown, sort, cmds)
     if fmt is render.Format.JSON:
-        out.writelines(render.json_chunks(sv, shown))
+        out.writelines(shapes.json_chunks(sv, by_kind))
     elif fmt is render.Format.TABLE:
         width = None if view.notruncate else view.width or shutil.get_terminal_size().columns
-        render.table(sv, shown, exact_bytes, out, width, view.color, columns,
+        shapes.table(sv, by_kind, exact_bytes, out, width, view.color, columns,
                      header=view.header, chosen=view.columns is not None, commands=cmds)  # fmt: skip
     else:
-        render.plain(shown, exact_bytes, out, columns, header=view.header, commands=cmds)
-    if metrics_file is not None:  # all segments, whatever the filters showed
+        shapes.plain(by_kind, exact_bytes, out, columns, header=view.header, commands=cmds)
+    if metrics_file is not None:  # all objects, whatever the filters showed
         from shmjanitor import metrics
 
         metrics.write(metrics_file, sv.verdicts, run=None, now=sv.taken_at)
+
+
+def _shown(by_kind: dict[str, list[Verdict]], chosen: bool,
+           output: Optional[shapes.Output]) -> dict[str, list[Verdict]]:  # fmt: skip
+    """The kinds a table or plain listing shows: those chosen (empty or not); else those
+    with something to show; else (nothing at all) the first kind that has the columns
+    of -o, so that an empty listing still has its header."""
+    if chosen or len(by_kind) <= 1:
+        return by_kind
+    some = {name: vs for name, vs in by_kind.items() if vs}
+    if some:
+        return some
+    for name, vs in by_kind.items():
+        try:
+            shapes.of(name).chosen(output)
+        except ValueError:
+            continue
+        return {name: vs}
+    return dict(list(by_kind.items())[:1])
+
+
+def _columns(by_kind: dict[str, list[Verdict]],
+             output: Optional[shapes.Output]) -> dict[str, tuple[str, ...]]:  # fmt: skip
+    """Each kind's columns: its default, or those of -o, which chooses the columns of
+    one kind (ConfigError when several are shown or the kind lacks one)."""
+    if output is not None and len(by_kind) > 1:
+        names = [shapes.of(n).plural for n in by_kind]
+        flags = ", ".join(FLAGS.get(n, n) for n in by_kind)
+        raise ConfigError(
+            f"--output chooses the columns of one kind, and {' and '.join(names)} are "
+            f"listed: choose one with {flags}"
+        )
+    try:
+        return {name: shapes.of(name).chosen(output) for name in by_kind}
+    except ValueError as e:
+        raise ConfigError(f"--output: {e}") from None

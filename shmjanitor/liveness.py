@@ -1,10 +1,13 @@
-"""Is the process a segment names still there? Three answers: alive, dead, cannot know.
+"""Is the process an object names still there? Three answers: alive, dead, cannot know.
 
-The table names two processes: `cpid`, which created the segment at `ctime`, and
-`lpid`, which last attached or detached at max(`atime`, `dtime`). A pid names the same
-process only while that process lives: once it exits the pid can be handed out again.
-So a pid held by a process that started after the segment's moment is someone else,
-and the one the table meant is dead (pid recycled).
+A kind's table names processes, each with the moment it touched the object (the
+kind's `parties`: a segment's `cpid` at `ctime` and `lpid` at max(`atime`, `dtime`),
+...). A pid names the same process only while that process lives: once it exits the
+pid can be handed out again. So a pid held by a process that started after the
+object's moment is someone else, and the one the table meant is dead (pid recycled).
+
+A party may be a user instead (an object that names no pid at all): dead when the uid
+has no process left, else cannot know (which of its processes used the object?).
 
 That rule compares a start time with a segment time, and the two come from different
 clocks. The segment's times are the wall clock when they were set. A start time is the
@@ -37,15 +40,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
-from shmjanitor import procs
+from shmjanitor import kinds, procs
 from shmjanitor.durations import format_age
+from shmjanitor.model import Creator, Party
 from shmjanitor.paths import default_state_dir
-from shmjanitor.procs import Proc
+from shmjanitor.procs import Proc, User
 
 if TYPE_CHECKING:
     from shmjanitor.classify import Verdict
-    from shmjanitor.kernel import Stat
-    from shmjanitor.scan import Segment
 
 # A process that started more than this after a segment's moment cannot be the one the
 # table names. Start times have a resolution of a clock tick and btime of a second;
@@ -72,17 +74,10 @@ class Clock(NamedTuple):
 NO_EVIDENCE = Clock(0.0, 0.0)
 
 
-def last_touch(s: Segment) -> Optional[int]:
-    """When lpid attached or detached (every write of lpid sets atime or dtime, in
-    ipc/shm.c: shm_open, shm_close); None if nobody ever did."""
-    t = max(s.atime or 0, s.dtime or 0)
-    return t or None
-
-
 def judge(
     pid: int, since: float, facts: Mapping[int, Proc], clock: Clock = NO_EVIDENCE
 ) -> tuple[Optional[bool], str, Optional[str]]:
-    """Is `pid` still the process that touched the segment at `since` (epoch seconds)?
+    """Is `pid` still the process that touched the object at `since` (epoch seconds)?
 
     Returns (alive, evidence, name): alive None means cannot be known; evidence is a
     clause that starts with the pid ("4242 exited"); name only while it is alive.
@@ -120,6 +115,48 @@ def judge(
         ), None  # fmt: skip
     note = f"; {p.note}" if p.note else ""
     return True, f"{pid} ({p.name}) alive{note}", p.name
+
+
+def judge_user(uid: int, users: Mapping[int, User]) -> tuple[Optional[bool], str]:
+    """Is the user a party names gone? (False, "1000 has no process left") when no
+    process runs as it; else it cannot be known which of its processes (if any: hidepid
+    may hide them) used the object, which is (None, evidence). Never alive: a live user
+    is not a live process that touched the object."""
+    u = users.get(uid)
+    if u is None:
+        return None, f"{uid} not looked up"
+    if u.alive is False:
+        return False, f"{uid} has no process left"
+    if u.alive:
+        return None, (
+            f"{uid} has processes (pid {u.pid}, ...); which of them used it cannot be known"
+        )  # fmt: skip
+    if u.note == procs.HIDDEN:
+        return None, f"{uid}: its processes may be hidden (/proc mounted with hidepid)"
+    if u.note == procs.FOREIGN:
+        return None, f"{uid}: /proc shows another PID namespace"
+    return None, f"{uid}: {u.note or 'unknown'}"
+
+
+def judge_party(p: Party, facts: Mapping[int, Proc], users: Mapping[int, User],
+                clock: Clock = NO_EVIDENCE) -> tuple[Creator, str]:  # fmt: skip
+    """A party as judged, and its clause for a reason ("creator 4242 exited")."""
+    role, pid, since, field, uid = p
+    if uid is not None:
+        alive, evidence = judge_user(uid, users)
+        return Creator(pid, alive, None), f"{role} {evidence}"
+    if pid == 0:
+        # The kernel prints pids as the reader's PID namespace numbers them: 0 is a
+        # process outside ours (ipc/util.c, sysvipc_proc_open); alive or not, unseen.
+        return Creator(0, None, None), f"{role} not visible from this PID namespace " \
+            f"({field} 0)"  # fmt: skip
+    alive, evidence, name = judge(pid, since, facts, clock)
+    # tuple.__new__: Creator(...) without a Python-level call (once per distinct party,
+    # which is once per segment when 32,000 creators each left one).
+    return _new(Creator, (pid, alive, name)), f"{role} {evidence}"
+
+
+_new = tuple.__new__
 
 
 def observe(state_dir: Optional[Path], record: bool, proc_stat: Path = PROC_STAT,
@@ -202,36 +239,51 @@ def _kernel() -> ModuleType:
 
 
 def users_back(
-    v: Verdict, seen_dead: Optional[set[int]] = None, now: Optional[Stat] = None
+    v: Verdict,
+    seen_dead: Optional[set[int]] = None,
+    now: object = None,
+    *,
+    gone_users: Optional[set[int]] = None,
 ) -> Optional[str]:
-    """Before removing an orphan: is every process whose death made it one still dead?
+    """Before removing an orphan: is every party whose death made it one still dead?
 
-    None when so; else the reason to keep it ("changed since scan: ..."). The creator
-    (`cpid`, since `ctime`) and the last user (`lpid`, since its last attach/detach) are
-    judged by the same rules as in the survey, with the boot time read now: a holder of
-    either pid that is alive or cannot be known keeps the segment. `now` is the
-    segment's IPC_STAT just taken: a different lpid means someone attached since.
+    None when so; else the reason to keep it ("changed since scan: ..."). The parties
+    its kind names (kinds.Kind.parties: a segment's creator since `ctime` and its last
+    user since its last attach/detach, ...) are judged by the same rules as in the
+    survey, with the boot time read now: a holder of such a pid that is alive or cannot
+    be known keeps the object, and so does a user party's uid that has a process again
+    (or cannot be seen). `now` (an IPC_STAT just taken) is accepted and not used: what
+    the kernel's own fields say (a new lpid) is the kind's changed_since_scan.
 
     `seen_dead` (one set per pass of remove.execute) holds the pids kill(pid, 0) found
     free earlier in this pass, and learns new ones. Asking again for such a pid cannot
-    change the answer: a segment only gets this far when IPC_STAT shows the times, cpid
-    and lpid the survey saw, so the process the table names touched it before the pid
-    was seen free; it had exited by then, and an exited process never comes back.
-    Whoever holds the pid later started after the segment's moment, which the judgement
-    already calls someone else. So one kill(2) per distinct pid per pass is as strict
-    as one per segment (32,000 orphans of one creator: 1 call). Only "free" is
-    remembered: a pid found in use is asked about again every time.
+    change the answer: an object only gets this far when IPC_STAT shows the times and
+    pids the survey saw, so the process the table names touched it before the pid was
+    seen free; it had exited by then, and an exited process never comes back. Whoever
+    holds the pid later started after the object's moment, which the judgement already
+    calls someone else. So one kill(2) per distinct pid per pass is as strict as one per
+    object (32,000 orphans of one creator: 1 call). Only "free" is remembered: a pid
+    found in use is asked about again every time.
+
+    `gone_users` does the same for uids found without a process (one /proc walk each
+    otherwise). Unlike a pid's process, a user can come back (log in) at any time; a
+    pass that remembers trusts "none" for as long as the pass lasts, as the survey's
+    answer is trusted from the survey to the pass.
     """
     kernel = _kernel()
-    s = v.segment
-    if now is not None and now.lpid != s.lpid:
-        return f"changed since scan: last attached or detached by pid {now.lpid} now"
-    asked = [("creator", s.cpid, float(s.ctime))]
-    touched = last_touch(s)
-    if s.lpid and touched is not None:
-        asked.append(("last user", s.lpid, float(touched)))
+    o = v.obj
     clock: Optional[Clock] = None
-    for role, pid, since in asked:
+    for p in kinds.kind_of(o).parties(o):
+        if p.uid is not None:
+            if gone_users is not None and p.uid in gone_users:
+                continue
+            alive, evidence = judge_user(p.uid, procs.users([p.uid]))
+            if alive is not False:
+                return f"changed since scan: {p.role} {evidence}"
+            if gone_users is not None:
+                gone_users.add(p.uid)
+            continue
+        pid = p.pid
         if pid <= 0 or (seen_dead is not None and pid in seen_dead):
             continue
         if not kernel.pid_exists(pid):  # ESRCH; EPERM means it exists
@@ -245,7 +297,7 @@ def users_back(
             # one that took the pid since started after the survey.
             btime = procs.boot_time()
             clock = NO_EVIDENCE if btime is None else Clock(btime, btime)
-        alive, evidence, _ = judge(pid, since, procs.look_up([pid], clock.btime, False), clock)
+        alive, evidence, _ = judge(pid, p.since, procs.look_up([pid], clock.btime, False), clock)
         if alive is not False:
-            return f"changed since scan: {role} {evidence}"
+            return f"changed since scan: {p.role} {evidence}"
     return None

@@ -18,6 +18,10 @@ ignores /proc's mount options (ESRCH: no such process; success or EPERM: it exis
   the *reader's* PID namespace numbers them (ipc/util.c, sysvipc_proc_open), /proc
   lists another namespace's. The same number is another process: /proc is not read.
 
+A user, rather than a process, is evidence for an object that names no pid at all (a
+semaphore set nobody ever operated on): `users` says which uids still have a process,
+from /proc/PID/status of every process, and only when some object asks.
+
 The rest is read from /proc/PID/stat directly (one read: state, threads, start), without
 psutil, so that the start time is computed from the boot time the caller chose and
 read once (liveness.Clock), not re-read per process while the clock may be stepping.
@@ -196,3 +200,66 @@ def _name(pid: int, comm: str) -> str:
         return comm
     base = os.path.basename(argv0)
     return base if base.startswith(comm) else comm
+
+
+class User(NamedTuple):
+    """Whether a uid has a live process, as far as we can see."""
+
+    uid: int
+    alive: Optional[bool]  # a process runs as it; False: none; None: cannot be known
+    pid: Optional[int] = None  # one of its live processes, for the reason
+    note: Optional[str] = None  # HIDDEN, FOREIGN, DENIED: why it cannot be known
+
+
+def users(uids: Iterable[int], proc: str = "/proc") -> dict[int, User]:
+    """Which of `uids` has a live process: one listing of /proc and a read of each
+    process's status, for all of them at once (systemd-logind's RemoveIPC= judges a
+    user gone the same way: no process, no session).
+
+    A process counts for each of its real, effective, saved and filesystem uids (any of
+    them lets it act as that user again). A zombie has exited, but not a thread-group
+    leader whose other threads run (see _one). No process seen is "none" only when we
+    see every process: /proc with hidepid hides other users' processes (and our own
+    that hold capabilities we lack), another PID namespace's /proc shows other
+    processes, and a status we may not read could be anyone's.
+    """
+    wanted = set(uids)
+    if not wanted:
+        return {}
+    blind = None if procfs_is_ours(proc) else FOREIGN
+    if blind is None and procfs_hides():
+        blind = HIDDEN
+    found: dict[int, int] = {}
+    for name in os.listdir(proc):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{name}/status", "rb") as f:
+                status = f.read()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited since the listing
+        except OSError:
+            blind = blind or DENIED  # hidepid=noaccess lists it but shuts its files
+            continue
+        held = _uids_of_live(status)
+        for uid in held & wanted:
+            found.setdefault(uid, int(name))
+    return {
+        uid: User(uid, True, found[uid]) if uid in found
+        else User(uid, None, None, blind) if blind else User(uid, False)
+        for uid in wanted
+    }  # fmt: skip
+
+
+def _uids_of_live(status: bytes) -> set[int]:
+    """The uids of a process from its /proc/PID/status; none for one that has exited."""
+    fields = dict(line.split(b":", 1) for line in status.splitlines() if b":" in line)
+    try:
+        state = fields[b"State"].split()[0]
+        uids = {int(u) for u in fields[b"Uid"].split()}
+        threads = int(fields.get(b"Threads", b"1"))
+    except (KeyError, IndexError, ValueError):
+        return set()
+    if state in (b"Z", b"X", b"x") and threads <= 1:
+        return set()  # a zombie: exited (a leader with threads left is alive: see _one)
+    return uids

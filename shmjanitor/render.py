@@ -271,18 +271,19 @@ class Cells(_Shared):
         return self.row(v)
 
     def _default(self, v: Verdict) -> tuple[str, ...]:
-        s = v.segment
-        k = (s.uid, s.mode)
+        s, vstate, vreason, vcreator, idle_for, _ = v  # unpacked at once, as SegmentJson
+        key, id_, mode, size, cpid, lpid, nattch, uid = s[:8]
+        k = (uid, mode)
         owner, perms = self._who.get(k) or self._learn(self._who, k, (
-            self._w(printable(owner_name(s.uid))), f"{s.perms:03o}"
+            self._w(printable(owner_name(uid))), f"{s.perms:03o}"
         ))  # fmt: skip
-        kv = (v.state, v.reason, v.creator)
+        kv = (vstate, vreason, vcreator)
         creator, state, reason = self._verdict.get(kv) or self._learn(self._verdict, kv, (
-            self._w(creator_cell(v)), v.state.value, printable(v.reason)
+            self._w(creator_cell(v)), vstate.value, printable(vreason)
         ))  # fmt: skip
-        size = str(s.size) if self._exact else format_size(s.size)
-        return (f"0x{s.key:08x}", str(s.id), owner, perms, size, str(s.nattch), str(s.cpid),
-                creator, str(s.lpid), format_age(v.idle_for), state, reason)  # fmt: skip
+        return (f"0x{key:08x}", str(id_), owner, perms,
+                str(size) if self._exact else format_size(size), str(nattch), str(cpid),
+                creator, str(lpid), format_age(idle_for), state, reason)  # fmt: skip
 
     def _custom(self, v: Verdict) -> tuple[str, ...]:
         base = self._default(v)
@@ -337,8 +338,13 @@ def plain(verdicts: list[Verdict], exact_bytes: bool, out: IO[str],
     aligns a whole row, and rows go out a few thousand at a time.
     """
     make = Cells(exact_bytes, columns, commands=commands)
-    rows = list(map(make.row, verdicts))
-    heads = [COLUMNS[n].layout for n in make.columns]
+    write_plain([COLUMNS[n].layout for n in make.columns], list(map(make.row, verdicts)), out,
+                header)  # fmt: skip
+
+
+def write_plain(heads: Sequence[Col], rows: Sequence[Sequence[str]], out: IO[str],
+                header: bool = True) -> None:  # fmt: skip
+    """Rows of cells (every one a word but the last) as aligned columns to `out`."""
     widths = natural(heads, rows, header)
     last = len(heads) - 1
     row = (
@@ -439,24 +445,29 @@ class SegmentJson(_Shared):
         self._verdict: dict[tuple[State, str, Creator, Optional[Creator]], str] = {}
 
     def __call__(self, v: Verdict) -> str:
-        s = v.segment
-        k = (s.uid, s.gid, s.cuid, s.cgid, s.mode)
+        # Unpacked at once: a field of a NamedTuple read by name is a call each.
+        s, state, reason, c, idle_for, u = v
+        key, id_, mode, size, cpid, lpid, nattch, uid, gid, cuid, cgid, atime, dtime, ctime, \
+            rss, swap = s  # fmt: skip
+        k = (uid, gid, cuid, cgid, mode)
         who = self._who.get(k) or self._learn(self._who, k, (
-            f'"owner":{json_string(owner_name(s.uid))},"uid":{s.uid},"gid":{s.gid},'
-            f'"cuid":{s.cuid},"cgid":{s.cgid},"perms":{s.perms},'
+            f'"owner":{json_string(owner_name(uid))},"uid":{uid},"gid":{gid},'
+            f'"cuid":{cuid},"cgid":{cgid},"perms":{s.perms},'
             f'"dest":{_LITERAL[s.dest]},"locked":{_LITERAL[s.locked]}'
         ))  # fmt: skip
-        c, u = v.creator, v.last_user
-        kv = (v.state, v.reason, c, u)
+        kv = (state, reason, c, u)
+        # The reason's text is encoded here, not through json_string's cache: this
+        # cache is the one for it (a leak of as many creators misses both every time).
         verdict = self._verdict.get(kv) or self._learn(self._verdict, kv, (
-            f'"state":"{v.state.value}","reason":{json_string(v.reason)},'
+            f'"state":"{state.value}","reason":{encode_basestring_ascii(reason)},'
             f'"creator":{_process(c)},"last_user":{_process(u)}'
         ))  # fmt: skip
         return (
-            f'{{"id":{s.id},"key":{s.key},{who},"size":{s.size},"nattch":{s.nattch},'
-            f'"cpid":{s.cpid},"lpid":{s.lpid},"atime":{json_int(s.atime)},'
-            f'"dtime":{json_int(s.dtime)},"ctime":{s.ctime},"rss":{json_int(s.rss)},'
-            f'"swap":{json_int(s.swap)},"idle_seconds":{v.idle_for},{verdict}}}'
+            f'{{"id":{id_},"key":{key},{who},"size":{size},"nattch":{nattch},'
+            f'"cpid":{cpid},"lpid":{lpid},"atime":{"null" if atime is None else atime},'
+            f'"dtime":{"null" if dtime is None else dtime},"ctime":{ctime},'
+            f'"rss":{"null" if rss is None else rss},"swap":{"null" if swap is None else swap},'
+            f'"idle_seconds":{idle_for},{verdict}}}'
         )
 
 
@@ -513,14 +524,23 @@ def table(
     least useful first; the reason wraps (layout.fit says how).
     """
     make = Cells(exact_bytes, columns, one_word=False, commands=commands)
-    rows = list(map(make.row, verdicts))
     cols = [COLUMNS[n].layout for n in make.columns]
+    out.write("\n".join(table_lines(cols, list(map(make.row, verdicts)), verdicts, width,
+                                     color, header=header, chosen=chosen,
+                                     footer=footer_lines(sv, verdicts))) + "\n")  # fmt: skip
+
+
+def table_lines(cols: Sequence[Col], rows: Sequence[Sequence[str]], verdicts: Sequence[Verdict],
+                width: Optional[int], color: bool, *, header: bool, chosen: bool,
+                footer: Sequence[str]) -> list[str]:  # fmt: skip
+    """A table's lines: `rows` (of `verdicts`) under `cols`, fitted to `width`, the
+    STATE column painted, and the `footer` sentences, wrapped and dim."""
     if chosen:
         cols = [c._replace(drop=0) for c in cols]
+    heads = [c.header for c in cols]
     styles = None
-    if "STATE" in make.columns:
-        styles = (make.columns.index("STATE"), [STATE_STYLE[v.state] for v in verdicts])
+    if "STATE" in heads:
+        styles = (heads.index("STATE"), [STATE_STYLE[v.state] for v in verdicts])
     lines = draw(cols, rows, width, header=header, color=color, styles=styles)
-    lines.extend(paint(line, "dim" if color else None)
-                 for line in wrap_lines(footer_lines(sv, verdicts), width))  # fmt: skip
-    out.write("\n".join(lines) + "\n")
+    lines.extend(paint(line, "dim" if color else None) for line in wrap_lines(footer, width))
+    return lines

@@ -1,47 +1,95 @@
-"""The join: the kernel's table plus process facts, classified. One read of each."""
+"""The join: the kernel's tables plus process facts, classified. One read of each."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
+from itertools import chain
 from pathlib import Path
+from types import MappingProxyType
 from typing import NamedTuple, Optional
 
-from shmjanitor import liveness, procs, scan
+from shmjanitor import kinds, liveness, procs, scan
 from shmjanitor.classify import State, Verdict, classify_all
+from shmjanitor.model import IpcObject, Party
+
+_NONE: Mapping[str, Mapping[str, Optional[int]]] = MappingProxyType({})
 
 
 class Survey(NamedTuple):
-    verdicts: list[Verdict]
-    limits: scan.Limits
+    verdicts: list[Verdict]  # every kind read, in the registry's order, each in table order
+    limits: scan.Limits  # shm's (kernel.shmmni, shmall, shmmax), as before kinds
     taken_at: float
+    kind_limits: Mapping[str, Mapping[str, Optional[int]]] = _NONE  # kind -> its limits
+    kinds: tuple[str, ...] = ()  # the kinds read, in the registry's order
+
+    def of(self, kind: str) -> list[Verdict]:
+        """The verdicts of one kind, in table order."""
+        if self.kinds == (kind,):
+            return list(self.verdicts)
+        return [v for v in self.verdicts if v.segment.kind == kind]
 
 
 def take(path: Path = scan.PROC_SHM, now: Optional[float] = None,
-         state_dir: Optional[Path] = None, record: bool = False) -> Survey:  # fmt: skip
-    """Read the table first, then look at processes: a process that dies in between is
+         state_dir: Optional[Path] = None, record: bool = False,
+         kinds: Optional[Iterable[str]] = None) -> Survey:  # fmt: skip
+    """Read the tables first, then look at processes: a process that dies in between is
     seen dead, and one whose pid is reused in between is caught by its start time.
 
+    `kinds` names the kinds to read (None: every registered kind). `path` is the shm
+    table to read (a test's copy), as before there were kinds; the others read theirs.
     The clock evidence (liveness.observe) is read from `state_dir` (None: the default
     state directory), and written back there with `record` (reap and rm, not dry runs).
     """
-    segments = scan.read(path)
+    names = _kinds.names() if kinds is None else _ordered(kinds)
+    objects: list[IpcObject] = []
+    parties: list[tuple[Party, ...]] = []
+    for name in names:
+        k = _kinds.of(name)
+        read = k.read(path if k.TABLE == scan.PROC_SHM else k.TABLE)
+        objects.extend(read)
+        parties.extend(map(k.parties, read))
     clock = liveness.observe(state_dir, record)
-    pids = {pid for s in segments for pid in (s.cpid, s.lpid)}
+    # One pass of process facts for every kind: each distinct pid is looked up once,
+    # and users (a party without a pid) only when some object names one.
+    every = list(chain.from_iterable(parties))
+    pids = {p.pid for p in every}  # a user party's pid is 0, which look_up skips
+    uids = {p.uid for p in every if p.uid is not None}
     facts = procs.look_up(pids, clock.btime or None)  # 0: no btime, no start times
+    users = procs.users(uids) if uids else {}
     taken_at = time.time() if now is None else now
-    return Survey(classify_all(segments, facts, taken_at, clock), scan.read_limits(), taken_at)
+    verdicts = classify_all(objects, facts, taken_at, clock, users, parties)
+    kind_limits = {name: _kinds.of(name).limits() for name in names}
+    shm = kind_limits.get(_SHM)
+    limits = scan.Limits(**shm) if shm is not None else scan.read_limits()
+    return Survey(verdicts, limits, taken_at, MappingProxyType(kind_limits), names)
+
+
+_kinds = kinds  # `kinds` is also take()'s parameter
+_SHM = "shm"  # Survey.limits is shm's, as it was before there were kinds
+
+
+def _ordered(names: Iterable[str]) -> tuple[str, ...]:
+    """The kinds named, in the registry's order (KeyError for one not registered)."""
+    wanted = set(names)
+    for name in wanted:
+        _kinds.of(name)
+    return tuple(n for n in _kinds.names() if n in wanted)
 
 
 class Tally(NamedTuple):
-    segments: int
+    segments: int  # objects of any kind (the name is from when shm was the only kind)
     bytes: int
 
 
-def by_state(verdicts: list[Verdict]) -> dict[State, Tally]:
-    """Count and bytes per state, every state present (zeros included) in enum order."""
+def by_state(verdicts: list[Verdict], kind: Optional[str] = None) -> dict[State, Tally]:
+    """Count and bytes per state, every state present (zeros included) in enum order;
+    of one kind, or of all."""
     counts = {s: [0, 0] for s in State}
     for v in verdicts:
-        c = counts[v.state]
-        c[0] += 1
-        c[1] += v.segment.size
+        o = v.segment
+        if kind is None or o.kind == kind:
+            c = counts[v.state]
+            c[0] += 1
+            c[1] += o.size
     return {s: Tally(n, b) for s, (n, b) in counts.items()}

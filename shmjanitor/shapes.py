@@ -1,0 +1,427 @@
+"""How `list` shows each kind of object: its columns, its JSON, its summary and footer.
+
+Every kind is shown from the registry: the columns every object has (KEY, ID, OWNER,
+PERMS, ..., STATE, REASON) around the kind's own FACTS, in the table, in plain output
+and as JSON fields. Nothing here changes when a kind is added.
+
+Segments are the exception that proves it: their table and their JSON (`"segments"`,
+the `"summary"` members) are documented in the README as a contract for scripts, and
+came before kinds; they keep that shape (render.py: COLUMNS, Cells, SegmentJson).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from functools import cache
+from typing import IO, Any, Callable, NamedTuple, Optional, Union
+
+from shmjanitor import kinds, render
+from shmjanitor import survey as _survey
+from shmjanitor.durations import format_age, format_size
+from shmjanitor.layout import Col
+from shmjanitor.model import Fact, State
+from shmjanitor.render import (
+    _LITERAL,
+    Column,
+    _encode,
+    _Shared,
+    group_name,
+    json_string,
+    owner_name,
+    when,
+    word,
+)
+from shmjanitor.text import printable
+
+Verdict = render.Verdict
+Row = Callable[[Verdict], tuple[str, ...]]
+
+
+class Output(NamedTuple):
+    """`-o LIST` as given: the column names, and whether they add to the default ones."""
+
+    names: tuple[str, ...]
+    extra: bool = False
+
+
+def parse_output(text: str) -> Output:
+    """`-o` as lsipc takes it: "ID,KEY,REASON", or "+RSS,SWAP" to add to the default
+    columns. Case does not matter; lsipc's ATTACH and DETACH are ATIME and DTIME.
+    ValueError naming a column no kind has."""
+    extra = text.startswith("+")
+    known = all_columns()
+    names = []
+    for part in text[extra:].split(","):
+        name = part.strip().upper()
+        name = render.ALIASES.get(name, name)
+        if name not in known:
+            raise ValueError(f"unknown column {part.strip()!r} (known: {', '.join(known)})")
+        names.append(name)
+    return Output(tuple(names), extra)
+
+
+class Shape:
+    """How one kind is shown. `columns` in the order `list --help` shows them."""
+
+    kind: kinds.Kind
+    columns: Mapping[str, Column]
+    default: tuple[str, ...]
+
+    @property
+    def plural(self) -> str:
+        return self.kind.PLURAL
+
+    def chosen(self, output: Optional[Output]) -> tuple[str, ...]:
+        """The columns `-o` names for this kind; ValueError for one it does not have."""
+        if output is None:
+            return self.default
+        lacking = [n for n in output.names if n not in self.columns]
+        if lacking:
+            raise ValueError(f"{', '.join(lacking)}: not a column of {self.plural}")
+        return self.default + output.names if output.extra else output.names
+
+    def sort(self, verdicts: list[Verdict], name: str, commands: Mapping[int, str]) -> None:
+        """In place by column `name` (ties, and a column it lacks, in id order)."""
+        verdicts.sort(key=_by_id)
+        if name != "ID" and name in self.columns:
+            verdicts.sort(key=self.columns[name].sort)
+
+    def rows(self, verdicts: Sequence[Verdict], exact_bytes: bool, columns: Sequence[str], *,
+             one_word: bool, commands: Mapping[int, str]) -> list[tuple[str, ...]]:  # fmt: skip
+        raise NotImplementedError
+
+    def encoder(self) -> Callable[[Verdict], str]:
+        """One object as the JSON text of its array's element."""
+        raise NotImplementedError
+
+    def summary(self, sv: _survey.Survey, verdicts: list[Verdict]) -> dict[str, Any]:
+        """What it adds to the JSON "summary" object."""
+        raise NotImplementedError
+
+    def footer(self, sv: _survey.Survey, verdicts: list[Verdict]) -> list[str]:
+        raise NotImplementedError
+
+
+_by_id = render._by_id
+
+
+class Segments(Shape):
+    """The shape the README documents for segments (render.py)."""
+
+    def __init__(self, kind: kinds.Kind) -> None:
+        self.kind = kind
+        self.columns = render.COLUMNS
+        self.default = render.DEFAULT
+
+    def sort(self, verdicts: list[Verdict], name: str, commands: Mapping[int, str]) -> None:
+        if name in self.columns:
+            render.sort(verdicts, name, commands)
+        else:
+            verdicts.sort(key=_by_id)
+
+    def rows(self, verdicts: Sequence[Verdict], exact_bytes: bool, columns: Sequence[str], *,
+             one_word: bool, commands: Mapping[int, str]) -> list[tuple[str, ...]]:  # fmt: skip
+        make = render.Cells(exact_bytes, columns, one_word=one_word, commands=commands)
+        return list(map(make.row, verdicts))
+
+    def encoder(self) -> Callable[[Verdict], str]:
+        return render.SegmentJson()
+
+    def summary(self, sv: _survey.Survey, verdicts: list[Verdict]) -> dict[str, Any]:
+        return render.summary_json(sv, verdicts)  # its members are the summary's own
+
+    def footer(self, sv: _survey.Survey, verdicts: list[Verdict]) -> list[str]:
+        return render.footer_lines(sv, verdicts)
+
+
+# --- every other kind: the shared columns around its FACTS -------------------------
+
+Cell = Callable[[Verdict, bool], str]  # (verdict, exact bytes) -> text, printable
+
+
+class _Col(NamedTuple):
+    column: Column
+    cell: Cell
+
+
+def _o(f: Callable[[Any], Any]) -> Callable[[Verdict], Any]:
+    return lambda v: f(v.segment)
+
+
+def _none_last(value: Union[int, str, None], descending: bool = False) -> tuple[Any, ...]:
+    if value is None:
+        return (1, 0)
+    if descending and isinstance(value, int):
+        return (0, -value)
+    return (0, value)
+
+
+_STATE_ORDER = {s: i for i, s in enumerate(State)}
+
+# Before the kind's facts, then after them, then the ones -o may add (as lsipc names
+# them; `drop`: which give way first on a narrow terminal, the highest first).
+_HEAD = {
+    "KEY": _Col(Column(Col("KEY", drop=4), "the key, hex (0x00000000 is IPC_PRIVATE)",
+                       _o(lambda o: o.key)), lambda v, _: f"0x{v.segment.key:08x}"),
+    "ID": _Col(Column(Col("ID", right=True), "the id", _o(lambda o: o.id)),
+               lambda v, _: str(v.segment.id)),
+    "OWNER": _Col(Column(Col("OWNER", drop=3, squeeze=True), "the owner's user name (its "
+                         "uid when it has none)", lambda v: owner_name(v.segment.uid)),
+                  lambda v, _: printable(owner_name(v.segment.uid))),
+    "PERMS": _Col(Column(Col("PERMS", drop=30), "permission bits, octal",
+                         _o(lambda o: o.perms)), lambda v, _: f"{v.segment.perms:03o}"),
+}  # fmt: skip
+_TAIL = {
+    "IDLE": _Col(Column(Col("IDLE", right=True, drop=2), "time since it was last used or "
+                        "changed", lambda v: -v.idle_for), lambda v, _: format_age(v.idle_for)),
+    "STATE": _Col(Column(Col("STATE"), "attached, idle, orphan, unknown or removing",
+                         lambda v: _STATE_ORDER[v.state]), lambda v, _: v.state.value),
+    "REASON": _Col(Column(Col("REASON", wrap=True), "the evidence behind the state",
+                          lambda v: v.reason), lambda v, _: printable(v.reason)),
+}  # fmt: skip
+_MORE = {
+    "UID": _Col(Column(Col("UID", right=True), "the owner's uid", _o(lambda o: o.uid)),
+                lambda v, _: str(v.segment.uid)),
+    "USER": _Col(Column(Col("USER", squeeze=True), "the owner's user name (as OWNER)",
+                        lambda v: owner_name(v.segment.uid)),
+                 lambda v, _: printable(owner_name(v.segment.uid))),
+    "GID": _Col(Column(Col("GID", right=True), "the owner's gid", _o(lambda o: o.gid)),
+                lambda v, _: str(v.segment.gid)),
+    "GROUP": _Col(Column(Col("GROUP", squeeze=True), "the owner's group name",
+                         lambda v: group_name(v.segment.gid)),
+                  lambda v, _: printable(group_name(v.segment.gid))),
+    "CUID": _Col(Column(Col("CUID", right=True), "the creator's uid", _o(lambda o: o.cuid)),
+                 lambda v, _: str(v.segment.cuid)),
+    "CUSER": _Col(Column(Col("CUSER", squeeze=True), "the creator's user name",
+                         lambda v: owner_name(v.segment.cuid)),
+                  lambda v, _: printable(owner_name(v.segment.cuid))),
+    "CGID": _Col(Column(Col("CGID", right=True), "the creator's gid", _o(lambda o: o.cgid)),
+                 lambda v, _: str(v.segment.cgid)),
+    "CGROUP": _Col(Column(Col("CGROUP", squeeze=True), "the creator's group name",
+                          lambda v: group_name(v.segment.cgid)),
+                   lambda v, _: printable(group_name(v.segment.cgid))),
+    "SIZE": _Col(Column(Col("SIZE", right=True), "bytes it holds in the kernel (in bytes "
+                        "with --bytes)", _o(lambda o: -o.size)),
+                 lambda v, exact: render._bytes(v.segment.size, exact)),
+    "CTIME": _Col(Column(Col("CTIME"), "creation or last IPC_SET", _o(lambda o: o.ctime)),
+                  lambda v, _: when(v.segment.ctime)),
+}  # fmt: skip
+
+
+def _fact(f: Fact, drop: int) -> _Col:
+    """A fact's column: times as ISO 8601, bytes as 4K (exact with --bytes), other
+    values as they are; "-" for None. Bytes sort largest first, the rest ascending."""
+    get = f.get
+
+    def cell(v: Verdict, exact: bool) -> str:
+        value = get(v.segment)
+        if value is None:
+            return "-"
+        if f.unit == "time" and isinstance(value, int):
+            return when(value)
+        if f.unit == "bytes" and isinstance(value, int):
+            return render._bytes(value, exact)
+        return printable(str(value))
+
+    descending = f.unit == "bytes"
+    sort = lambda v: _none_last(get(v.segment), descending)  # noqa: E731
+    layout = Col(f.column, right=f.unit != "time", drop=drop)
+    return _Col(Column(layout, f.what, sort), cell)
+
+
+class Facts(Shape):
+    """A kind shown from the registry: KEY ID OWNER PERMS, its FACTS, IDLE STATE
+    REASON by default; the owner's and creator's ids and names, SIZE and CTIME on
+    request (-o)."""
+
+    def __init__(self, kind: kinds.Kind) -> None:
+        self.kind = kind
+        n = len(kind.FACTS)
+        facts = {f.column: _fact(f, 5 + n - i) for i, f in enumerate(kind.FACTS)}
+        every = {**_HEAD, **facts, **_TAIL, **_MORE}
+        self._cells = {name: c.cell for name, c in every.items()}
+        self.columns = {name: c.column for name, c in every.items()}
+        self.default = (*_HEAD, *facts, *_TAIL)
+
+    def rows(self, verdicts: Sequence[Verdict], exact_bytes: bool, columns: Sequence[str], *,
+             one_word: bool, commands: Mapping[int, str]) -> list[tuple[str, ...]]:  # fmt: skip
+        cells = [self._cells[n] for n in columns]
+        last = len(cells) - 1
+        w = word if one_word else render._same
+        return [
+            tuple([w(c(v, exact_bytes)) if i < last else c(v, exact_bytes)
+                   for i, c in enumerate(cells)])
+            for v in verdicts
+        ]  # fmt: skip
+
+    def encoder(self) -> Callable[[Verdict], str]:
+        return FactsJson(self.kind)
+
+    def summary(self, sv: _survey.Survey, verdicts: list[Verdict]) -> dict[str, Any]:
+        """{PLURAL: {PLURAL: n, "bytes": b, <its limits>, "states": {...}}}: a kind's
+        summary as the segments' is, nested under its name."""
+        p = self.plural
+        tallies = _survey.by_state(verdicts)
+        return {p: {
+            p: len(verdicts),
+            "bytes": sum(v.segment.size for v in verdicts),
+            **sv.kind_limits.get(self.kind.NAME, {}),
+            "states": {s.value: {p: t.segments, "bytes": t.bytes} for s, t in tallies.items()},
+        }}  # fmt: skip
+
+    def footer(self, sv: _survey.Survey, verdicts: list[Verdict]) -> list[str]:
+        """Its count and kernel limits, then the count (and bytes) per state."""
+        from shmjanitor.limits import unlimited
+
+        limits = sv.kind_limits.get(self.kind.NAME, {})
+        said = [f"kernel.{name} {'unlimited' if unlimited(n) else n}"
+                for name, n in limits.items() if n is not None]  # fmt: skip
+        total = sum(v.segment.size for v in verdicts)
+        first = f"{len(verdicts)} {self.plural}" + (f" ({', '.join(said)})" if said else "")
+        if total:
+            first += f", {format_size(total)} in all"
+        tallies = _survey.by_state(verdicts)
+        second = ", ".join(
+            f"{s.value} {t.segments}" + (f" ({format_size(t.bytes)})" if total else "")
+            for s, t in tallies.items()
+        )
+        return [first, second]
+
+
+def _json_value(value: Union[int, str, bool, None]) -> str:
+    if value is None or isinstance(value, bool):
+        return _LITERAL[value]
+    if isinstance(value, int):
+        return str(value)
+    return json_string(value)
+
+
+def facts_json(kind: kinds.Kind, v: Verdict) -> dict[str, Any]:
+    """One object of a kind shown from its FACTS, as its JSON array holds it: kind, id,
+    key (unsigned), owner, uid, gid, cuid, cgid, perms, its facts, state, reason."""
+    o = v.segment
+    return {
+        "kind": kind.NAME, "id": o.id, "key": o.key, "owner": owner_name(o.uid),
+        "uid": o.uid, "gid": o.gid, "cuid": o.cuid, "cgid": o.cgid, "perms": o.perms,
+        **{f.json: f.get(o) for f in kind.FACTS},
+        "state": v.state.value, "reason": v.reason,
+    }  # fmt: skip
+
+
+class FactsJson(_Shared):
+    """Encodes a verdict as `json.dumps(facts_json(kind, v), separators=(",", ":"))`
+    would: the owner's part once per (uid, gid, cuid, cgid, mode), the state and
+    reason once per pair (see render._Shared)."""
+
+    def __init__(self, kind: kinds.Kind, keep: int = 4096) -> None:
+        super().__init__(keep)
+        self._head = f'{{"kind":{json_string(kind.NAME)},'
+        self._facts = [(json_string(f.json), f.get) for f in kind.FACTS]
+        self._who: dict[tuple[int, int, int, int, int], str] = {}
+        self._verdict: dict[tuple[State, str], str] = {}
+
+    def __call__(self, v: Verdict) -> str:
+        o = v.segment
+        k = (o.uid, o.gid, o.cuid, o.cgid, o.mode)
+        who = self._who.get(k) or self._learn(self._who, k, (
+            f'"owner":{json_string(owner_name(o.uid))},"uid":{o.uid},"gid":{o.gid},'
+            f'"cuid":{o.cuid},"cgid":{o.cgid},"perms":{o.perms},'
+        ))  # fmt: skip
+        facts = "".join([f"{name}:{_json_value(get(o))}," for name, get in self._facts])
+        kv = (v.state, v.reason)
+        verdict = self._verdict.get(kv) or self._learn(self._verdict, kv, (
+            f'"state":"{v.state.value}","reason":{json_string(v.reason)}}}'
+        ))  # fmt: skip
+        return f'{self._head}"id":{o.id},"key":{o.key},{who}{facts}{verdict}'
+
+
+# --- the registry's shapes ------------------------------------------------------------
+
+# Documented before kinds existed, by the name of their JSON array (the README's schema).
+_DOCUMENTED: dict[str, Callable[[kinds.Kind], Shape]] = {"segments": Segments}
+
+
+@cache
+def of(name: str) -> Shape:
+    """The shape of the kind registered as `name`."""
+    kind = kinds.of(name)
+    return _DOCUMENTED.get(kind.PLURAL, Facts)(kind)
+
+
+def all_columns() -> dict[str, Column]:
+    """Every column of every registered kind (the first kind's, then new names)."""
+    every: dict[str, Column] = {}
+    for name in kinds.names():
+        for column, c in of(name).columns.items():
+            every.setdefault(column, c)
+    return every
+
+
+# --- a listing of one or more kinds ---------------------------------------------------
+
+
+def json_chunks(sv: _survey.Survey, shown: Mapping[str, list[Verdict]],
+                rows: int = 4096) -> Iterator[str]:  # fmt: skip
+    """{"segments": [...], "semaphores": [...], ..., "summary": {...}} in pieces of
+    `rows` objects, an array for each kind in `shown` (empty ones too), so the whole
+    text of 32,000 objects never exists at once."""
+    summary: dict[str, Any] = {}
+    sep = "{"
+    for name, verdicts in shown.items():
+        shape = of(name)
+        encode = shape.encoder()
+        yield f'{sep}"{shape.plural}":['
+        for start in range(0, len(verdicts), rows):
+            piece = ",".join([encode(v) for v in verdicts[start : start + rows]])
+            yield piece if start == 0 else "," + piece
+        yield "]"
+        sep = ","
+        summary.update(shape.summary(sv, verdicts))
+    yield f'{sep}"summary":' + _encode(summary) + "}\n"
+
+
+def title(name: str) -> str:
+    """The line that starts a kind's section when a listing shows several kinds."""
+    return f"{of(name).plural}:"
+
+
+def plain(shown: Mapping[str, list[Verdict]], exact_bytes: bool, out: IO[str],
+          columns: Mapping[str, Sequence[str]], *, header: bool = True,
+          commands: Optional[Mapping[int, str]] = None) -> None:  # fmt: skip
+    """Each kind's aligned columns (render.plain's), after a line naming it when there
+    are several, a blank line between them."""
+    several = len(shown) > 1
+    for i, (name, verdicts) in enumerate(shown.items()):
+        shape = of(name)
+        if several:
+            out.write(("\n" if i else "") + title(name) + "\n")
+        names = columns[name]
+        rows = shape.rows(verdicts, exact_bytes, names, one_word=True, commands=commands or {})
+        render.write_plain([shape.columns[n].layout for n in names], rows, out, header)
+
+
+def table(sv: _survey.Survey, shown: Mapping[str, list[Verdict]], exact_bytes: bool,
+          out: IO[str], width: Optional[int], color: bool,
+          columns: Mapping[str, Sequence[str]], *, header: bool = True, chosen: bool = False,
+          commands: Optional[Mapping[int, str]] = None) -> None:  # fmt: skip
+    """Each kind's table with its footer (render.table's), after a bold line naming it
+    when there are several, a blank line between them."""
+    several = len(shown) > 1
+    lines: list[str] = []
+    for name, verdicts in shown.items():
+        shape = of(name)
+        if several:
+            if lines:
+                lines.append("")
+            lines.append(render.paint(title(name), "bold" if color else None))
+        names = columns[name]
+        rows = shape.rows(verdicts, exact_bytes, names, one_word=False, commands=commands or {})
+        lines += render.table_lines(
+            [shape.columns[n].layout for n in names], rows, verdicts, width, color,
+            header=header, chosen=chosen, footer=shape.footer(sv, verdicts),
+        )  # fmt: skip
+    out.write("\n".join(lines) + "\n")
+
+
+__all__ = ["Facts", "FactsJson", "Output", "Segments", "Shape", "all_columns", "facts_json",
+           "json_chunks", "of", "parse_output", "plain", "table", "title"]  # fmt: skip
