@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -269,8 +270,10 @@ def _columns_help() -> str:
         lines += [f"  {column:<10} {c.doc}" for column, c in shape.columns.items()]
         if "ATIME" in shape.columns:
             lines += ["  (lsipc's ATTACH and DETACH are ATIME and DTIME)"]
-        lines += ["", "\b", f"The default columns of {shape.plural}:",
-                  "  " + ",".join(shape.default), ""]  # fmt: skip
+        lines += ["", "\b", f"The default columns of {shape.plural}:"]
+        # "A,B,C" wrapped after a comma: each line stays whole column names.
+        text = textwrap.fill(", ".join(shape.default), 76, break_on_hyphens=False)
+        lines += ["  " + line.replace(", ", ",") for line in text.splitlines()] + [""]
     return "\n".join(lines[:-1])
 
 

@@ -33,6 +33,7 @@ time; and a step forward and back between two runs.
 from __future__ import annotations
 
 import os
+import pwd
 import stat
 from collections.abc import Mapping
 from functools import lru_cache
@@ -123,19 +124,29 @@ def judge_user(uid: int, users: Mapping[int, User]) -> tuple[Optional[bool], str
     may hide them) used the object, which is (None, evidence). Never alive: a live user
     is not a live process that touched the object."""
     u = users.get(uid)
+    who = _user(uid)
     if u is None:
-        return None, f"{uid} not looked up"
+        return None, f"{who} not looked up"
     if u.alive is False:
-        return False, f"{uid} has no process left"
+        return False, f"{who} has no process left"
     if u.alive:
         return None, (
-            f"{uid} has processes (pid {u.pid}, ...); which of them used it cannot be known"
+            f"{who} has processes (pid {u.pid}, ...); which of them used it cannot be known"
         )  # fmt: skip
     if u.note == procs.HIDDEN:
-        return None, f"{uid}: its processes may be hidden (/proc mounted with hidepid)"
+        return None, f"{who}: its processes may be hidden (/proc mounted with hidepid)"
     if u.note == procs.FOREIGN:
-        return None, f"{uid}: /proc shows another PID namespace"
-    return None, f"{uid}: {u.note or 'unknown'}"
+        return None, f"{who}: /proc shows another PID namespace"
+    return None, f"{who}: {u.note or 'unknown'}"
+
+
+@lru_cache(maxsize=256)
+def _user(uid: int) -> str:
+    """ "alice (1000)", or "1000" for a uid without an account."""
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} ({uid})"
+    except KeyError:
+        return str(uid)
 
 
 def judge_party(p: Party, facts: Mapping[int, Proc], users: Mapping[int, User],

@@ -298,12 +298,12 @@ def _json_value(value: Union[int, str, bool, None]) -> str:
 
 def facts_json(kind: kinds.Kind, v: Verdict) -> dict[str, Any]:
     """One object of a kind shown from its FACTS, as its JSON array holds it: kind, id,
-    key (unsigned), owner, uid, gid, cuid, cgid, perms, its facts, state, reason."""
+    key (unsigned), owner, uid, gid, cuid, cgid, perms, ctime, its facts, state, reason."""
     o = v.segment
     return {
         "kind": kind.NAME, "id": o.id, "key": o.key, "owner": owner_name(o.uid),
         "uid": o.uid, "gid": o.gid, "cuid": o.cuid, "cgid": o.cgid, "perms": o.perms,
-        **{f.json: f.get(o) for f in kind.FACTS},
+        "ctime": o.ctime, **{f.json: f.get(o) for f in kind.FACTS},
         "state": v.state.value, "reason": v.reason,
     }  # fmt: skip
 
@@ -332,7 +332,7 @@ class FactsJson(_Shared):
         verdict = self._verdict.get(kv) or self._learn(self._verdict, kv, (
             f'"state":"{v.state.value}","reason":{json_string(v.reason)}}}'
         ))  # fmt: skip
-        return f'{self._head}"id":{o.id},"key":{o.key},{who}{facts}{verdict}'
+        return f'{self._head}"id":{o.id},"key":{o.key},{who}"ctime":{o.ctime},{facts}{verdict}'
 
 
 # --- the registry's shapes ------------------------------------------------------------

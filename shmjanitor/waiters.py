@@ -63,7 +63,6 @@ _CALLS: dict[str, dict[int, str]] = {
 _X32_BIT = 0x40000000  # x86_64's x32 ABI: the x86_64 number with this bit set
 PROC = "/proc"
 PF_KTHREAD = 0x00200000  # /proc/PID/stat flags: a kernel thread makes no system call
-_INITIAL_PID_NS = f"pid:[{0xEFFFFFFC}]"  # include/linux/proc_ns.h, PROC_PID_INIT_INO
 
 
 class Sweep(NamedTuple):
@@ -236,16 +235,10 @@ def msgmax() -> Optional[int]:
 
 def _blind(machine: str, calls: dict[int, str], ours: Optional[str], tasks: int,
            proc: str) -> Optional[str]:  # fmt: skip
-    """Why /proc cannot show every task that could wait on a queue of ours, else None.
-
-    Outside the initial PID namespace, tasks of the others are not in our /proc, yet may
-    share our IPC namespace: the containers of a Kubernetes pod share one, each with its
-    own PID namespace. That is so when the first process of our PID namespace (its pid
-    1) is in our IPC namespace: then the namespace came from outside with it. When pid 1
-    is in another, ours was made later, inside this PID namespace (unshare), and a task
-    outside could enter it only by setns(2) through a handle on it; that is assumed not
-    to happen (the suite runs so, in its own PID namespace).
-    """
+    """Why /proc cannot show every task that could wait on a queue of ours, else None:
+    unknown system call numbers, another PID namespace's /proc, hidepid hiding tasks, or
+    processes of other PID namespaces that may share our IPC namespace
+    (procs.unseen_ipc_peers)."""
     if not calls:
         return (f"the system call numbers of msgsnd and msgrcv on this machine ({machine}) "
                 "are not known to shmjanitor: a task waiting on it cannot be seen")  # fmt: skip
@@ -257,18 +250,9 @@ def _blind(machine: str, calls: dict[int, str], ours: Optional[str], tasks: int,
         # start or end during the sweep make the counts differ too: kept, not removed.)
         return ("/proc is mounted with hidepid and hides tasks from us: one waiting on it "
                 "cannot be seen")  # fmt: skip
-    try:
-        initial = os.readlink(f"{proc}/self/ns/pid") == _INITIAL_PID_NS
-    except OSError:
-        initial = False
-    if not initial:
-        init = _ipc_ns("1", proc)
-        if init is None or ours is None:
-            return ("tasks outside this PID namespace may share its IPC namespace (whether "
-                    "its pid 1 does cannot be read): one waiting on it cannot be seen")  # fmt: skip
-        if init == ours:
-            return ("tasks outside this PID namespace share its IPC namespace (its pid 1 is "
-                    "in it, as in a pod's containers): one waiting on it cannot be seen")  # fmt: skip
+    unseen = procs.unseen_ipc_peers(proc)
+    if unseen is not None:
+        return f"{unseen}: one waiting on it cannot be seen"
     return None
 
 

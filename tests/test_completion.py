@@ -59,8 +59,13 @@ def bash_complete(script: Path, *words: str) -> list[str]:
         (("shmjanitor", "l"), ["limits", "list"]),
         (("shmjanitor", "list", "--st"), ["--state"]),
         (("shmjanitor", "list", "--state", "o"), ["orphan"]),
-        (("shmjanitor", "list", "-s", ""), ["attached", "idle", "orphan", "unknown", "removing"]),
-        (("shmjanitor", "list", "--sort", "n"), ["nattch"]),
+        # --state has no -s since issue 12: -s chooses semaphore sets, as in ipcs and lsipc.
+        (
+            ("shmjanitor", "list", "--state", ""),
+            ["attached", "idle", "orphan", "unknown", "removing"],
+        ),
+        (("shmjanitor", "list", "--sort", "na"), ["nattch"]),
+        (("shmjanitor", "list", "--sort", "ns"), ["nsems"]),
         (("shmjanitor", "reap", "--dry"), ["--dry-run"]),
         (("shmjanitor", "quarantine", "p"), ["purge"]),
         (("shmjanitor", "completion", ""), ["bash", "zsh", "fish"]),

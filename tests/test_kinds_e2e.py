@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -147,7 +148,7 @@ def entry_of(state_dir: Path, kind: str, oid: int) -> str:
     entries = json.loads(r.stdout)["entries"]
     found = [e for e in entries if e.get("kind", "shm") == kind and e["id"] == oid]
     assert len(found) == 1, entries
-    return str(found[0]["name"])
+    return str(found[0]["entry"])
 
 
 # --- semaphore sets ----------------------------------------------------------------------
@@ -156,21 +157,25 @@ def entry_of(state_dir: Path, kind: str, oid: int) -> str:
 def test_semaphore_sets_in_every_state_and_a_reap_that_removes_only_orphans(
     procs: list[Proc], tmp_path: Path
 ) -> None:
-    never = ipcmk("-S")  # alice's, nobody ever operated on it, alice has no process left
+    # Bob's: nobody ever operated on it, and bob has no process left (alice has: below).
+    never = ipcmk("-S", uid=1001)
     gone = Proc(SEM_SCRIPT, "operate")  # its last operator exited
     procs.append(gone)
     assert gone.p.wait(10) == 0
     idle = Proc(SEM_SCRIPT, "stay")  # its last operator lives
     waiting = Proc(SEM_SCRIPT, "wait")  # a process waits on it now
     rootish = ipcmk("-S", uid=None)  # root's: root has processes, which made it unknown
+    alices = ipcmk("-S")  # alice has processes (idle, waiting): which made it, unknown
     procs += [idle, waiting]
 
     seen = listed("-s")["semaphores"]
-    assert {i: seen[i]["state"] for i in (never, gone.id, idle.id, waiting.id, rootish)} == {
+    assert {i: seen[i]["state"] for i in (never, gone.id, idle.id, waiting.id, rootish,
+                                          alices)} == {
         never: "orphan", gone.id: "orphan", idle.id: "idle", waiting.id: "attached",
-        rootish: "unknown",
+        rootish: "unknown", alices: "unknown",
     }  # fmt: skip
-    assert "alice" in seen[never]["reason"] and "no process" in seen[never]["reason"]
+    assert "creating user bob (1001) has no process left" in seen[never]["reason"]
+    assert "creating user alice (1000) has processes" in seen[alices]["reason"]
     assert f"{gone.p.pid} exited" in seen[gone.id]["reason"]
     assert f"{idle.p.pid}" in seen[idle.id]["reason"] and "alive" in seen[idle.id]["reason"]
     assert seen[waiting.id]["waiters"] == 1
@@ -181,7 +186,7 @@ def test_semaphore_sets_in_every_state_and_a_reap_that_removes_only_orphans(
     assert removed == {never, gone.id}
     assert all(r["kind"] == "sem" for r in out["results"])
     left = sem_ids()
-    assert {idle.id, waiting.id, rootish} <= left and not {never, gone.id} & left
+    assert {idle.id, waiting.id, rootish, alices} <= left and not {never, gone.id} & left
     # The waiter still waits: its set was never removed (EIDRM would have ended it).
     assert waiting.exited() is None and idle.exited() is None
 
@@ -353,3 +358,18 @@ def test_killing_the_last_operator_makes_a_set_an_orphan(procs: list[Proc]) -> N
     os.kill(idle.p.pid, signal.SIGKILL)
     idle.p.wait()
     assert states("semaphores", "-s")[idle.id] == "orphan"
+
+
+def test_a_user_with_no_process_here_may_have_some_in_a_pid_namespace_we_cannot_see():
+    """A pod's containers share an IPC namespace, not a PID namespace: where our pid 1
+    shares our IPC namespace, a user with no process in our /proc may have some in the
+    others, so a set nobody operated on is unknown there, never an orphan."""
+    code = ("from shmjanitor import procs; u = procs.users([65534])[65534]; "
+            "print(u.alive, u.note)")  # fmt: skip
+    pod = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c",
+                          code], capture_output=True, text=True)  # fmt: skip
+    assert pod.stdout.startswith("None processes outside this PID namespace share"), pod
+    inside = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c",
+                             'unshare --ipc "$@"; exit $?', "sh", sys.executable, "-c", code],
+                            capture_output=True, text=True)  # fmt: skip
+    assert inside.stdout == "False None\n", inside

@@ -306,14 +306,22 @@ def test_a_zero_sempid_is_nobody_only_where_every_pid_is_visible(monkeypatch):
     assert sem.parties(never) == (user, unseen)
 
 
-def test_every_pid_visible_only_in_the_initial_pid_namespace():
+def test_every_pid_visible_in_the_initial_pid_namespace_or_an_ipc_namespace_made_inside():
+    """A sempid of 0 is "nobody" only where no process of another PID namespace can share
+    our IPC namespace (procs.unseen_ipc_peers)."""
     code = "from shmjanitor.kinds import sem; print(sem.every_pid_visible())"
-    out = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable,
-                          "-c", code], capture_output=True, text=True)  # fmt: skip
-    assert out.stdout == "False\n", out.stderr
-    here = os.readlink("/proc/self/ns/pid") == "pid:[4026531836]"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.stdout == f"{here}\n", out.stderr
+
+    def run(*argv: str) -> str:
+        out = subprocess.run([*argv, sys.executable, "-c", code], capture_output=True,
+                             text=True)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    # A PID namespace whose pid 1 shares our IPC namespace, as a pod's container does.
+    assert run("unshare", "--pid", "--fork", "--mount-proc") == "False\n"
+    # An IPC namespace made inside a PID namespace, whose pid 1 (sh) stays outside it.
+    assert run("unshare", "--pid", "--fork", "--mount-proc", "sh", "-c",
+               'unshare --ipc "$@"; exit $?', "sh") == "True\n"  # fmt: skip
 
 
 def test_registered_with_every_name_of_the_protocol():

@@ -24,7 +24,6 @@ on (ipc/sem.c, Linux 6.x; sysvtable.py for what every table shares):
 from __future__ import annotations
 
 import errno
-import os
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
@@ -32,7 +31,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
-from shmjanitor import kernel, sysvtable
+from shmjanitor import kernel, procs, sysvtable
 from shmjanitor.durations import format_age
 from shmjanitor.errors import CorruptTable
 from shmjanitor.model import Fact, Party
@@ -205,17 +204,9 @@ FACTS = (
 
 @lru_cache(maxsize=1)
 def every_pid_visible() -> bool:
-    """Are we in the initial PID namespace, where every process has a pid?
-
-    Elsewhere a sempid of 0 may be a process of another PID namespace sharing this IPC
-    namespace (a Kubernetes pod's containers share IPC, not PIDs), not "nobody": then a
-    0 is a party we cannot see. The initial namespace's inode number is a constant of
-    the kernel (include/linux/proc_ns.h, PROC_PID_INIT_INO 0xEFFFFFFC).
-    """
-    try:
-        return os.readlink("/proc/self/ns/pid") == f"pid:[{0xEFFFFFFC}]"
-    except OSError:
-        return False
+    """Is a sempid of 0 "nobody"? Not where processes of another PID namespace may share
+    this IPC namespace (procs.unseen_ipc_peers): a 0 may then be one of them."""
+    return procs.unseen_ipc_peers() is None
 
 
 def parties(s: SemSet) -> tuple[Party, ...]:
