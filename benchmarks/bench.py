@@ -74,6 +74,8 @@ _libc.shmget.argtypes = (ctypes.c_int, ctypes.c_size_t, ctypes.c_int)
 _libc.shmat.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
 _libc.shmat.restype = ctypes.c_void_p
 _libc.shmdt.argtypes = (ctypes.c_void_p,)
+_libc.semget.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int)
+_libc.msgget.argtypes = (ctypes.c_int, ctypes.c_int)
 _libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
 _libc.unshare.argtypes = (ctypes.c_int,)
 
@@ -131,6 +133,13 @@ class Namespace:
         try:
             if shmmni > int(Path("/proc/sys/kernel/shmmni").read_text()):
                 Path("/proc/sys/kernel/shmmni").write_text(f"{shmmni}\n")
+            # The same room for semaphore sets (SEMMNI, kernel.sem's fourth number) and
+            # message queues (msgmni): per IPC namespace, so the machine's stay as they are.
+            sem = Path("/proc/sys/kernel/sem").read_text().split()
+            if shmmni > int(sem[3]):
+                Path("/proc/sys/kernel/sem").write_text(" ".join([*sem[:3], str(shmmni)]))
+            if shmmni > int(Path("/proc/sys/kernel/msgmni").read_text()):
+                Path("/proc/sys/kernel/msgmni").write_text(f"{shmmni}\n")
         finally:
             self._enter(self._home)
 
@@ -207,6 +216,36 @@ def orphans(n: int, written: bool = False) -> None:
 
     if not _wait_ok(_in_child(body)):
         raise RuntimeError(f"could not create {n} segments (kernel.shmmni?)")
+
+
+def _semget() -> bool:
+    return _libc.semget(0, 1, IPC_CREAT | IPC_EXCL | 0o600) >= 0
+
+
+def _msgget() -> bool:
+    return _libc.msgget(0, IPC_CREAT | IPC_EXCL | 0o600) >= 0
+
+
+# kind -> (ipcs/ipcrm's name for it, the maker of one orphan of uid 1000)
+KIND_MAKERS = {"sem": ("sem", _semget), "msg": ("msg", _msgget)}
+
+
+def kind_orphans(kind: str, n: int) -> None:
+    """n orphans of `kind` (a set of one semaphore, an empty queue) of one creator of uid
+    1000 that exits: nobody ever operated on them and their user has no process left."""
+    make = KIND_MAKERS[kind][1]
+
+    def body() -> bool:
+        _become_ordinary()
+        return all(make() for _ in range(n))
+
+    if not _wait_ok(_in_child(body)):
+        raise RuntimeError(f"could not create {n} {kind} objects (kernel.sem, msgmni?)")
+
+
+def kind_rows(kind: str) -> int:
+    with open(f"/proc/sysvipc/{kind}") as f:
+        return len([ln for ln in f.read().splitlines()[1:] if ln.strip()])
 
 
 def orphans_of_distinct_creators(n: int, workers: int) -> None:
@@ -490,10 +529,82 @@ def benchmark(opt: Options, say: Callable[[str], None]) -> tuple[list[Figure], d
         figures.append(ratio_figure(f"reap with quarantine, {n:,} written orphans",
                                     "quarantine", "--no-quarantine", pair, None))  # fmt: skip
         reapns.close()
+        for kind, flag in (("sem", "-s"), ("msg", "-q")):
+            figures += kind_figures(kind, flag, opt, sj, tmp, say)
         empty.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return figures, notes
+
+
+def kind_figures(kind: str, flag: str, opt: Options, sj: list[str], tmp: Path,
+                 say: Callable[[str], None]) -> list[Figure]:  # fmt: skip
+    """Issue 12's rows for one kind: list --json against ipcs -X -p (and lsipc, for
+    information), and the reap of n orphans against the look-then-remove it replaces:
+    ipcs -X -p, then ipcrm --all=X."""
+    n, runs = opt.n, opt.runs
+    out = tmp / f"out-{kind}"
+    name = KIND_MAKERS[kind][0]
+    figures = []
+    listns = Namespace(n + 16)
+    with listns:
+        kind_orphans(kind, n)
+        assert kind_rows(kind) == n
+
+    def in_ns(ns: Namespace, cmd: Sequence[str]) -> Callable[[], float]:
+        def go() -> float:
+            with ns:
+                return run(cmd, out)
+
+        return go
+
+    say(f"{kind}: list --json {flag} vs ipcs {flag} -p ...")
+    pair = alternate(runs, in_ns(listns, [*sj, "list", "--json", flag]),
+                     in_ns(listns, ["ipcs", flag, "-p"]))  # fmt: skip
+    figures.append(ratio_figure(f"{kind}: list --json, {n:,} orphans",
+                                f"shmjanitor list --json {flag}", f"ipcs {flag} -p", pair, 1.0))  # fmt: skip
+    say(f"{kind}: list --json {flag} vs lsipc {flag} --json ...")
+    pair = alternate(runs, in_ns(listns, [*sj, "list", "--json", flag]),
+                     in_ns(listns, ["lsipc", flag, "--json"]))  # fmt: skip
+    figures.append(ratio_figure(f"{kind}: list --json vs lsipc, {n:,} orphans",
+                                f"shmjanitor list --json {flag}", f"lsipc {flag} --json",
+                                pair, None))  # fmt: skip
+    listns.close()
+
+    reapns = Namespace(n + 16)
+
+    def fresh(cmds: Sequence[Sequence[str]], state: bool = False) -> Callable[[], float]:
+        """Fresh orphans, then the commands one after the other: their summed time."""
+
+        def go() -> float:
+            with reapns:
+                kind_orphans(kind, n)
+                elapsed = 0.0
+                for cmd in cmds:
+                    extra = []
+                    if state:
+                        extra = ["--state-dir", tempfile.mkdtemp(dir=tmp, prefix="state-")]
+                    elapsed += run([*cmd, *extra], out)
+                left = kind_rows(kind)
+            if left:
+                raise RuntimeError(f"{cmds} left {left} of {n} {kind} orphans")
+            return elapsed
+
+        return go
+
+    reap = [*sj, "reap", flag, "--min-age", "0"]
+    manual = [["ipcs", flag, "-p"], ["ipcrm", f"--all={name}"]]
+    say(f"{kind}: reap {flag} --no-quarantine vs ipcs {flag} -p + ipcrm --all={name} ...")
+    pair = alternate(runs, fresh([[*reap, "--no-quarantine"]]), fresh(manual))
+    figures.append(ratio_figure(f"{kind}: reap --no-quarantine, {n:,} orphans",
+                                "shmjanitor reap", f"ipcs -p + ipcrm --all={name}", pair,
+                                1.0))  # fmt: skip
+    say(f"{kind}: reap {flag} with quarantine vs --no-quarantine ...")
+    pair = alternate(runs, fresh([reap], state=True), fresh([[*reap, "--no-quarantine"]]))
+    figures.append(ratio_figure(f"{kind}: reap with quarantine, {n:,} orphans", "quarantine",
+                                "--no-quarantine", pair, None))  # fmt: skip
+    reapns.close()
+    return figures
 
 
 # --- output -----------------------------------------------------------------------------
