@@ -117,8 +117,14 @@ def ensure_private_namespace() -> None:
     # A private mount namespace too, with its own /run: the reaper takes its lock in
     # /run/shmjanitor, which must stay the machine's as it was. mount -n: without it,
     # libmount writes /run/mount/utab into the machine's /run before the tmpfs hides it.
-    argv = [unshare, "--ipc", "--mount", "--propagation", "private", "sh", "-c",
-            'mount -n -t tmpfs -o mode=0755 shmjanitor-bench /run && exec "$0" "$@"',
+    # And a PID namespace with its own /proc, whose pid 1 (sh, which does not exec) stays
+    # outside the IPC namespaces the data sets get: then /proc shows every task that
+    # could wait on a queue or hold a user's process (procs.unseen_ipc_peers), and no
+    # process of the machine is read (this machine's own pid 1 cannot be: every queue
+    # would be unknown).
+    argv = [unshare, "--ipc", "--mount", "--propagation", "private", "--pid", "--fork",
+            "--kill-child", "--mount-proc", "sh", "-c",
+            'mount -n -t tmpfs -o mode=0755 shmjanitor-bench /run && "$0" "$@"; exit $?',
             sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]]  # fmt: skip
     os.execv(unshare, argv)
 

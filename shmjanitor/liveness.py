@@ -35,6 +35,7 @@ from __future__ import annotations
 import os
 import pwd
 import stat
+import time
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -249,12 +250,15 @@ def _kernel() -> ModuleType:
     return kernel
 
 
+USER_GONE_FOR = 1.0  # seconds a pass trusts "this uid has no process" (users_back)
+
+
 def users_back(
     v: Verdict,
     seen_dead: Optional[set[int]] = None,
     now: object = None,
     *,
-    gone_users: Optional[set[int]] = None,
+    gone_users: Optional[dict[int, float]] = None,
 ) -> Optional[str]:
     """Before removing an orphan: is every party whose death made it one still dead?
 
@@ -277,22 +281,23 @@ def users_back(
     found in use is asked about again every time.
 
     `gone_users` does the same for uids found without a process (one /proc walk each
-    otherwise). Unlike a pid's process, a user can come back (log in) at any time; a
-    pass that remembers trusts "none" for as long as the pass lasts, as the survey's
-    answer is trusted from the survey to the pass.
+    otherwise), by when they were found (time.monotonic()). Unlike a pid's process, a
+    user can come back (log in) at any time: "none" is trusted for USER_GONE_FOR seconds,
+    then /proc is walked again.
     """
     kernel = _kernel()
     o = v.obj
     clock: Optional[Clock] = None
     for p in kinds.kind_of(o).parties(o):
         if p.uid is not None:
-            if gone_users is not None and p.uid in gone_users:
+            now = time.monotonic()
+            if gone_users is not None and now - gone_users.get(p.uid, -1e9) < USER_GONE_FOR:
                 continue
             alive, evidence = judge_user(p.uid, procs.users([p.uid]))
             if alive is not False:
                 return f"changed since scan: {p.role} {evidence}"
             if gone_users is not None:
-                gone_users.add(p.uid)
+                gone_users[p.uid] = now
             continue
         pid = p.pid
         if pid <= 0 or (seen_dead is not None and pid in seen_dead):

@@ -144,8 +144,8 @@ def _stat_failed(v: Verdict, e: OSError) -> Result:
     return Result(v, Action.FAILED, f"not removed: {_meaning(e)}")
 
 
-def _recheck(v: Verdict, forced: bool, seen_dead: Optional[set[int]], k: Kind
-             ) -> Optional[Result]:  # fmt: skip
+def _recheck(v: Verdict, forced: bool, seen_dead: Optional[set[int]], k: Kind,
+             gone_users: Optional[dict[int, float]] = None) -> Optional[Result]:  # fmt: skip
     """None when the object may still go, else the result to report."""
     try:
         now = k.stat(v.obj.id)
@@ -155,7 +155,7 @@ def _recheck(v: Verdict, forced: bool, seen_dead: Optional[set[int]], k: Kind
         return Result(v, Action.FAILED, f"not removed: {_meaning(e)}")
     why = changed_since_scan(v, now, forced, k)
     if why is None and not forced:
-        why = users_back(v, seen_dead)
+        why = users_back(v, seen_dead, gone_users=gone_users)
     return Result(v, Action.KEPT, why) if why else None
 
 
@@ -233,7 +233,8 @@ def undo_left_lock(note: str) -> Optional[str]:
 def _last_instant(v: Verdict, reason: str, forced: bool, *, copied: bool = False,
                   zero: bool = False, seen_dead: Optional[set[int]] = None,
                   lock_note: Callable[[bytes], None] = lambda _t: None,
-                  k: Optional[Kind] = None, note: Optional[bytes] = None) -> Result:  # fmt: skip
+                  k: Optional[Kind] = None, note: Optional[bytes] = None,
+                  gone_users: Optional[dict[int, float]] = None) -> Result:  # fmt: skip
     """Check, lock, check, remove, and check the kernel's answer (module docstring, 4).
     `k` is the object's kind and `note` its lock note's format (b"shm %d %d %o"), as
     execute found them once for the run; found here when not given."""
@@ -246,7 +247,7 @@ def _last_instant(v: Verdict, reason: str, forced: bool, *, copied: bool = False
     if not copied and not forced:
         # Liveness first (kill(2), /proc reads: the slow part), so that nothing but a
         # pure comparison stands between the IPC_STAT below and the IPC_SET that locks.
-        why = users_back(v, seen_dead)
+        why = users_back(v, seen_dead, gone_users=gone_users)
         if why:
             return Result(v, Action.KEPT, why)
     if not forced:
@@ -394,6 +395,7 @@ def execute(
 
     copied: list[tuple[int, Kind, bytes, bool, int]] = []  # saved as zeros, entry number
     seen_dead: set[int] = set()  # pids found free in this pass (liveness.users_back)
+    gone_users: dict[int, float] = {}  # uids found without a process, when (the same)
     straight = batch is None and not dry_run  # quarantine off: straight to the last instant
     for i, c in enumerate(candidates):
         v = c.verdict
@@ -403,11 +405,11 @@ def execute(
         k, note = kind(v.segment)
         if straight:
             r = _last_instant(v, c.reason, forced, seen_dead=seen_dead, lock_note=lock_note,
-                              k=k, note=note)  # fmt: skip
+                              k=k, note=note, gone_users=gone_users)  # fmt: skip
             results[i] = r  # done(i, r), inlined: this is the loop of a big reap
             on_result(r)
             continue
-        stopped = _recheck(v, forced, seen_dead, k)
+        stopped = _recheck(v, forced, seen_dead, k, gone_users)
         if stopped is not None:
             done(i, stopped)
             continue

@@ -373,3 +373,28 @@ def test_a_user_with_no_process_here_may_have_some_in_a_pid_namespace_we_cannot_
                              'unshare --ipc "$@"; exit $?', "sh", sys.executable, "-c", code],
                             capture_output=True, text=True)  # fmt: skip
     assert inside.stdout == "False None\n", inside
+
+
+def test_a_user_who_comes_back_before_the_removal_keeps_a_set_nobody_operated_on():
+    """users_back, for a user party: bob had no process at the survey; one of his starts
+    before the removal: the set is kept. A pass trusts "no process" for USER_GONE_FOR
+    seconds only, then looks again."""
+    from shmjanitor import liveness, survey
+
+    semid = ipcmk("-S", uid=1001)
+    (v,) = [v for v in survey.take(kinds=("sem",)).verdicts if v.obj.id == semid]
+    assert v.state.value == "orphan"
+    assert liveness.users_back(v, set(), gone_users={}) is None
+    bobs = subprocess.Popen(["setpriv", "--reuid=1001", "--regid=1001", "--clear-groups",
+                             "--", "sleep", "60"])  # fmt: skip
+    try:
+        time.sleep(0.2)  # setpriv has become bob's sleep
+        said = liveness.users_back(v, set(), gone_users={})
+        assert said is not None and "creating user bob (1001) has processes" in said
+        # Found gone a moment ago in this pass: trusted; found gone long ago: looked at again.
+        assert liveness.users_back(v, set(), gone_users={1001: time.monotonic()}) is None
+        stale = {1001: time.monotonic() - liveness.USER_GONE_FOR - 0.1}
+        assert liveness.users_back(v, set(), gone_users=stale) == said
+    finally:
+        bobs.kill()
+        bobs.wait()
