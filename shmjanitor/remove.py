@@ -329,6 +329,8 @@ def copy_out(v: Verdict, forced: bool, batch: Batch, reason: str,
         except OSError as e:
             if e.errno in _GONE:
                 raise _Abandon(Result(v, Action.GONE, "already gone")) from None
+            if e.errno == errno.EAGAIN:  # used while it was copied (kinds.Kind.save)
+                raise _Abandon(Result(v, Action.KEPT, e.strerror or str(e))) from None
             raise _Abandon(Result(v, Action.FAILED, f"not removed: cannot copy it: "
                                   f"{_meaning(e)}")) from None  # fmt: skip
         try:

@@ -108,7 +108,10 @@ class Kind(Protocol):
 
     def save(self, o: Any, write: Callable[[bytes], None]) -> list[tuple[int, int]]:
         """Write its data through `write` and return the extents [(offset, length)] of
-        the object's data they are (holes are zeros). Raises OSError."""
+        the object's data they are (holes are zeros): data that `record(o)` describes,
+        within `data_size` of that record, even for rm --force (EAGAIN, with the reason
+        as its strerror, when the object changed under the copy: it is kept). Raises
+        OSError."""
 
     def changed_since_copy(self, o: Any, now: Any, empty: bool, forced: bool) -> Optional[str]:
         """Why the copy may be stale ("changed since scan: ..."), else None. Pure."""

@@ -515,7 +515,8 @@ def _no_copy(q: Queue, detail: str) -> OSError:
 def save(q: Queue, write: Callable[[bytes], None]) -> list[tuple[int, int]]:
     """Copy every message with msgrcv(MSG_COPY), leaving the queue as it was, and write
     them as above. Raises OSError: ENOSYS where the kernel cannot copy a message, EINVAL
-    for a message longer than kernel.msgmax is now, EACCES, EIDRM."""
+    for a message longer than kernel.msgmax is now, EAGAIN when the messages copied are
+    not `q`'s qnum and cbytes (sent or received meanwhile), EACCES, EIDRM."""
     if not _copy_safe():
         raise _no_copy(q, f"Linux {os.uname().release} has no msgrcv MSG_COPY")
     # The kernel copies into a buffer of min(bufsz, msgmax) bytes that it first fills
@@ -543,6 +544,12 @@ def save(q: Queue, write: Callable[[bytes], None]) -> list[tuple[int, int]]:
         write(_HEAD.pack(mtype, len(text)) + text)
         total += _HEAD.size + len(text)
         index += 1
+    if (index, total - index * _HEAD.size) != (q.qnum, q.cbytes):
+        # The entry records q's qnum and cbytes, and restore (and the index's extents
+        # check, data_size) holds the data to them. Unforced, changed_since_copy would
+        # say the same; rm --force skips that check, not this one.
+        raise OSError(errno.EAGAIN, "changed since scan: a message was sent or received "
+                                    "while it was saved")  # fmt: skip
     return [(0, total)] if total else []
 
 

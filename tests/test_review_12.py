@@ -1,0 +1,105 @@
+"""An adversarial review of issue 12 (semaphore sets and message queues): ways a user or
+an unlucky admin could make the janitor harm an object or lie about one, each found by
+hand in private namespaces and kept here as a test that failed before its fix.
+
+Objects are real, made by real processes that have exited (orphans), in the suite's
+private IPC namespace (conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sysv_ipc
+from segments import cli
+
+from shmjanitor import kernel
+
+# A process that makes one object and exits, leaving it an orphan: a set whose values
+# are given (SETALL: the process is each semaphore's sempid), or a queue with messages.
+_MAKE_SET = """
+import sys
+from shmjanitor import kernel
+values = tuple(int(v) for v in sys.argv[2:])
+semid = kernel.sem_create(int(sys.argv[1]), len(values), 0o640)
+kernel.sem_setall(semid, values)
+print(semid)
+"""
+_MAKE_QUEUE = """
+import sys
+from shmjanitor import kernel
+msqid = kernel.msg_create(int(sys.argv[1]), 0o640)
+for m in sys.argv[2:]:
+    mtype, _, text = m.partition(":")
+    kernel.msg_send(msqid, int(mtype), text.encode())
+print(msqid)
+"""
+
+
+def made_set(key: int, *values: int) -> int:
+    out = subprocess.run([sys.executable, "-c", _MAKE_SET, str(key), *map(str, values)],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return int(out.stdout)
+
+
+def made_queue(key: int, *messages: str) -> int:
+    """A queue with these messages ("MTYPE:TEXT"), its sender gone."""
+    out = subprocess.run([sys.executable, "-c", _MAKE_QUEUE, str(key), *messages],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return int(out.stdout)
+
+
+def quarantined(state: Path) -> tuple[list[dict[str, Any]], str]:
+    r = cli("quarantine", "list", "--json", "--state-dir", str(state))
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    return json.loads(r.stdout)["entries"], r.output
+
+
+def ids(table: str) -> set[int]:
+    with open(f"/proc/sysvipc/{table}") as f:
+        return {int(line.split()[1]) for line in f.read().splitlines()[1:] if line.strip()}
+
+
+# --- rm --force of a queue that changes while it is copied --------------------------------
+
+
+def test_rm_force_of_a_queue_sent_to_while_it_is_copied_keeps_it_and_its_run_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--force skips the in-use checks, and so the check that nobody used the queue while
+    its messages were copied. A message sent meanwhile made a copy of two messages under
+    an entry that records one: the next command found the run's index "damaged" (its
+    extents past qnum * 16 + cbytes) and set the whole run aside, the other queue's
+    good copy with it; the busy queue was gone with no copy to restore."""
+    state = tmp_path / "state"
+    busy = made_queue(0x12C0, "1:one")
+    other = made_queue(0x12C1, "5:kept safe")
+    real_copy = kernel.msg_copy
+
+    def copy(msqid: int, index: int, bufsz: int) -> Any:
+        if msqid == busy and index == 0:  # a sender at work while we copy: a real process
+            sender = "import sysv_ipc; sysv_ipc.MessageQueue(0x12C0).send(b'two', type=2)"
+            subprocess.run([sys.executable, "-c", sender], check=True)
+        return real_copy(msqid, index, bufsz)
+
+    monkeypatch.setattr(kernel, "msg_copy", copy)
+    r = cli("rm", "-q", str(busy), "-q", str(other), "--force", "--state-dir", str(state),
+            "--json")  # fmt: skip
+    monkeypatch.undo()
+    results = {x["id"]: x for x in json.loads(r.stdout)["results"]}
+    assert r.exit_code == 1, r.output  # the busy one was not removed: the job is not done
+    assert results[busy]["action"] == "kept", results
+    assert "sent or received while it was saved" in results[busy]["reason"], results
+    assert busy in ids("msg") and other not in ids("msg")
+
+    entries, said = quarantined(state)
+    assert "damaged" not in said, said
+    assert [(e["kind"], e["id"]) for e in entries] == [("msg", other)]
+    back = cli("restore", entries[0]["entry"], "--state-dir", str(state))
+    assert back.exit_code == 0, back.output
+    assert sysv_ipc.MessageQueue(0x12C1).receive(block=False) == (b"kept safe", 5)
