@@ -186,6 +186,11 @@ _INT_FIELDS = ("n", "id", "key", "size", "mode", "uid", "gid", "cuid", "cgid", "
                "offset", "length", "crc32")  # fmt: skip
 
 
+# The kernel's key_t, uid_t and gid_t are 32 bits: restore would pass another number
+# (a key cut to its low bits, IPC_PRIVATE even) or fail to pack it at all.
+_U32_FIELDS = ("key", "uid", "gid", "cuid", "cgid")
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -196,6 +201,9 @@ def _check_entry(e: Any, version: int) -> None:
     for name in _INT_FIELDS:
         if not _is_int(e.get(name)) or e[name] < 0:
             raise Damaged(f"entry {e.get('n')!r}: {name} missing or not a whole number")
+    for name in _U32_FIELDS:
+        if e[name] > 0xFFFFFFFF:
+            raise Damaged(f"entry {e['n']}: {name} {e[name]} does not fit the kernel's 32 bits")
     kind = e.get("kind", LEGACY_KIND)
     if kind not in kinds.names() or (version == 1 and kind != LEGACY_KIND):
         raise Damaged(f"entry {e['n']}: unknown kind {kind!r}")

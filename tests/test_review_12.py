@@ -9,10 +9,11 @@ private IPC namespace (conftest.py).
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import sysv_ipc
@@ -103,3 +104,75 @@ def test_rm_force_of_a_queue_sent_to_while_it_is_copied_keeps_it_and_its_run_rea
     back = cli("restore", entries[0]["entry"], "--state-dir", str(state))
     assert back.exit_code == 0, back.output
     assert sysv_ipc.MessageQueue(0x12C1).receive(block=False) == (b"kept safe", 5)
+
+
+# --- tampered quarantine entries of sets and queues ---------------------------------------
+
+
+def _reaped(state: Path) -> tuple[Path, dict[str, Any]]:
+    """A set (values 1, 2, 3) and a queue (two messages) reaped into `state`: its index
+    file and document."""
+    made_set(0x5E7, 1, 2, 3)
+    made_queue(0x3E5, "4:abc", "9:" + "z" * 100)
+    r = cli("reap", "--min-age", "0", "--include-system", "--state-dir", str(state), "--json")
+    assert r.exit_code == 0, r.output
+    assert [x["action"] for x in json.loads(r.stdout)["results"]] == ["removed"] * 2
+    (index,) = (state / "quarantine").glob("*.json")
+    return index, json.loads(index.read_text())
+
+
+def _entry(doc: dict[str, Any], kind: str) -> dict[str, Any]:
+    (e,) = [e for e in doc["entries"] if e["kind"] == kind]
+    return e
+
+
+def _set(**fields: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda e: e.update(fields)
+
+
+@pytest.mark.parametrize(("kind", "tamper"), [
+    # a set of 4 where 3 were saved: restore made a set of 4, a value 0 added
+    ("sem", _set(nsems=4, sempid=[0, 0, 0, 0])),
+    # no extents: restore made the set with every value 0, without reading its copy
+    ("sem", _set(extents=[])),
+    # 32-bit kernel fields out of range: restore said "key 0x100000000" and made
+    # another key, or died of an internal error (a traceback's one line, exit 70)
+    ("sem", _set(key=(1 << 32) + 0x5E7)),
+    ("sem", _set(uid=1 << 32)),
+    ("msg", _set(cgid=1 << 32)),
+    ("msg", _set(qbytes=1 << 64)),
+], ids=["sem-nsems", "sem-no-extents", "sem-key", "sem-uid", "msg-cgid", "msg-qbytes"])  # fmt: skip
+def test_a_tampered_entry_of_a_set_or_a_queue_is_set_aside_as_damaged(
+    tmp_path: Path, kind: str, tamper: Callable[[dict[str, Any]], None]
+) -> None:
+    index, doc = _reaped(tmp_path)
+    tamper(_entry(doc, kind))
+    index.write_text(json.dumps(doc))
+    entries, said = quarantined(tmp_path)
+    assert entries == [] and "is damaged" in said, said
+    assert list((tmp_path / "quarantine").glob("*.json.damaged")), said
+    assert ids("sem") == ids("msg") == set()  # nothing was made
+
+
+def test_restore_of_an_entry_claiming_a_huge_set_says_damaged_and_allocates_nothing(
+    tmp_path: Path,
+) -> None:
+    """nsems and extents changed together (the entry is consistent, its data is not):
+    restore allocated nsems * 2 bytes before reading a byte (4 GiB here) and died of
+    MemoryError, exit 70. The data is read first and found short: damaged, exit 1."""
+    index, doc = _reaped(tmp_path)
+    e = _entry(doc, "sem")
+    nsems = (1 << 31) - 1
+    e.update(nsems=nsems, sempid=[], extents=[[0, 2 * nsems]])
+    index.write_text(json.dumps(doc))
+    entries, _ = quarantined(tmp_path)
+    (name,) = [x["entry"] for x in entries if x["kind"] == "sem"]
+
+    def small() -> None:  # 1 GiB of address space: the interpreter and a little more
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    r = subprocess.run([sys.executable, "-m", "shmjanitor", "restore", name, "--state-dir",
+                        str(tmp_path)], capture_output=True, text=True, preexec_fn=small)  # fmt: skip
+    assert r.returncode == 1, r
+    assert "damaged" in r.stderr and "internal error" not in r.stderr, r.stderr
+    assert ids("sem") == set()

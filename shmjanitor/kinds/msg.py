@@ -587,6 +587,8 @@ def check_record(doc: Mapping[str, Any]) -> Optional[str]:
     for name in ("qbytes", "stime", "rtime"):
         if doc.get(name) is not None and not _whole(doc[name]):
             return f"{name} is not a whole number"
+    if (doc.get("qbytes") or 0) >= 1 << 64:  # msg_qbytes is an unsigned long
+        return "qbytes does not fit the kernel's msg_qbytes"
     return None
 
 

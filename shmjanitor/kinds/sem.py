@@ -409,6 +409,10 @@ def check_record(doc: Mapping[str, Any]) -> Optional[str]:
     pids = doc.get("sempid")
     if not isinstance(pids, list) or not all(map(_whole, pids)) or len(pids) not in (0, nsems):
         return "sempid is not a list of nsems pids"
+    # save writes every value, always: extents that cover less (or another nsems) would
+    # make restore fill a set with zeros of its own and say nothing.
+    if "extents" in doc and doc["extents"] != [[0, nsems * _VALUE.size]]:
+        return f"extents are not the {nsems} values of the set"
     return None
 
 
@@ -426,11 +430,16 @@ def restore(doc: Mapping[str, Any], data: Iterator[tuple[int, bytes]]) -> int:
     made here is removed again if a later step fails. The values' sempid becomes ours
     (SETALL sets it)."""
     nsems = int(doc["nsems"])
-    raw = bytearray(nsems * _VALUE.size)
+    size = nsems * _VALUE.size
+    # Read as it comes, nothing allocated ahead: nsems is the entry's word, the data is
+    # what the store holds (a tampered nsems of 2**31 would ask 4 GiB before a byte).
+    raw = bytearray()
     for off, chunk in data:
-        if off < 0 or off + len(chunk) > len(raw):
+        if off != len(raw) or len(raw) + len(chunk) > size:
             raise OSError(errno.EINVAL, f"saved values do not fit a set of {nsems}")
-        raw[off : off + len(chunk)] = chunk
+        raw += chunk
+    if len(raw) != size:
+        raise OSError(errno.EINVAL, f"saved values do not fit a set of {nsems}")
     values = struct.unpack(f"<{nsems}H", raw)
     semid = kernel.sem_create(int(doc["key"]), nsems, 0o600)
     try:
