@@ -751,7 +751,7 @@ def _print_entries(entries, as_json: bool, header: bool) -> None:  # type: ignor
          one(printable(r["owner"])), when(r["removed_at"]),
          f"restored:{r['restored_as']}" if r["restored_as"] is not None
          else printable(r["status"]), printable(r["reason"])) for r in rows]  # fmt: skip
-    if len({r["kind"] for r in rows}) > 1:  # a KIND column, after ID, when it says something
+    if {r["kind"] for r in rows} != {LEGACY_KIND}:  # KIND after ID, as report.table has it
         cols = (*cols[:2], Col("KIND", drop=5), *cols[2:])
         cells = [c[:2] + (r["kind"],) + c[2:] for c, r in zip(cells, rows)]
     lines = draw(cols, cells, _width() if tty else None, header=header,

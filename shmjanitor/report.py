@@ -1,6 +1,6 @@
 """Show what reap/rm did: a table for people, key=value lines for journald, JSON. Every
 result says its object's kind ("kind": "shm" in JSON, kind=shm in a log line, a KIND
-column in the table when a run holds more than one kind).
+column in the table unless every result is a segment's).
 
 Owner names, reasons (which quote process names) and problems come from outside: the
 table and the log lines print them through text.printable, JSON escapes them itself.
@@ -18,7 +18,7 @@ from shmjanitor.classify import Verdict
 from shmjanitor.durations import format_age, format_size
 from shmjanitor.layout import Col, draw, wrap_lines
 from shmjanitor.reaping import Outcome
-from shmjanitor.remove import Action, Result
+from shmjanitor.remove import LEGACY_KIND, Action, Result
 from shmjanitor.render import owner_name
 from shmjanitor.text import printable
 
@@ -142,7 +142,7 @@ _COLS = (Col("ACTION"), Col("ID", right=True), Col("KEY", drop=3), Col("SIZE", r
          Col("OWNER", drop=2, squeeze=True), Col("UID", right=True, drop=6),
          Col("CPID", right=True, drop=5), Col("IDLE", right=True, drop=1),
          Col("REASON", wrap=True))  # fmt: skip
-_KIND_COL = Col("KIND", drop=7)  # after ID, when the results hold more than one kind
+_KIND_COL = Col("KIND", drop=7)  # after ID, unless every result is a segment's
 
 
 def table(o: Outcome, out: IO[str], err: IO[str], *, verbose: bool, width: Optional[int] = None,
@@ -159,7 +159,9 @@ def table(o: Outcome, out: IO[str], err: IO[str], *, verbose: bool, width: Optio
                      printable(owner_name(s.uid)), str(s.uid), "-" if cpid is None else str(cpid),
                      format_age(r.verdict.idle_for), printable(r.reason)))  # fmt: skip
     cols: tuple[Col, ...] = (*_COLS[:2], _KIND_COL, *_COLS[2:])
-    if len({row[2] for row in rows}) < 2:  # one kind: the column would only repeat it
+    if {row[2] for row in rows} <= {LEGACY_KIND}:
+        # Segments alone: the table they had before there were kinds. Any other kind
+        # is named even alone: "removed 0 0x..." would read as a segment's row.
         cols = _COLS
         rows = [row[:2] + row[3:] for row in rows]
     lines = draw(cols, rows, width, color=color,

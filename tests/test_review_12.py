@@ -9,6 +9,7 @@ private IPC namespace (conftest.py).
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from typing import Any, Callable
 
 import pytest
 import sysv_ipc
-from segments import cli
+from segments import cli, run_on_pty
 
 from shmjanitor import kernel
 
@@ -176,3 +177,27 @@ def test_restore_of_an_entry_claiming_a_huge_set_says_damaged_and_allocates_noth
     assert r.returncode == 1, r
     assert "damaged" in r.stderr and "internal error" not in r.stderr, r.stderr
     assert ids("sem") == set()
+
+
+# --- which kind a table row is ------------------------------------------------------------
+
+
+def test_tables_of_sets_or_queues_alone_still_name_their_kind(tmp_path: Path) -> None:
+    """The KIND column appeared only when a table held two kinds: a reap that removed
+    semaphore sets alone, or a quarantine of queues alone, showed "removed 0 0x..." as
+    a segment's row would read. A table of segments alone stays as it was."""
+    made_set(0x5E8, 1)
+    env = {**os.environ, "NO_COLOR": "1"}
+    argv = [sys.executable, "-m", "shmjanitor", "reap", "--dry-run", "--min-age", "0",
+            "--include-system", "--state-dir", str(tmp_path)]  # fmt: skip
+    status, out = run_on_pty(argv, env)
+    assert status == 0, out
+    head, row = out.splitlines()[:2]
+    assert head.split()[:3] == ["ACTION", "ID", "KIND"] and row.split()[2] == "sem", out
+
+    made_queue(0x3E6, "1:x")
+    r = cli("reap", "--min-age", "0", "--include-system", "-q", "--state-dir", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    r = cli("quarantine", "list", "--state-dir", str(tmp_path))
+    head, row = r.stdout.splitlines()[:2]
+    assert head.split()[:3] == ["ENTRY", "ID", "KIND"] and row.split()[2] == "msg", r.output
