@@ -93,9 +93,11 @@ class _Root(typer.core.TyperGroup):
 app = typer.Typer(
     name="shmjanitor",
     cls=_Root,
-    help="Find and safely remove leaked System V shared memory segments.\n\n"
-    "Every segment gets a state (attached, idle, orphan, unknown, removing) and the "
-    "evidence behind it. Only orphans (nobody attached, creator dead) are ever reaped.",
+    help="Find and safely remove leaked System V IPC objects: shared memory segments, "
+    "semaphore sets and message queues.\n\n"
+    "Every object gets a state (attached, idle, orphan, unknown, removing) and the "
+    "evidence behind it. Only orphans (nobody uses it, nobody who did lives) are ever "
+    "reaped.",
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -676,8 +678,8 @@ def rm(
 
 
 quarantine_app = typer.Typer(
-    help="Copies of removed segments: list them, purge them (see also restore).",
-    short_help="The copies of removed segments: list, purge.",
+    help="Copies of removed objects: list them, purge them (see also restore).",
+    short_help="The copies of removed objects: list, purge.",
     rich_markup_mode=None,
 )
 app.add_typer(quarantine_app, name="quarantine")
@@ -709,7 +711,7 @@ def quarantine_list(
     noheadings: bool = typer.Option(False, "--noheadings", "-n", help="Print no header line."),
     as_json: bool = typer.Option(False, "--json", "-J", help='Print {"entries": [...]}.'),
 ) -> None:
-    """List quarantine entries: the handle to restore by (ENTRY), the segment's old id,
+    """List quarantine entries: the handle to restore by (ENTRY), the object's old id,
     key, size and owner, when and why it was removed, and whether it can be restored
     (STATUS: removed, restored:NEW_ID, or pending while its run is not settled)."""
     with errors_as_exit():
@@ -821,46 +823,66 @@ def _say_purged(verb: str, entries, files) -> None:  # type: ignore[no-untyped-d
     typer.echo(f"{verb} {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}{extra}")
 
 
-@app.command(short_help="Recreate a removed segment from its copy.")
+@app.command(short_help="Recreate a removed object from its copy.")
 def restore(
     entry: Optional[str] = typer.Argument(
         None, metavar="[ENTRY]", help="Entry name, as `shmjanitor quarantine list` shows."
     ),
     old_id: Optional[int] = typer.Option(
-        None, "--id", metavar="ID", help="The entry of the segment that had this id."
+        None,
+        "--id",
+        metavar="ID",
+        help="The entry of the segment (or, with -s or -q, the set or queue) that had this id.",
     ),
     key: Optional[str] = typer.Option(
-        None, "--key", "-k", metavar="KEY", help="The entry of the segment that had this key."
+        None,
+        "--key",
+        "-k",
+        metavar="KEY",
+        help="The entry of the segment (or, with -s or -q, the set or queue) that had this key.",
     ),
+    shm: bool = typer.Option(
+        False, "--shm", "-m", help="--id or --key names a segment (the default)."
+    ),
+    sem: bool = typer.Option(False, "--sem", "-s", help="--id or --key names a semaphore set."),
+    msg: bool = typer.Option(False, "--msg", "-q", help="--id or --key names a message queue."),
     config_path: Optional[Path] = CONFIG_OPT,
     state_dir: Optional[Path] = STATE_DIR_OPT,
     as_json: bool = typer.Option(False, "--json", "-J", help='Print {"id": new_id, "key": key}.'),
 ) -> None:
-    """Recreate a removed segment from the quarantine: same key, size, mode, owner, bytes.
+    """Recreate a removed object from the quarantine: same key, mode, owner and data (a
+    segment's bytes, a set's values, a queue's messages).
 
-    Name the entry, or the segment's old --id or --key: when several entries match,
-    the one not yet restored is taken if there is only one, else they are listed and
-    nothing is done. Refused when its key is in use again. An IPC_PRIVATE segment
-    comes back under a new id. The entry stays, marked restored, until purged. Exit
-    status: 0 restored, 1 not restored (message says why), 2 usage or configuration
-    error.
+    Name the entry, or the object's old --id or --key (a segment's; with -s a
+    semaphore set's, with -q a message queue's: ids and keys are per kind): when
+    several entries match, the one not yet restored is taken if there is only one,
+    else they are listed and nothing is done. Refused when its key is in use again.
+    An IPC_PRIVATE object comes back under a new id. The entry stays, marked restored,
+    until purged. Exit status: 0 restored, 1 not restored (message says why), 2 usage
+    or configuration error.
     """
     import json
 
-    from shmjanitor import quarantine, reaping
+    from shmjanitor import kinds, quarantine, reaping
 
     if sum((entry is not None, old_id is not None, key is not None)) != 1:
         raise usage_error("say which entry to restore: ENTRY, --id ID or --key KEY (one of them)")
+    chosen = _kinds_chosen(shm, sem, msg)
+    if len(chosen) > 1 or (chosen and entry is not None):
+        raise usage_error("-m, -s or -q says which kind --id or --key names: one of them, "
+                          "and not with ENTRY (an entry knows its kind)")  # fmt: skip
+    kind = chosen[0] if chosen else "shm"  # ipcrm -m/-M's, as rm's IDs and --key
     with errors_as_exit():
         store = _store(config_path, state_dir)
         which: Union[str, quarantine.Entry]
+        noun = f"{kinds.of(kind).NOUN} " if chosen else ""
         if entry is not None:
             which = entry
         elif old_id is not None:
-            which = store.find_by("id", old_id, f"id {old_id}")
+            which = store.find_by("id", old_id, f"{noun}id {old_id}", kind)
         else:
             k = reaping.parse_key(key or "")
-            which = store.find_by("key", k, f"key 0x{k:08x}")
+            which = store.find_by("key", k, f"{noun}key 0x{k:08x}", kind)
         try:
             with _signals_raise():
                 new_id, k = quarantine.restore(store, which, time.time())

@@ -568,12 +568,17 @@ class Store:
             "shows the entries"
         )
 
-    def find_by(self, field: str, value: int, said: str) -> Entry:
-        """The one entry whose segment had `field` (id or key) `value`. When several
-        did, the one still to restore if only one is; else RestoreError naming them."""
-        found = [e for e in self.entries() if e.doc[field] == value]
+    def find_by(self, field: str, value: int, said: str, kind: str = LEGACY_KIND) -> Entry:
+        """The one entry whose object of `kind` had `field` (id or key) `value` (ids and
+        keys are per kind: set 5 is not segment 5). When several did, the one still to
+        restore if only one is; else RestoreError naming them."""
+        every = [e for e in self.entries() if e.doc[field] == value]
+        found = [e for e in every if e.doc.get("kind", LEGACY_KIND) == kind]
         if not found:
-            raise RestoreError(f"no quarantine entry for {said} in {self.dir}; "
+            others = sorted({kind_of_entry(e.doc).NOUN for e in every})
+            also = f" of a {kinds.of(kind).NOUN} (a {' and a '.join(others)} had it: " \
+                "ids and keys are per kind)" if others else ""  # fmt: skip
+            raise RestoreError(f"no quarantine entry for {said}{also} in {self.dir}; "
                                "`shmjanitor quarantine list` shows the entries")  # fmt: skip
         if len(found) > 1:
             open_ = [e for e in found

@@ -201,3 +201,34 @@ def test_tables_of_sets_or_queues_alone_still_name_their_kind(tmp_path: Path) ->
     r = cli("quarantine", "list", "--state-dir", str(tmp_path))
     head, row = r.stdout.splitlines()[:2]
     assert head.split()[:3] == ["ENTRY", "ID", "KIND"] and row.split()[2] == "msg", r.output
+
+
+# --- restore --id and --key name one kind --------------------------------------------------
+
+
+def test_restore_by_id_or_key_finds_the_kind_it_is_told(tmp_path: Path) -> None:
+    """Ids and keys are per kind. `restore --id 0`, "the entry of the segment that had
+    this id", restored a semaphore set 0 when no segment 0 was there to take, and saw
+    a segment and a set of one id as the same object."""
+    semid = made_set(0x5E9, 7)
+    msqid = made_queue(0x3E7, "1:x")
+    r = cli("reap", "--min-age", "0", "--include-system", "--state-dir", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    assert semid == msqid == 0  # one id, two kinds
+
+    said = cli("restore", "--id", "0", "--state-dir", str(tmp_path))
+    assert said.exit_code == 1, said.output
+    assert "no quarantine entry for id 0 of a segment (a message queue and a semaphore set " \
+        "had it: ids and keys are per kind)" in said.output  # fmt: skip
+    assert ids("sem") == ids("msg") == set()  # neither the set nor the queue was made
+
+    r = cli("restore", "--id", "0", "-s", "--state-dir", str(tmp_path), "--json")
+    assert r.exit_code == 0, r.output
+    assert kernel.sem_getall(json.loads(r.stdout)["id"], 1) == (7,) and ids("msg") == set()
+    r = cli("restore", "--key", "0x3e7", "-q", "--state-dir", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    assert sysv_ipc.MessageQueue(0x3E7).receive(block=False) == (b"x", 1)
+
+    for wrong in (["--id", "0", "-s", "-q"], ["somehandle", "-s"]):
+        r = cli("restore", *wrong, "--state-dir", str(tmp_path))
+        assert r.exit_code == 2 and "-m, -s or -q" in r.output, r.output
