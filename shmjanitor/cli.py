@@ -324,7 +324,8 @@ def list_(
     output: Optional[str] = typer.Option(
         None, "--output", "-o", metavar="LIST",
         help="The columns to show, in order, separated by commas: ID,KEY,STATE,REASON; "
-        "+LIST adds to the default ones (see Columns below). One kind at a time.",
+        "+LIST adds to the default ones (see Columns below). One kind at a time: the one "
+        "-m, -s or -q chooses, else the first that has them all.",
     ),
     sort: str = typer.Option(
         "id", "--sort", metavar="COLUMN", show_default=False,

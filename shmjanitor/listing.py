@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, NamedTuple, Optional
 
+from shmjanitor import kinds as registry
 from shmjanitor import render, shapes, survey
 from shmjanitor.classify import State, Verdict
 from shmjanitor.errors import ConfigError
@@ -80,6 +81,8 @@ def run(
     except ValueError as e:
         raise ConfigError(f"--owner: {e}") from None
     chosen = tuple(kinds or ())
+    if not chosen and view.columns is not None and fmt is not render.Format.JSON:
+        chosen = (kind_of_columns(view.columns),)
     sv = survey.take(proc_shm, kinds=chosen or None)
     by_kind = {name: select(sv.of(name), states, uid) for name in sv.kinds}
     if fmt is not render.Format.JSON:
@@ -105,6 +108,21 @@ def run(
         from shmjanitor import metrics
 
         metrics.write(metrics_file, sv.verdicts, run=None, now=sv.taken_at)
+
+
+def kind_of_columns(output: shapes.Output) -> str:
+    """The kind -o shows without -m, -s or -q: the first (segments, sets, queues) that
+    has every column it names. Never the kinds that happen to exist: a script's `list -o
+    ID,STATE` must not fail the day somebody makes a semaphore set. Segments for the
+    columns every kind has, as `list -o` listed them before there were other kinds."""
+    for name in registry.names():
+        try:
+            shapes.of(name).chosen(output)
+        except ValueError:
+            continue
+        return name
+    raise ConfigError(f"--output: no kind of object has all of {', '.join(output.names)}: "
+                      "`shmjanitor list --help` names each kind's columns")  # fmt: skip
 
 
 def _shown(by_kind: dict[str, list[Verdict]], chosen: bool,

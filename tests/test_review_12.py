@@ -366,3 +366,30 @@ def test_no_set_or_queue_a_task_waits_on_is_removed_or_disturbed(
     removed = {(x["kind"], x["id"]) for x in json.loads(r.stdout)["results"]
                if x["action"] == "removed"}  # fmt: skip
     assert removed == {(k, i) for k, i, _p, _w in waiters.values()}, r.output
+
+
+# --- list -o does not depend on which other kinds exist ------------------------------------
+
+
+def test_list_output_without_a_kind_flag_does_not_depend_on_other_objects() -> None:
+    """`list -o ID,STATE` worked while the machine had segments only and failed (exit 2,
+    "choose one with -m, -s") as soon as anybody made a semaphore set; `-o ID,NATTCH`
+    failed when sets alone existed. A script cannot depend on that: -o without -m, -s or
+    -q shows the first kind that has every column it names (segments, then sets, then
+    queues), whatever else there is."""
+    from segments import Spec, make
+
+    def first_column(*args: str) -> tuple[int, list[str]]:
+        r = cli("list", "--format", "plain", "-n", *args)
+        return r.exit_code, [line.split()[0] for line in r.stdout.splitlines()]
+
+    semid = made_set(0x5EA, 1)
+    assert first_column("-o", "ID,NATTCH") == (0, [])  # segments' columns: none here
+    assert first_column("-o", "ID,NSEMS") == (0, [str(semid)])
+    (shmid,) = make(Spec(size=4096)).ids
+    msqid = made_queue(0x3E8)
+    assert first_column("-o", "ID,STATE") == (0, [str(shmid)])  # the columns every kind has
+    assert first_column("-o", "ID,NSEMS") == (0, [str(semid)])
+    assert first_column("-o", "ID,MSGS") == (0, [str(msqid)])
+    r = cli("list", "-o", "NSEMS,MSGS")
+    assert r.exit_code == 2 and "no kind of object has all of NSEMS, MSGS" in r.output, r.output
