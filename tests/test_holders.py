@@ -347,13 +347,16 @@ def test_proc_of_a_namespace_we_are_not_in_is_foreign():
                               "sleep", "60"])  # fmt: skip
     try:
         deadline = time.monotonic() + 10
-        while True:  # the sleep, as pid 1 of the new namespace, behind its own /proc
+        while True:  # the sleep, as pid 1 of the new namespace, behind its own /proc:
+            # unshare's child mounts that /proc and then execs sleep, so once it is
+            # named sleep, the /proc under its root is the new namespace's.
             kids = psutil.Process(inner.pid).children()
-            proc = f"/proc/{kids[0].pid}/root/proc" if kids else ""
-            if proc and Path(proc, "1/comm").exists():
+            if kids and Path(f"/proc/{kids[0].pid}/comm").read_text() == "sleep\n":
                 break
             assert time.monotonic() < deadline
             time.sleep(0.01)
+        proc = f"/proc/{kids[0].pid}/root/proc"
+        assert Path(proc, "1/comm").read_text() == "sleep\n"
         got = holders.scan([os.stat(SHM).st_dev], proc=proc)
         assert got.unseen == [procs.FOREIGN] and not got.complete
     finally:
