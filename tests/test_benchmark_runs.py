@@ -25,12 +25,20 @@ FIGURES = (
     "list on a terminal, 5 segments",
     "reap --no-quarantine, 40 orphans",
     "reap with quarantine, 40 orphans",
+    "sem: list --json, 40 orphans",
+    "sem: reap --no-quarantine, 40 orphans",
+    "msg: list --json, 40 orphans",
+    "msg: reap --no-quarantine, 40 orphans",
 )
 INFORMATION = (  # shown with no target
     "floor: python, typer, read and int(), 40 rows",
     "peak RSS, list (--json and plain), 40 distinct creators",
     "floor: + IPC_STAT and IPC_RMID each, 40 orphans",
     "reap with quarantine, 40 written orphans",
+    "sem: list --json vs lsipc, 40 orphans",
+    "sem: reap with quarantine, 40 orphans",
+    "msg: list --json vs lsipc, 40 orphans",
+    "msg: reap with quarantine, 40 orphans",
 )
 
 

@@ -115,14 +115,17 @@ def test_a_pid_0_party_is_not_visible_from_here():
 
 def test_a_user_party_without_a_process_is_dead():
     v = classify(Thing(1, (USER,)), {}, NOW, users={1000: User(1000, False)})
-    assert (v.state, v.reason) == (State.ORPHAN, f"creating user 1000 has no process left; {QUIET}")
+    assert (v.state, v.reason) == (
+        State.ORPHAN,
+        f"creating user alice (1000) has no process left; {QUIET}",
+    )
 
 
 def test_a_user_party_with_a_process_is_unknown_not_idle():
     # Which of the user's processes used it (if any did) cannot be known.
     v = classify(Thing(1, (USER,)), {}, NOW, users={1000: User(1000, True, 812)})
     assert v.state is State.UNKNOWN
-    assert v.reason == "creating user 1000 has processes (pid 812, ...); which of them used " \
+    assert v.reason == "creating user alice (1000) has processes (pid 812, ...); which of them used " \
                        f"it cannot be known; {QUIET}"  # fmt: skip
 
 
@@ -130,7 +133,7 @@ def test_a_user_party_with_a_process_is_unknown_not_idle():
     (User(1000, None, None, procs.HIDDEN), "its processes may be hidden (/proc mounted with "
                                            "hidepid)"),
     (User(1000, None, None, procs.FOREIGN), "/proc shows another PID namespace"),
-    (None, "1000 not looked up"),
+    (None, "alice (1000) not looked up"),
 ])  # fmt: skip
 def test_a_user_party_that_cannot_be_seen_is_unknown(user, says):
     v = classify(Thing(1, (USER,)), {}, NOW, users={} if user is None else {1000: user})
@@ -141,7 +144,7 @@ def test_a_live_pid_party_wins_over_a_user_party():
     v = classify(Thing(1, (USER, OP2)), ALIVE77, NOW, users={1000: User(1000, False)})
     assert v.state is State.IDLE
     assert v.reason == f"last operator 77 (worker) alive, may use it again; creating user " \
-                       f"1000 has no process left; {QUIET}"  # fmt: skip
+                       f"alice (1000) has no process left; {QUIET}"  # fmt: skip
 
 
 def test_unknowable_evidence_is_unknown_unless_a_party_lives():

@@ -92,7 +92,7 @@ def test_a_kinds_json_is_its_facts_beside_the_shared_fields(some):
         assert text == tight(v) == _encode(shapes.facts_json(kind, v))
         assert text.isascii()
         doc = json.loads(text)
-        shared = ["kind", "id", "key", "owner", "uid", "gid", "cuid", "cgid", "perms"]
+        shared = ["kind", "id", "key", "owner", "uid", "gid", "cuid", "cgid", "perms", "ctime"]
         assert list(doc) == [*shared, *(f.json for f in kind.FACTS), "state", "reason"]
         seg = documented[v.obj.id]
         assert doc["kind"] == "shm"
