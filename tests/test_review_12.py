@@ -14,6 +14,7 @@ import os
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -263,10 +264,9 @@ def _until(p: subprocess.Popen[bytes], where: str) -> None:
     for _ in range(1000):
         if _waiting(p, where):
             return
-        assert p.poll() is None, f"{p.args} exited: {p.returncode}"
-        os.sched_yield()
-        __import__("time").sleep(0.01)
-    raise AssertionError(f"{p.args} never waited in {where}")
+        assert p.poll() is None, f"{p.args!r} exited: {p.returncode}"
+        time.sleep(0.01)
+    raise AssertionError(f"{p.args!r} never waited in {where}")
 
 
 @pytest.fixture
@@ -442,7 +442,7 @@ def test_a_queue_whose_last_receiver_was_a_thread_of_a_live_process_is_never_an_
     )
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
     try:
-        _until(p, "do_msgrcv")  # type: ignore[arg-type]
+        _until(p, "do_msgrcv")
         sender = "import sysv_ipc; sysv_ipc.MessageQueue(0x3E9).send(b'x')"
         subprocess.run([sys.executable, "-c", sender], check=True)
         assert p.stdout is not None and p.stdout.readline() == b"received\n"
