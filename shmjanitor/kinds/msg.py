@@ -150,6 +150,8 @@ def read(path: Path = PROC_MSG) -> list[Queue]:
     dropped (test text with `parse`)."""
     global _last
     queues = parse(sysvtable.read_text(path), str(path))
+    if not queues:
+        return []  # no queue, nobody to look for (a sweep reads every task's syscall)
     _last = sweep()  # also for the re-checks of a reap that follows (see REUSE)
     return with_facts(queues, _last)
 
