@@ -34,7 +34,6 @@ import struct
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
-from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -104,27 +103,12 @@ class Queue(NamedTuple):
 def parse(text: str, source: str = str(PROC_MSG)) -> list[Queue]:
     """The whole table without the facts read per queue, or CorruptTable naming the
     first bad line. Pure."""
-    lines = text.splitlines()
-    index = sysvtable.header(lines, source, COLUMNS)
-    width = len(lines[0].split())
-    queues: list[Queue] = []
-    for _start, rows in sysvtable.chunks(lines, source, width):
-        try:
-            queues.extend(_convert(rows, width, index))
-        except ValueError:
-            raise sysvtable.not_a_number(lines, source) from None
-    return queues
+    return sysvtable.parse(text, source, COLUMNS, _convert)
 
 
-def _convert(rows: list[list[str]], width: int, index: dict[str, int]) -> Iterator[Queue]:
-    """Column by column, as kinds/shm.py does (one int() pass, then slices)."""
-    numbers = list(map(int, chain.from_iterable(rows)))
-    i_perms = index["perms"]
-    modes = [int(fields[i_perms], 8) for fields in rows]
-
-    def column(name: str) -> list[int]:
-        return numbers[index[name] :: width]
-
+def _convert(column: sysvtable.Column, modes: list[int], _index: dict[str, int]
+             ) -> Iterator[Queue]:  # fmt: skip
+    """One chunk's Queues from its columns (sysvtable.parse)."""
     return map(
         Queue,
         [k & 0xFFFFFFFF for k in column("key")],

@@ -27,7 +27,6 @@ import errno
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
-from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -112,27 +111,12 @@ def parse(text: str, source: str = str(PROC_SEM)) -> list[SemSet]:
 
 
 def _rows(text: str, source: str) -> list[Row]:
-    lines = text.splitlines()
-    index = sysvtable.header(lines, source, COLUMNS)
-    width = len(lines[0].split())
-    rows: list[Row] = []
-    for _start, fields in sysvtable.chunks(lines, source, width):
-        try:
-            rows.extend(_convert(fields, width, index))
-        except ValueError:
-            raise sysvtable.not_a_number(lines, source) from None
-    return rows
+    return sysvtable.parse(text, source, COLUMNS, _convert)
 
 
-def _convert(rows: list[list[str]], width: int, index: dict[str, int]) -> Iterator[Row]:
-    """Column by column, as kinds/shm.py does (one int() pass, then slices)."""
-    numbers = list(map(int, chain.from_iterable(rows)))
-    i_perms = index["perms"]
-    modes = [int(fields[i_perms], 8) for fields in rows]
-
-    def column(name: str) -> list[int]:
-        return numbers[index[name] :: width]
-
+def _convert(column: sysvtable.Column, modes: list[int], _index: dict[str, int]
+             ) -> Iterator[Row]:  # fmt: skip
+    """One chunk's rows from its columns (sysvtable.parse)."""
     return zip(
         [k & 0xFFFFFFFF for k in column("key")],
         column("semid"),

@@ -17,7 +17,7 @@ those every table shares (sysvtable.py):
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from itertools import chain, repeat
+from itertools import repeat
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
@@ -98,32 +98,12 @@ def parse(text: str, source: str = str(PROC_SHM)) -> list[Segment]:
     Never guesses: a row with the wrong number of fields or a non-number is an error,
     because a reaper acting on a half-understood table could remove the wrong segment.
     """
-    lines = text.splitlines()
-    index = sysvtable.header(lines, source, REQUIRED)
-    width = len(lines[0].split())
-    segments: list[Segment] = []
-    # A few thousand rows at a time: the split fields of 32,000 rows would be 500,000
-    # strings at once, and peak memory is one of the things issue 5 measures.
-    for _start, rows in sysvtable.chunks(lines, source, width):
-        try:
-            segments.extend(_convert(rows, width, index))
-        except ValueError:
-            raise sysvtable.not_a_number(lines, source) from None
-    return segments
+    return sysvtable.parse(text, source, REQUIRED, _convert)
 
 
-def _convert(rows: list[list[str]], width: int, index: dict[str, int]) -> Iterator[Segment]:
-    """Rows of `width` fields to Segments; ValueError if a field is not a number.
-
-    Column by column rather than row by row: one int() pass over every field, then each
-    column is a slice, which costs a third of 16 index look-ups per row.
-    """
-    numbers = list(map(int, chain.from_iterable(rows)))
-    i_perms = index["perms"]
-    modes = [int(fields[i_perms], 8) for fields in rows]
-
-    def column(name: str) -> list[int]:
-        return numbers[index[name] :: width]
+def _convert(column: sysvtable.Column, modes: list[int], index: dict[str, int]
+             ) -> Iterator[Segment]:  # fmt: skip
+    """One chunk's Segments from its columns (sysvtable.parse)."""
 
     def optional(name: str) -> Iterable[Optional[int]]:
         return column(name) if name in index else repeat(None)
