@@ -144,7 +144,11 @@ def _set(**fields: Any) -> Callable[[dict[str, Any]], None]:
     ("sem", _set(uid=1 << 32)),
     ("msg", _set(cgid=1 << 32)),
     ("msg", _set(qbytes=1 << 64)),
-], ids=["sem-nsems", "sem-no-extents", "sem-key", "sem-uid", "msg-cgid", "msg-qbytes"])  # fmt: skip
+    # an extent past the queue's data (qnum headers and cbytes): restore would read
+    # bytes the entry never described (quarantine._check_entry, the kind's data_size)
+    ("msg", lambda e: e.update(extents=[[0, e["extents"][0][1] + 16]])),
+], ids=["sem-nsems", "sem-no-extents", "sem-key", "sem-uid", "msg-cgid", "msg-qbytes",
+        "msg-extent-past-data"])  # fmt: skip
 def test_a_tampered_entry_of_a_set_or_a_queue_is_set_aside_as_damaged(
     tmp_path: Path, kind: str, tamper: Callable[[dict[str, Any]], None]
 ) -> None:
