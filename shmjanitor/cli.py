@@ -723,11 +723,12 @@ def quarantine_list(
 def _print_entries(entries, as_json: bool, header: bool) -> None:  # type: ignore[no-untyped-def]
     import json
 
+    from shmjanitor.accounts import owner_name
     from shmjanitor.durations import format_size
     from shmjanitor.layout import Col, draw
     from shmjanitor.quarantine import short_names
     from shmjanitor.remove import LEGACY_KIND
-    from shmjanitor.render import owner_name, when, word
+    from shmjanitor.render import when, word
 
     short = short_names(entries)
     rows = [{

@@ -54,7 +54,7 @@ def _key(value: Any) -> int:
 
 
 def _owner(value: Any) -> int:
-    from shmjanitor.render import uid_of
+    from shmjanitor.accounts import uid_of
 
     if isinstance(value, bool):
         raise ValueError

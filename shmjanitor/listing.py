@@ -9,6 +9,7 @@ from typing import IO, NamedTuple, Optional
 
 from shmjanitor import kinds as registry
 from shmjanitor import render, shapes, survey
+from shmjanitor.accounts import uid_of
 from shmjanitor.classify import State, Verdict
 from shmjanitor.errors import ConfigError
 from shmjanitor.text import printable
@@ -77,7 +78,7 @@ def run(
 ) -> None:
     """`kinds`: those chosen (-m, -s, -q); None or empty: every registered kind."""
     try:
-        uid = None if owner is None else render.uid_of(owner)
+        uid = None if owner is None else uid_of(owner)
     except ValueError as e:
         raise ConfigError(f"--owner: {e}") from None
     chosen = tuple(kinds or ())

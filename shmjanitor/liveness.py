@@ -33,7 +33,6 @@ time; and a step forward and back between two runs.
 from __future__ import annotations
 
 import os
-import pwd
 import stat
 import time
 from collections.abc import Mapping
@@ -43,6 +42,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
 from shmjanitor import kinds, procs
+from shmjanitor.accounts import owner_name
 from shmjanitor.durations import format_age
 from shmjanitor.model import Creator, Party
 from shmjanitor.paths import default_state_dir
@@ -141,13 +141,10 @@ def judge_user(uid: int, users: Mapping[int, User]) -> tuple[Optional[bool], str
     return None, f"{who}: {u.note or 'unknown'}"
 
 
-@lru_cache(maxsize=256)
 def _user(uid: int) -> str:
     """ "alice (1000)", or "1000" for a uid without an account."""
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} ({uid})"
-    except KeyError:
-        return str(uid)
+    name = owner_name(uid)
+    return name if name == str(uid) else f"{name} ({uid})"
 
 
 def judge_party(p: Party, facts: Mapping[int, Proc], users: Mapping[int, User],

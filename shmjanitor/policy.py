@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
+from shmjanitor.accounts import owner_name
 from shmjanitor.classify import State, Verdict
 from shmjanitor.config import Config
 from shmjanitor.durations import format_age
-from shmjanitor.render import owner_name
 
 
 class Caller(NamedTuple):

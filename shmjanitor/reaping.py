@@ -12,11 +12,11 @@ from typing import Callable, NamedTuple, Optional
 
 from shmjanitor import config as _config
 from shmjanitor import kernel, kinds, lock, policy, remove, survey
+from shmjanitor.accounts import owner_name
 from shmjanitor.classify import State, Verdict
 from shmjanitor.errors import ConfigError, JanitorError
 from shmjanitor.model import IpcObject
 from shmjanitor.remove import Action, Candidate, Result, Stop
-from shmjanitor.render import owner_name
 
 
 class Outcome(NamedTuple):

@@ -7,18 +7,17 @@ text.printable; JSON escapes them itself.
 
 from __future__ import annotations
 
-import grp
 import json
-import pwd
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from enum import Enum
-from functools import cache, lru_cache
+from functools import lru_cache
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from operator import attrgetter
 from typing import IO, Any, Callable, NamedTuple, Optional, TypeVar
 
 from shmjanitor import survey as _survey
+from shmjanitor.accounts import group_name, owner_name
 from shmjanitor.classify import Creator, State, Verdict
 from shmjanitor.durations import format_age, format_size
 from shmjanitor.layout import Col, draw, natural, paint, wrap_lines
@@ -45,25 +44,6 @@ STATE_STYLE = {
 }
 
 
-@cache
-def owner_name(uid: int) -> str:
-    """The user name of `uid`, or the number itself when it has no passwd entry."""
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def uid_of(user: str) -> int:
-    """A user name or numeric uid to a uid; ValueError naming the user if unknown."""
-    if user.isdigit():
-        return int(user)
-    try:
-        return pwd.getpwnam(user).pw_uid
-    except KeyError:
-        raise ValueError(f"no such user: {user!r}") from None
-
-
 def word(text: str) -> str:
     """`text` as one field of plain output: a space becomes \\x20, as lsipc --raw writes
     it (text.printable has already doubled every backslash, so this stays reversible)."""
@@ -80,14 +60,6 @@ def creator_cell(v: Verdict) -> str:
 def last_user_cell(v: Verdict) -> str:
     u = v.last_user
     return printable(u.name) if u is not None and u.alive and u.name else "-"
-
-
-@cache
-def group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
 
 
 @lru_cache(maxsize=65536)

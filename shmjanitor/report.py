@@ -14,12 +14,12 @@ import signal
 from functools import lru_cache
 from typing import IO, Any, Optional
 
+from shmjanitor.accounts import owner_name
 from shmjanitor.classify import Verdict
 from shmjanitor.durations import format_age, format_size
 from shmjanitor.layout import Col, draw, wrap_lines
 from shmjanitor.reaping import Outcome
 from shmjanitor.remove import LEGACY_KIND, Action, Result
-from shmjanitor.render import owner_name
 from shmjanitor.text import printable
 
 ACTION_STYLE = {  # layout.paint styles

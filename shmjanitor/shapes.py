@@ -17,6 +17,7 @@ from typing import IO, Any, Callable, NamedTuple, Optional, Union
 
 from shmjanitor import kinds, render
 from shmjanitor import survey as _survey
+from shmjanitor.accounts import group_name, owner_name
 from shmjanitor.durations import format_age, format_size
 from shmjanitor.layout import Col
 from shmjanitor.model import Fact, State
@@ -25,9 +26,7 @@ from shmjanitor.render import (
     Column,
     _encode,
     _Shared,
-    group_name,
     json_string,
-    owner_name,
     when,
     word,
 )
