@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Optional, TypeVar
 
 from shmjanitor.errors import CorruptTable, NoSysvIpc
 
@@ -125,6 +125,12 @@ def not_a_number(lines: Sequence[str], source: str) -> CorruptTable:
 
 def unsigned_key(key: int) -> int:
     return key & 0xFFFFFFFF
+
+
+def sysctl_value(name: str, root: Path = Path("/proc/sys/kernel")) -> Optional[int]:
+    """The one number of /proc/sys/kernel/<name>; None when unreadable or not one."""
+    values = read_sysctl(name, root)
+    return values[0] if len(values) == 1 else None
 
 
 def read_sysctl(name: str, root: Path = Path("/proc/sys/kernel")) -> list[int]:

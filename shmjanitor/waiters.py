@@ -229,8 +229,7 @@ def _comm(process: str) -> Optional[str]:
 
 
 def msgmax() -> Optional[int]:
-    values = sysvtable.read_sysctl("msgmax")
-    return values[0] if len(values) == 1 else None
+    return sysvtable.sysctl_value("msgmax")
 
 
 def _blind(machine: str, calls: dict[int, str], ours: Optional[str], tasks: int,

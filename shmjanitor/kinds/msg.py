@@ -163,11 +163,7 @@ def with_facts(queues: Iterable[Queue], s: Sweep) -> list[Queue]:
 def limits() -> dict[str, Optional[int]]:
     """msgmni (queues), msgmnb (default msg_qbytes), msgmax (largest message): per IPC
     namespace (ipc/ipc_sysctl.c)."""
-    out: dict[str, Optional[int]] = {}
-    for name in ("msgmni", "msgmnb", "msgmax"):
-        values = sysvtable.read_sysctl(name)
-        out[name] = values[0] if len(values) == 1 else None
-    return out
+    return {name: sysvtable.sysctl_value(name) for name in ("msgmni", "msgmnb", "msgmax")}
 
 
 def _blocked_count(q: Queue) -> int:

@@ -144,13 +144,7 @@ class Limits(NamedTuple):
 
 
 def read_limits(root: Path = Path("/proc/sys/kernel")) -> Limits:
-    def one(name: str) -> Optional[int]:
-        try:
-            return int((root / name).read_text())
-        except (OSError, ValueError):
-            return None
-
-    return Limits(one("shmmni"), one("shmall"), one("shmmax"))
+    return Limits(*(sysvtable.sysctl_value(n, root) for n in ("shmmni", "shmall", "shmmax")))
 
 
 def limits() -> dict[str, Optional[int]]:
@@ -427,13 +421,6 @@ def same(doc: Mapping[str, Any], now: Stat) -> bool:
     return (now.key, now.cpid, now.cuid) == (doc["key"], doc["cpid"], doc["cuid"])
 
 
-def _shmmax() -> Optional[int]:
-    try:
-        return int(Path("/proc/sys/kernel/shmmax").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def restore(doc: Mapping[str, Any], data: Iterator[tuple[int, bytes]]) -> int:
     """shmget with the entry's key and size, the stored extents written, then its owner
     and mode: the new shmid. Whatever fails after shmget (a signal too) removes the
@@ -446,7 +433,7 @@ def restore(doc: Mapping[str, Any], data: Iterator[tuple[int, bytes]]) -> int:
         # extents are written, so a sparse segment comes back sparse.
         shmid = kernel.shm_create(doc["key"], doc["size"], 0o600)
     except OSError as e:
-        limit = _shmmax()
+        limit = sysvtable.sysctl_value("shmmax")
         if e.errno == errno.EINVAL and limit is not None and doc["size"] > limit:
             raise OSError(e.errno, (
                 f"its {doc['size']} bytes are more than kernel.shmmax ({limit}); raise it "
