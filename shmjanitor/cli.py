@@ -270,7 +270,7 @@ def _columns_help() -> str:
         flag = f" ({_KIND_FLAGS[name][0]})" if name in _KIND_FLAGS else ""
         lines += ["\b", f"Columns of {shape.plural}{flag}, for -o and --sort:"]
         lines += [f"  {column:<10} {c.doc}" for column, c in shape.columns.items()]
-        if "ATIME" in shape.columns:
+        if "DTIME" in shape.columns:
             lines += ["  (lsipc's ATTACH and DETACH are ATIME and DTIME)"]
         lines += ["", "\b", f"The default columns of {shape.plural}:"]
         # "A,B,C" wrapped after a comma: each line stays whole column names.

@@ -464,8 +464,8 @@ def removing(o: PosixObject) -> Optional[str]:
 def quiet(o: PosixObject, now: float) -> str:
     """ "nobody holds it; modified 3h ago" (the latest of mtime, ctime, atime)."""
     if o.blocked:
-        head = (f"nobody seen holding it (holders not all readable: {'; '.join(o.blocked)}: "
-                "the write lease decides at removal)")  # fmt: skip
+        head = (f"nobody seen holding it; holders not all readable ({'; '.join(o.blocked)}): "
+                "the write lease decides at removal")  # fmt: skip
     else:
         head = "nobody holds it"
     if o.mq is not None and o.mq.curmsgs:

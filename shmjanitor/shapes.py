@@ -357,8 +357,8 @@ _POSIX_HEAD = {
     "SIZE": _Col(Column(Col("SIZE", right=True, drop=6), "the file's length (st_size; in "
                         "bytes with --bytes)", _o(lambda o: -o.st_size)),
                  lambda v, exact: render._bytes(v.obj.st_size, exact)),
-    "USED": _Col(Column(Col("USED", right=True, drop=10), "memory its pages take (st_blocks; "
-                        "a sparse file takes less than its length)", _o(lambda o: -o.used_bytes)),
+    "USED": _Col(Column(Col("USED", right=True, drop=10), "memory its pages take (st_blocks: a "
+                        "sparse file takes less)", _o(lambda o: -o.used_bytes)),
                  lambda v, exact: render._bytes(v.obj.used_bytes, exact)),
 }  # fmt: skip
 _POSIX_MID = {
@@ -368,11 +368,11 @@ _POSIX_MID = {
     "MTIME": _Col(Column(Col("MTIME", drop=20), "time of the last change of its data",
                          _o(lambda o: o.mtime_ns)), lambda v, _: when(v.obj.mtime)),
     "HOLDERS": _Col(Column(Col("HOLDERS", right=True, drop=5), "processes that have it open "
-                           "or mapped now (the reason names them)", lambda v: -_holder_pids(v)),
+                           "or mapped now (REASON names them)", lambda v: -_holder_pids(v)),
                     lambda v, _: str(_holder_pids(v))),
 }  # fmt: skip
 _POSIX_MORE = {
-    "ID": _Col(Column(Col("ID", right=True), "its inode number (the id of rm and JSON)",
+    "ID": _Col(Column(Col("ID", right=True), "its inode number (its id in JSON)",
                       _o(lambda o: o.id)), lambda v, _: str(v.obj.id)),
     "PATH": _Col(Column(Col("PATH", squeeze=True), "its path (escaped)", _o(lambda o: o.path)),
                  lambda v, _: printable(v.obj.path)),
@@ -381,8 +381,8 @@ _POSIX_MORE = {
                          _o(lambda o: o.ctime_ns)), lambda v, _: when(v.obj.ctime)),
     "ATIME": _Col(Column(Col("ATIME"), "time of the last read", _o(lambda o: o.atime_ns)),
                   lambda v, _: when(v.obj.atime)),
-    "PROGRAM": _Col(Column(Col("PROGRAM", squeeze=True), "the program its name is known to "
-                           "come from (psm_: Python, torch_: PyTorch, ...)",
+    "PROGRAM": _Col(Column(Col("PROGRAM", squeeze=True), "the program its name comes from "
+                           "(psm_: Python, torch_: PyTorch)",
                            _o(lambda o: _none_last(o.program))),
                     lambda v, _: printable(v.obj.program or "-")),
     "NAMEPID": _Col(Column(Col("NAMEPID", right=True), "the creator pid its name carries "
