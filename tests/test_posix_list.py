@@ -369,3 +369,28 @@ def test_unreadable_holders_make_it_unknown_only_where_no_lease_can_prove_it(pro
 ])  # fmt: skip
 def test_known_name_patterns(name, program, pid):
     assert posixfs.known_program(name) == (program, pid)
+
+
+# --- whose pids a name carries ----------------------------------------------------------
+
+
+def test_pid_1_seeing_the_same_file_system_means_processes_outside_may_hold_it(tmp_path):
+    """Processes outside our PID namespace (unlisted) may hold our files when its pid 1
+    sees the same file system there (a pod's containers); a name's pid is then not
+    ours to judge. Here a fake /proc: pid 1's root is "/" (ours), or an empty tree."""
+    (tmp_path / "shared" / "1").mkdir(parents=True)
+    (tmp_path / "shared" / "1" / "root").symlink_to("/")
+    (tmp_path / "apart" / "1" / "root").mkdir(parents=True)
+    assert posixfs._shared_outside("/dev/shm", str(tmp_path / "shared"))
+    assert not posixfs._shared_outside("/dev/shm", str(tmp_path / "apart"))
+
+
+def test_a_name_pid_is_not_judged_when_unlisted_processes_may_hold_the_file():
+    make("torch_4242_1_2")
+    snap = posixfs.take()
+    (o,) = posixfs.objects(posixfs.PosixShm, posixfs.SHM_DIR, snap=snap)
+    assert o.name_pid == 4242 and o.program == "PyTorch"
+    unseen = snap._replace(unseen={posixfs.SHM_DIR: True})
+    (o,) = posixfs.objects(posixfs.PosixShm, posixfs.SHM_DIR, snap=unseen)
+    assert o.name_pid is None and o.program == "PyTorch"
+    assert posixfs.parties(o)[0].role == "owner"
