@@ -394,3 +394,15 @@ def test_a_name_pid_is_not_judged_when_unlisted_processes_may_hold_the_file():
     (o,) = posixfs.objects(posixfs.PosixShm, posixfs.SHM_DIR, snap=unseen)
     assert o.name_pid is None and o.program == "PyTorch"
     assert posixfs.parties(o)[0].role == "owner"
+
+
+def test_metrics_count_the_posix_kinds(tmp_path):
+    make("a")
+    make("sem.b", size=32)
+    out = tmp_path / "m.prom"
+    r = cli("list", "--json", "--metrics-file", str(out))
+    assert r.exit_code == 0, r.output
+    text = out.read_text()
+    assert 'shmjanitor_objects{kind="posix-shm",state="idle"} 1.0' in text
+    assert 'shmjanitor_objects{kind="posix-sem",state="idle"} 1.0' in text
+    assert 'shmjanitor_objects{kind="posix-mqueue",state="orphan"} 0.0' in text
