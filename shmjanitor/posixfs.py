@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import os
 import re
-import stat as st
 import time
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from stat import S_ISREG
 from typing import Any, Callable, NamedTuple, Optional
 
 from shmjanitor import holders as _holders
@@ -123,7 +123,7 @@ class PosixObject(NamedTuple):
 
 def is_object(mode: int) -> bool:
     """A regular file: the only kind of entry that is a POSIX object."""
-    return st.S_ISREG(mode)
+    return S_ISREG(mode)
 
 
 # One class per kind: remove.py and classify find an object's kind module by its class.
@@ -167,36 +167,39 @@ class PosixMqueue(PosixObject):
 #                        rank, no pid
 #   PostgreSQL.<n>       PostgreSQL's dynamic shared memory (a random handle, no pid)
 #   .org.chromium.*, .com.google.Chrome.*  Chromium and Chrome
-#   pulse-shm-<n>        PulseAudio;  jack*  the JACK audio server
-PATTERNS: tuple[tuple[re.Pattern[str], str, int], ...] = tuple(
-    (re.compile(rx), program, pid_group)
-    for rx, program, pid_group in (
-        (r"psm_", "Python multiprocessing.shared_memory", 0),
-        (r"sem\.mp-", "Python multiprocessing", 0),
-        (r"sem\.loky-([0-9]+)-", "joblib (loky)", 1),
-        (r"pym-([0-9]+)-", "Python multiprocessing.heap", 1),
-        (r"torch_([0-9]+)_", "PyTorch", 1),
-        (r"nccl-", "NCCL", 0),
-        (r"vader_segment\.", "Open MPI", 0),
-        (r"sm_segment\.", "Open MPI", 0),
-        (r"PostgreSQL\.[0-9]+$", "PostgreSQL", 0),
-        (r"\.org\.chromium\.", "Chromium", 0),
-        (r"\.com\.google\.Chrome\.", "Chrome", 0),
-        (r"pulse-shm-", "PulseAudio", 0),
-        (r"jack", "JACK", 0),
-    )
+#   pulse-shm-<n>        PulseAudio;  jack-*, jack_*  the JACK audio server
+# (PID) marks the pid. All in one regular expression: one match() per name.
+PATTERNS = (
+    (r"psm_", "Python multiprocessing.shared_memory"),
+    (r"sem\.mp-", "Python multiprocessing"),
+    (r"sem\.loky-(PID)-", "joblib (loky)"),
+    (r"pym-(PID)-", "Python multiprocessing.heap"),
+    (r"torch_(PID)_", "PyTorch"),
+    (r"nccl-", "NCCL"),
+    (r"vader_segment\.", "Open MPI"),
+    (r"sm_segment\.", "Open MPI"),
+    (r"PostgreSQL\.[0-9]+$", "PostgreSQL"),
+    (r"\.org\.chromium\.", "Chromium"),
+    (r"\.com\.google\.Chrome\.", "Chrome"),
+    (r"pulse-shm-", "PulseAudio"),
+    (r"jack[-_]", "JACK"),
 )
+_PROGRAMS = re.compile("|".join(
+    f"(?P<p{i}>{rx.replace('(PID)', f'(?P<d{i}>[0-9]+)')})" for i, (rx, _) in enumerate(PATTERNS)
+))  # fmt: skip
 _PID_MAX = 1 << 22  # PID_MAX_LIMIT on 64-bit (include/linux/threads.h)
 
 
 def known_program(name: str) -> tuple[Optional[str], Optional[int]]:
     """(the likely creator program, the creator pid its name carries) of a name. Pure."""
-    for rx, program, group in PATTERNS:
-        m = rx.match(name)
-        if m is not None:
-            pid = int(m.group(group)) if group else None
-            return program, pid if pid is not None and 0 < pid <= _PID_MAX else None
-    return None, None
+    m = _PROGRAMS.match(name)
+    if m is None:
+        return None, None
+    i = m.lastgroup  # "p<i>": the outer group of the alternative that matched
+    assert i is not None
+    digits = m.groupdict().get(f"d{i[1:]}")
+    pid = int(digits) if digits is not None else 0
+    return PATTERNS[int(i[1:])][1], pid if 0 < pid <= _PID_MAX else None
 
 
 # --- one read of each directory and one pass over /proc per run ------------------------
@@ -285,7 +288,7 @@ def read_dir(path: str, queues: bool = False) -> tuple[Optional[int], list[Entry
                     s = e.stat(follow_symlinks=False)  # fstatat(fd, name, NOFOLLOW)
                 except FileNotFoundError:
                     continue  # removed since the listing
-                if is_object(s.st_mode) and s.st_dev == dev:
+                if S_ISREG(s.st_mode) and s.st_dev == dev:  # is_object
                     found.append(Entry(e.name, s))
         if queues:
             found = [Entry(e.name, e.st, mq_attr(fd, e.name)) for e in found]
@@ -382,23 +385,30 @@ def objects(cls: type[PosixObject], path: str, keep: Callable[[str], bool] = lam
     accepts), each with its holders, what blocked the proof, its name's program and
     pid (the pid only when /proc shows every process that could hold it)."""
     s = snapshot() if snap is None else snap
-    entries = s.entries.get(path, [])
     blocked = s.blocked.get(path, ())
     pids_ours = not s.unseen.get(path, False)
-    held = s.holdings.of
-    lease = s.lease
+    held = s.holdings.held.get
+    leases: dict[int, Optional[str]] = {}
     out: list[PosixObject] = []
-    for name, f, mq in entries:
+    append = out.append
+    for name, f, mq in s.entries.get(path, []):
         if not keep(name):
             continue
         program, pid = known_program(name)
-        out.append(cls(
-            f.st_ino, name, path, f.st_dev, st.S_IMODE(f.st_mode), f.st_uid, f.st_gid,
-            f.st_size, f.st_blocks * 512, f.st_mtime_ns, f.st_ctime_ns, f.st_atime_ns,
-            tuple(sorted(held(f.st_dev, f.st_ino))), blocked,
-            pid if pids_ours else None, program, mq, lease(f.st_uid),
-        ))  # fmt: skip
+        uid = f.st_uid
+        lease = leases[uid] if uid in leases else leases.setdefault(uid, s.lease(uid))
+        hs = held((f.st_dev, f.st_ino))
+        # tuple.__new__: the NamedTuple without its Python-level __new__ (10,000 files)
+        append(_new(cls, (
+            f.st_ino, name, path, f.st_dev, f.st_mode & 0o7777, uid, f.st_gid, f.st_size,
+            f.st_blocks * 512, f.st_mtime_ns, f.st_ctime_ns, f.st_atime_ns,
+            tuple(sorted(hs)) if hs else (), blocked, pid if pids_ours else None, program,
+            mq, lease,
+        )))  # fmt: skip
     return out
+
+
+_new = tuple.__new__
 
 
 # --- evidence (pure): what the three kinds' parties, in_use, ... say ------------------
@@ -410,7 +420,8 @@ def parties(o: PosixObject) -> tuple[Party, ...]:
     who may open it again by name while any process of theirs lives (reopens)."""
     if o.name_pid is not None:
         return (Party("creator (pid in its name)", o.name_pid, float(o.ctime), "name"),)
-    return (Party("owner", 0, float(o.ctime), "uid", uid=o.uid, reopens=True),)
+    # since 0: a user's liveness has no moment, and one tuple per owner is judged once
+    return (_new(Party, ("owner", 0, 0.0, "uid", o.uid, True)),)
 
 
 def _who(h: Holder) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
+from json.encoder import encode_basestring_ascii as _ascii
 from typing import IO, Any, Callable, NamedTuple, Optional, Union
 
 from shmjanitor import kinds, render
@@ -457,6 +458,7 @@ class PosixJson(_Shared):
         self._facts = [(json_string(f.json), f.get) for f in kind.FACTS]
         self._who: dict[tuple[int, int, int], str] = {}
         self._verdict: dict[tuple[State, str], str] = {}
+        self._dirs: dict[str, str] = {}  # '"/dev/shm/': a path's JSON up to its name
 
     def __call__(self, v: Verdict) -> str:
         o = v.obj
@@ -465,17 +467,20 @@ class PosixJson(_Shared):
             f'"uid":{o.uid},"gid":{o.gid},"owner":{json_string(owner_name(o.uid))},'
             f'"mode":{o.mode},'
         ))  # fmt: skip
-        held = ",".join([_holder_json(h) for h in o.holders])
-        facts = "".join([f"{name}:{_json_value(get(o))}," for name, get in self._facts])
+        # Not json_string's cache: a name is nearly always unique.
+        name = _ascii(o.name)
+        d = self._dirs.get(o.dir) or self._dirs.setdefault(o.dir, json_string(o.dir + "/")[:-1])
+        held = ",".join([_holder_json(h) for h in o.holders]) if o.holders else ""
+        facts = "".join([f"{key}:{_json_value(get(o))}," for key, get in self._facts])
         kv = (v.state, v.reason)
         verdict = self._verdict.get(kv) or self._learn(self._verdict, kv, (
             f'"state":"{v.state.value}","reason":{json_string(v.reason)}}}'
         ))  # fmt: skip
-        return (f'{self._head}"id":{o.id},"path":{json_string(o.path)},'
-                f'"name":{json_string(o.name)},"size":{o.st_size},'
-                f'"used_bytes":{o.used_bytes},{who}"mtime":{o.mtime},"ctime":{o.ctime},'
-                f'"atime":{o.atime},"idle_seconds":{v.idle_for},'
-                f'"program":{json_string(o.program)},"name_pid":{_json_value(o.name_pid)},'
+        pid = "null" if o.name_pid is None else o.name_pid
+        return (f'{self._head}"id":{o.id},"path":{d}{name[1:]},"name":{name},'
+                f'"size":{o.st_size},"used_bytes":{o.used_bytes},{who}"mtime":{o.mtime},'
+                f'"ctime":{o.ctime},"atime":{o.atime},"idle_seconds":{v.idle_for},'
+                f'"program":{json_string(o.program)},"name_pid":{pid},'
                 f'"holders":[{held}],{facts}{verdict}')  # fmt: skip
 
 
