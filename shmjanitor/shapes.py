@@ -11,6 +11,7 @@ came before kinds; they keep that shape (render.py: COLUMNS, Cells, SegmentJson)
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
 from json.encoder import encode_basestring_ascii as _ascii
@@ -411,6 +412,21 @@ class Posix(Facts):
     @property
     def array(self) -> str:
         return "posix"
+
+    def footer(self, sv: _survey.Survey, verdicts: list[Verdict]) -> list[str]:
+        """As every kind's, and how full its file system is (/dev/shm is RAM: a full one
+        stops every program that needs it)."""
+        lines = super().footer(sv, verdicts)
+        try:
+            fs = os.statvfs(self.kind.TABLE)
+        except OSError:
+            return lines
+        total = fs.f_blocks * fs.f_frsize
+        if total:
+            used = (fs.f_blocks - fs.f_bfree) * fs.f_frsize
+            lines[0] += (f"; {printable(str(self.kind.TABLE))}: {format_size(used)} of "
+                         f"{format_size(total)} used")  # fmt: skip
+        return lines
 
     def encoder(self) -> Callable[[Verdict], str]:
         return PosixJson(self.kind)

@@ -406,3 +406,14 @@ def test_metrics_count_the_posix_kinds(tmp_path):
     assert 'shmjanitor_objects{kind="posix-shm",state="idle"} 1.0' in text
     assert 'shmjanitor_objects{kind="posix-sem",state="idle"} 1.0' in text
     assert 'shmjanitor_objects{kind="posix-mqueue",state="orphan"} 0.0' in text
+
+
+def test_the_table_footer_says_how_full_dev_shm_is():
+    path = make("full", size=1 << 20)
+    with open(path, "r+b") as f:
+        f.write(b"x" * 8192)
+    r = cli("list", "-M", "--format", "table")
+    assert r.exit_code == 0, r.output
+    footer = [ln for ln in r.stdout.splitlines() if ln.startswith("1 POSIX shm objects")]
+    assert len(footer) == 1 and "8K in all; /dev/shm: 8K of " in footer[0], r.stdout
+    assert footer[0].endswith(" used")
