@@ -417,3 +417,13 @@ def test_the_table_footer_says_how_full_dev_shm_is():
     footer = [ln for ln in r.stdout.splitlines() if ln.startswith("1 POSIX shm objects")]
     assert len(footer) == 1 and "8K in all; /dev/shm: 8K of " in footer[0], r.stdout
     assert footer[0].endswith(" used")
+
+
+def test_output_columns_of_a_posix_kind_choose_it_without_a_flag():
+    make("x")
+    r = cli("list", "-o", "NAME,HOLDERS,STATE,PROGRAM", "--format", "plain")
+    assert r.exit_code == 0, r.output
+    assert [ln.split() for ln in r.stdout.splitlines()] == [
+        ["NAME", "HOLDERS", "STATE", "PROGRAM"],
+        ["x", "0", "idle", "-"],
+    ]
