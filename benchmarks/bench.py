@@ -683,6 +683,15 @@ LSOF = ["lsof", "-n", "+D", POSIX_DIR]
 POSIX_SIZES = ((1000, 1000), (10000, 1000), (10000, 4000))  # (objects, processes)
 
 
+def posix_sizes(n: int) -> tuple[tuple[int, int], ...]:
+    """The issue's sizes for a full run; for a smaller N (a smoke run, the suite's test)
+    the same shape, scaled down: N x N/4, 10N x N/4, 10N x N."""
+    if n == MAX_N:
+        return POSIX_SIZES
+    k = max(4, n)
+    return ((k, k // 4), (10 * k, k // 4), (10 * k, k))
+
+
 def _mount_tmpfs(target: str) -> None:
     if _libc.mount(b"tmpfs", target.encode(), b"tmpfs", 2 | 4, b"mode=1777") != 0:  # nosuid,nodev
         _check(-1, f"mount tmpfs on {target}")
@@ -711,7 +720,8 @@ def posix_figures(opt: Options, sj: list[str], tmp: Path,
     out = tmp / "out-posix"
     figures = []
     medians: dict[tuple[int, int], float] = {}
-    for n, p in POSIX_SIZES:
+    sizes = posix_sizes(opt.n)
+    for n, p in sizes:
         say(f"posix: {n:,} objects, {p:,} holders ...")
         farm = HolderFarm(n, p)
         try:
@@ -724,15 +734,16 @@ def posix_figures(opt: Options, sj: list[str], tmp: Path,
         finally:
             farm.close()
         medians[(n, p)] = statistics.median(pair.a)
-        limit = 0.5 if (n, p) == (10000, 1000) else None
+        limit = 0.5 if (n, p) == sizes[1] else None
         figures.append(ratio_figure(f"posix: list --json, {n:,} objects x {p:,} holders "
                                     f"(held set = lsof's: {len(ours):,})",
                                     "shmjanitor list --json -M -S -Q", "lsof -n +D /dev/shm",
                                     pair, limit))  # fmt: skip
-    a, b, c = (medians[s] for s in POSIX_SIZES)
-    figures.append(Figure("posix scaling: x10 objects (10,000 vs 1,000, 1,000 holders)",
+    a, b, c = (medians[s] for s in sizes)
+    (n1, p1), (n2, _), (_, p3) = sizes
+    figures.append(Figure(f"posix scaling: x10 objects ({n2:,} vs {n1:,}, {p1:,} holders)",
                           "list --json", "", b / a, None, "x", "-", None))  # fmt: skip
-    figures.append(Figure("posix scaling: x4 holders (4,000 vs 1,000, 10,000 objects)",
+    figures.append(Figure(f"posix scaling: x4 holders ({p3:,} vs {p1:,}, {n2:,} objects)",
                           "list --json", "", c / b, None, "x", "-", None))  # fmt: skip
     return figures
 
