@@ -27,6 +27,8 @@ DOCUMENTATION = """
     description:
         - Runs every command with nsenter --target PID --all, under a clean environment.
     author: shmjanitor
+    extends_documentation_fragment:
+        - connection_pipelining
     options:
       remote_addr:
         description: PID (in the controller's PID namespace) of the container's init.
