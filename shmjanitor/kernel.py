@@ -243,7 +243,9 @@ _SEMID_DS = struct.Struct("@iIIIIHHHHLL" + _SEM_TIMES.get(os.uname().machine, ""
 _SEM_LAYOUT_OK = ctypes.sizeof(ctypes.c_long) == 8 and os.uname().machine in _SEM_TIMES
 _semctl = _libc.semctl  # variadic: the 4th argument (union semun) is passed as it comes
 _semctl.restype = ctypes.c_int
-_semctl_fast = ctypes.CDLL(None).semctl  # the same, without errno (sem_waits_and_pids)
+# The same, without errno: -1 says only that a call failed (sem_waits_and_pids, and
+# kinds/sem.py's read of a table of sets of one, ask again through _semctl for why).
+semctl_no_errno = _semctl_fast = ctypes.CDLL(None).semctl
 _semctl_fast.restype = ctypes.c_int
 # The IPC_STAT buffer, kept for the IPC_SET that follows it (sem_set_mode_after_stat).
 # Larger than any layout above: the kernel writes its whole struct into it.
