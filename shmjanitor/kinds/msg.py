@@ -100,17 +100,27 @@ class Queue(NamedTuple):
 # --- reading the table ------------------------------------------------------------------
 
 
+Row = tuple  # a table row's fourteen fields, in Queue's order (the facts come after)
+_UNREAD = (None, (), (), None, None)  # Queue's defaults for the facts read per queue
+# tuple.__new__ rather than Queue(...) or _replace, whose Python frames cost 2 us a
+# queue (issue 12 measures `list` at 32,000 queues).
+_new = tuple.__new__
+
+
 def parse(text: str, source: str = str(PROC_MSG)) -> list[Queue]:
     """The whole table without the facts read per queue, or CorruptTable naming the
     first bad line. Pure."""
+    return [_new(Queue, r + _UNREAD) for r in _rows(text, source)]
+
+
+def _rows(text: str, source: str) -> list[Row]:
     return sysvtable.parse(text, source, COLUMNS, _convert)
 
 
 def _convert(column: sysvtable.Column, modes: list[int], _index: dict[str, int]
-             ) -> Iterator[Queue]:  # fmt: skip
-    """One chunk's Queues from its columns (sysvtable.parse)."""
-    return map(
-        Queue,
+             ) -> Iterator[Row]:  # fmt: skip
+    """One chunk's rows from its columns (sysvtable.parse)."""
+    return zip(
         [k & 0xFFFFFFFF for k in column("key")],
         column("msqid"),
         modes,
@@ -133,30 +143,33 @@ def read(path: Path = PROC_MSG) -> list[Queue]:
     the tasks waiting on it (one sweep of /proc for all). A fixture file's queues are
     dropped (test text with `parse`)."""
     global _last
-    queues = parse(sysvtable.read_text(path), str(path))
+    queues = _rows(sysvtable.read_text(path), str(path))
     if not queues:
         return []  # no queue, nobody to look for (a sweep reads every task's syscall)
     _last = sweep()  # also for the re-checks of a reap that follows (see REUSE)
     return with_facts(queues, _last)
 
 
-def with_facts(queues: Iterable[Queue], s: Sweep) -> list[Queue]:
-    """Each queue with msg_qbytes (IPC_STAT: 2 us a queue) and the sweep's evidence.
-    A queue removed since the table was read is dropped."""
+def with_facts(queues: Iterable[Row], s: Sweep) -> list[Queue]:
+    """Each queue (a Queue or a table row) with msg_qbytes (IPC_STAT: 2 us a queue) and
+    the sweep's evidence. A queue removed since the table was read is dropped."""
     out: list[Queue] = []
     append = out.append
     qbytes = kernel.msg_qbytes
     evidence = _Evidence(s)
     hidden_on = evidence.hidden_on if evidence.some else None
     every, blind, blocked, threads = evidence.every, s.blind, s.blocked.get, s.threads.get
-    new = tuple.__new__  # not _replace: a Python frame per queue
     for q in queues:
+        row = q[:14]  # a row itself (a slice of a whole tuple is that tuple)
         try:
-            limit = qbytes(q.id)
+            limit = qbytes(row[1])
         except OSError:
             continue  # gone since the table was read
-        hidden = every if hidden_on is None else hidden_on(q, limit)
-        append(new(Queue, (*q[:14], limit, blocked(q.id, ()), hidden, blind, threads(q.lrpid))))
+        if hidden_on is None:
+            hidden = every
+        else:
+            hidden = hidden_on(_new(Queue, row + _UNREAD), limit)
+        append(_new(Queue, row + (limit, blocked(row[1], ()), hidden, blind, threads(row[6]))))
     return out
 
 
@@ -304,10 +317,19 @@ def removing(q: Queue) -> Optional[str]:
 
 
 def quiet(q: Queue, now: float) -> str:
-    if q.stime is None and q.rtime is None:
-        return f"never used, created {format_age(int(now - q.ctime))} ago"
-    used = max(q.stime or 0, q.rtime or 0)
-    return f"no message sent or received for {format_age(int(now - used))}"
+    stime, rtime = q.stime, q.rtime
+    if stime is None and rtime is None:
+        return _quiet(_NEVER, int(now - q.ctime))
+    return _quiet(_SINCE, int(now - max(stime or 0, rtime or 0)))
+
+
+_NEVER = "never used, created {} ago"
+_SINCE = "no message sent or received for {}"
+
+
+@lru_cache(maxsize=4096)  # the same few ages, over and over: a leak's queues are alike
+def _quiet(text: str, seconds: int) -> str:
+    return text.format(format_age(seconds))
 
 
 # --- removing (remove.py drives these) --------------------------------------------------
@@ -337,9 +359,6 @@ def _recent() -> _Evidence:
     if e is None or e.s is not s:
         e = _evidence = _Evidence(s)
     return e
-
-
-_new = tuple.__new__  # a Queue without the NamedTuple's Python-level __new__ (2 us)
 
 
 def stat(id: int) -> Queue:
