@@ -165,10 +165,7 @@ def with_facts(queues: Iterable[Row], s: Sweep) -> list[Queue]:
             limit = qbytes(row[1])
         except OSError:
             continue  # gone since the table was read
-        if hidden_on is None:
-            hidden = every
-        else:
-            hidden = hidden_on(_new(Queue, row + _UNREAD), limit)
+        hidden = every if hidden_on is None else hidden_on(_new(Queue, row + _UNREAD), limit)
         append(_new(Queue, row + (limit, blocked(row[1], ()), hidden, blind, threads(row[6]))))
     return out
 
@@ -365,15 +362,13 @@ def stat(id: int) -> Queue:
     """IPC_STAT now (its buffer stays for `lock`), and the tasks that wait on it (a
     sweep of /proc at most REUSE seconds old, see above). Raises OSError: EINVAL/EIDRM
     gone, EACCES no read permission."""
-    st = kernel.msg_stat(id)
+    row = kernel.msg_stat_row(id)
     e = _recent()
     s = e.s
-    q: Queue = _new(Queue, (st.key, id, st.mode & 0o777, st.cbytes, st.qnum, st.lspid,
-                            st.lrpid, st.uid, st.gid, st.cuid, st.cgid, st.stime, st.rtime,
-                            st.ctime, st.qbytes, s.blocked.get(id, ()), e.every, s.blind,
-                            s.threads.get(st.lrpid)))  # fmt: skip
+    q: Queue = _new(Queue, row + (s.blocked.get(id, ()), e.every, s.blind,
+                                  s.threads.get(row[6])))  # fmt: skip
     if e.some:
-        q = q._replace(hidden=e.hidden_on(q, st.qbytes))
+        q = q._replace(hidden=e.hidden_on(q, q.qbytes))
     return q
 
 

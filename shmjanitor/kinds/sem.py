@@ -311,10 +311,13 @@ def _quiet(text: str, seconds: int) -> str:
 def stat(id: int) -> SemSet:
     """IPC_STAT now, then each semaphore's waiters and last pid (the IPC_STAT's buffer
     stays for `lock`). Raises OSError: EINVAL/EIDRM gone, EACCES no read permission."""
-    st = kernel.sem_stat(id)
-    ncnt, zcnt, pids = kernel.sem_waits_and_pids(id, st.nsems)
-    return SemSet(st.key, id, st.mode & 0o777, st.nsems, st.uid, st.gid, st.cuid, st.cgid,
-                  st.otime, st.ctime, ncnt, zcnt, pids)  # fmt: skip
+    row = kernel.sem_stat_row(id)
+    if row[3] == 1:  # as with_facts reads a set of one, without a frame or lists
+        call = kernel.semctl_no_errno
+        n, z, p = call(id, 0, GETNCNT), call(id, 0, GETZCNT), call(id, 0, GETPID)
+        if (n | z | p) >= 0:
+            return _new(SemSet, row + ((n,), (z,), (p,)))
+    return _new(SemSet, row + kernel.sem_waits_and_pids(id, row[3]))
 
 
 def _other_set(s: SemSet, now: SemSet) -> Optional[str]:
