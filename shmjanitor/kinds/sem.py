@@ -201,6 +201,16 @@ FACTS = (
 )
 
 
+def json_facts(s: SemSet) -> str:
+    """FACTS as members of its JSON object, each with its comma, in one call: the text
+    shapes.FactsJson makes of them one call per fact (tests/test_json_facts.py holds
+    the two equal). SEMPIDS is digits and commas: a JSON string needs no escape."""
+    otime, waiters, pids = s.otime, s.waiters, _pids(s)
+    sempids = "null" if pids is None else f'"{pids}"'
+    return (f'"nsems":{s.nsems},"otime":{"null" if otime is None else otime},'
+            f'"waiters":{"null" if waiters is None else waiters},"sempids":{sempids},')  # fmt: skip
+
+
 # --- evidence (pure) --------------------------------------------------------------------
 
 
