@@ -417,6 +417,10 @@ def _used(q: Queue, now: Queue) -> Optional[str]:
 
 def changed_since_scan(q: Queue, now: Queue, forced: bool) -> Optional[str]:
     """Why the queue is no longer what was judged, else None. Pure."""
+    if now == q and not (now.blocked or now.hidden or now.blind):
+        # Every field as judged and nobody waiting or hidden: each check below would pass
+        # (one tuple comparison; reap asks this of every queue).
+        return None
     why = _other_queue(q, now)
     if why or forced:
         return why

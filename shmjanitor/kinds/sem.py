@@ -351,6 +351,10 @@ def _operated(s: SemSet, now: SemSet) -> Optional[str]:
 
 def changed_since_scan(s: SemSet, now: SemSet, forced: bool) -> Optional[str]:
     """Why the set is no longer what was judged, else None. Pure."""
+    if now == s and not now.waiters:
+        # Every field as judged and nobody waiting: each check below would pass (one
+        # tuple comparison instead of a dozen fields; reap asks this of every set).
+        return None
     why = _other_set(s, now)
     if why or forced:
         return why
