@@ -208,7 +208,7 @@ class Place:
         fd = self.leases.get(id)
         if fd is not None and fcntl.fcntl(fd, F_GETLEASE) != fcntl.F_WRLCK:
             return OPENED
-        saved = _copies.get((self.path, id))
+        saved = _copies.pop((self.path, id), None)
         if fd is not None and saved is not None and _digest(fd, saved[0]) != saved:
             return "changed since it was copied: its bytes are not those saved; kept"
         return None
@@ -277,6 +277,8 @@ def remember(objects: Iterable[Any]) -> None:
     objects = list(objects)
     for p in (SHM, MQUEUE):
         p.reset()
+    _copies.clear()  # an inode number is reused by a later file: nothing outlives a read
+    _saved_empty.clear()
     for o in objects:
         place(o.dir).names[o.id] = o.name
 
@@ -320,7 +322,9 @@ def _changed(o: Any, now: Now, forced: bool, since: str) -> Optional[str]:
         return f"changed since {since}: its size changed"
     # Any write(2), ftruncate and the first write fault of a new mapping set mtime
     # and ctime (tmpfs: fault_dirty_shared_page); mq_send and mq_receive set both too.
-    if now.mtime_ns != o.mtime_ns or now.ctime_ns != o.ctime_ns:
+    # A queue's ctime is not compared: reading its file (QSIZE, as we do under the
+    # lease) sets it (ipc/mqueue.c, mqueue_read_file).
+    if now.mtime_ns != o.mtime_ns or (now.ctime_ns != o.ctime_ns and o.mq is None):
         return f"changed since {since}: modified"
     return None
 

@@ -48,7 +48,7 @@ from shmjanitor.durations import format_size
 from shmjanitor.errors import SaveFailed
 from shmjanitor.kinds import Kind, kind_of
 from shmjanitor.liveness import users_back
-from shmjanitor.model import Action, IpcObject
+from shmjanitor.model import Action, IpcObject, State
 
 if TYPE_CHECKING:
     from shmjanitor.quarantine import Batch
@@ -157,7 +157,7 @@ def _recheck(v: Verdict, forced: bool, seen_dead: Optional[set[int]], k: Kind,
             return Result(v, Action.GONE, "already gone")
         return Result(v, Action.FAILED, f"not removed: {_meaning(e)}")
     why = changed_since_scan(v, now, forced, k)
-    if why is None and not forced:
+    if why is None and not forced and v.state is State.ORPHAN:
         why = users_back(v, seen_dead, gone_users=gone_users)
     return Result(v, Action.KEPT, why) if why else None
 
@@ -246,7 +246,9 @@ def _last_instant(v: Verdict, reason: str, forced: bool, *, copied: bool = False
     if note is None:
         note = _note_format(o.kind)
     id = o.id
-    if not copied and not forced:
+    # Only an orphan's parties must still be dead: an idle POSIX object reaped under
+    # posix_idle_after has a live owner by definition (policy._decide_idle).
+    if not copied and not forced and v.state is State.ORPHAN:
         # Liveness first (kill(2), /proc reads: the slow part), so that nothing but a
         # pure comparison stands between the IPC_STAT below and the IPC_SET that locks.
         why = users_back(v, seen_dead, gone_users=gone_users)

@@ -23,7 +23,7 @@ from conftest import needs_real_root
 from test_holders import make, spawn  # noqa: F401 (spawn: a fixture)
 
 from shmjanitor import classify, holders, kinds, posixfs, posixrm, remove
-from shmjanitor.model import Action, State
+from shmjanitor.model import Action, Party, State
 from shmjanitor.posixfs import MqAttr, PosixMqueue, PosixObject, PosixSem, PosixShm
 
 SHM = Path("/dev/shm")
@@ -507,3 +507,68 @@ def test_posix_sem_goes_the_same_way():
     posixrm.remember([o])
     (r,) = reap([o])
     assert r.action is Action.REMOVED and not path.exists(), r
+
+
+# ------------------------------------------------------------ policy, config, log lines
+
+
+def _verdict(o: Any, state: State, idle: int) -> classify.Verdict:
+    return classify.Verdict(o, state, "orphan: nobody holds it", classify.NOBODY, idle)
+
+
+def test_protect_paths_and_posix_idle_after():
+    from shmjanitor import policy
+    from shmjanitor.config import parse
+
+    (o,) = read_all(make("PostgreSQL.1234", uid=1500))
+    (p,) = read_all(make("psm_0badc0de", uid=1500))
+    who = policy.Caller(0, True, 1000, 60000)
+    cfg = parse({"protect_paths": ["/dev/shm/PostgreSQL.*"], "min_age": "1m"}, "test")
+    d = policy.decide(_verdict(o, State.ORPHAN, 3600), cfg, who)
+    assert d is not None and not d.remove
+    assert d.reason == "protected path /dev/shm/PostgreSQL.* (protect_paths)"
+    d = policy.decide(_verdict(p, State.ORPHAN, 3600), cfg, who)
+    assert d is not None and d.remove
+    # Idle (owner alive): never reaped by default; with posix_idle_after, once that idle.
+    assert policy.decide(_verdict(p, State.IDLE, 10 * 86400), cfg, who) is None
+    assert policy.plan([_verdict(p, State.IDLE, 10 * 86400)], cfg, who) == []
+    cfg = parse({"posix_idle_after": "7d"}, "test")
+    young, old = _verdict(p, State.IDLE, 86400), _verdict(p, State.IDLE, 8 * 86400)
+    kept, gone = policy.plan([young, old], cfg, who)
+    assert not kept.remove and "younger than posix_idle_after 7d" in kept.reason
+    assert gone.remove and "idle longer than posix_idle_after 7d" in gone.reason
+    # A System V idle object is not touched by a POSIX key.
+    seg = types.SimpleNamespace(kind="shm", key=1, uid=1500, cuid=1500, id=1)
+    assert policy.decide(_verdict(seg, State.IDLE, 8 * 86400), cfg, who) is None
+
+
+def test_config_refuses_a_relative_protect_path():
+    from shmjanitor.config import parse
+    from shmjanitor.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="protect_paths"):
+        parse({"protect_paths": ["PostgreSQL.*"]}, "test")
+    assert parse({}, "test").posix_idle_after is None, "off by default"
+
+
+def test_an_idle_object_under_posix_idle_after_is_removed_though_its_owner_lives(monkeypatch):
+    """remove.py asks only an orphan's parties to be still dead: an idle one has a live
+    owner by definition, and the lease decides."""
+    (o,) = read_all(make("idle-one"))
+    alive = (Party("owner", 0, 0, "uid", uid=os.getuid()),)
+    monkeypatch.setattr(kinds.of("posix-shm"), "parties", lambda o: alive)
+    v = _verdict(o, State.IDLE, 8 * 86400)
+    (r,) = remove.execute([remove.Candidate(v, "idle")], dry_run=False, batch=None)
+    assert r.action is Action.REMOVED, r
+
+
+def test_log_lines_and_json_carry_kind_and_an_escaped_path():
+    from shmjanitor import report
+
+    bad = "evil\nname\x1b[31m"
+    (o,) = read_all(make(bad))
+    r = remove.Result(verdict(o), Action.REMOVED, "orphan")
+    line = report.log_line(r)
+    assert "\n" not in line and "\x1b" not in line
+    assert 'kind=posix-shm path="/dev/shm/evil\\nname\\x1b[31m"' in line, line
+    assert report.result_json(r)["path"] == f"/dev/shm/{bad}"
