@@ -776,8 +776,11 @@ def settle(store: Store, run: str, doc: dict[str, Any], locked: str = "") -> Non
         e["status"] = REMOVED
         kept.append(e)
         if why:  # said even if the run logged it: a line twice beats a removal unsaid
+            path = entry_path(e)
+            where = "" if path is None else f"path={json_string(path)} "
             store.note(
-                f"action=removed id={e['id']} kind={kind} key=0x{e['key']:08x} size={e['size']} "
+                f"action=removed id={e['id']} kind={kind} {where}key=0x{e['key']:08x} "
+                f"size={e['size']} "
                 f'uid={e["uid"]} entry={run}.{e["n"]} reason="settled after an interrupted '
                 f'run: {why}"'
             )

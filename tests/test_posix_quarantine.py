@@ -18,9 +18,11 @@ from test_posix_remove import (  # noqa: F401 (posix_kinds: an autouse fixture)
     posix_kinds,
     read_all,
     reap,
+    spawn,
+    verdict,
 )
 
-from shmjanitor import posixrm, quarantine
+from shmjanitor import posixrm, quarantine, remove
 from shmjanitor.config import Config
 from shmjanitor.model import Action
 from shmjanitor.quarantine import RestoreError, Store
@@ -157,3 +159,34 @@ def test_an_empty_queue_is_saved_as_its_attributes_and_restored(mq_dir, tmp_path
     assert (s.st_mode & 0o777, s.st_uid, s.st_gid) == (0o640, 1234, 2345)
     text = (mq_dir / "jobs").read_text()
     assert "QSIZE:0" in text
+
+
+def test_a_killed_run_is_settled_by_what_is_still_at_the_names(tmp_path, spawn):  # noqa: F811
+    """A run killed before its final index: the next run (which never read these files:
+    it finds them by listing the directory) keeps the entry of the file its journal
+    says it unlinked, and drops the one its lock note names that is still there."""
+    free, held = sparse("free", PAGE, 0, b"free"), sparse("held", PAGE, 0, b"held")
+    objs = read_all(free, held)
+    st = store(tmp_path)
+    batch = st.open_batch(time.time())
+    notes: list[bytes] = []
+    commit = batch.commit
+
+    def commit_then_open() -> None:  # opened after its copy: kept at the last instant
+        commit()
+        spawn(held, "fd")
+
+    batch.commit = commit_then_open  # type: ignore[method-assign]
+    batch.finish = batch._close  # type: ignore[method-assign]  # killed before the index
+    out = remove.execute([remove.Candidate(verdict(o), "orphan") for o in objs], dry_run=False,
+                         batch=batch, max_copy=1 << 30, lock_note=notes.append)  # fmt: skip
+    assert [r.action for r in out] == [Action.REMOVED, Action.KEPT], out
+    assert {e.doc["status"] for e in st.entries()} == {"pending"}
+    assert notes[-1].startswith(b"posix-shm %d " % objs[1].id)
+    posixrm.remember([])  # a new process: it knows no id of the old run
+    said: list[str] = []
+    st.note = said.append  # type: ignore[method-assign]
+    st.tidy(settle_runs=True, locked=notes[-1].decode())
+    (e,) = st.entries()
+    assert (e.doc["name"], e.doc["status"]) == ("free", "removed")
+    assert any('path="/dev/shm/free"' in s and "settled" in s for s in said), said
