@@ -702,8 +702,9 @@ def rm(
         *(reaping.Named("msg", k, by_key=True) for k in msg_key or ()),
     ]
     if not named:
-        raise usage_error("name at least one segment, semaphore set, message queue or POSIX "
-                          "object: shmjanitor rm ID|PATH..., -m/-s/-q ID or --key/-S/-Q KEY")  # fmt: skip
+        raise usage_error("name at least one segment, semaphore set or message queue, or a "
+                          "POSIX object's path: shmjanitor rm ID|PATH..., -m/-s/-q ID or "
+                          "--key/-S/-Q KEY")  # fmt: skip
     for kind, given in (("sem", sem_id or sem_key), ("msg", msg_id or msg_key)):
         if given:
             _known_kind(kind, _KIND_FLAGS[kind][1])
