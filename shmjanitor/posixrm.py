@@ -418,7 +418,14 @@ def save(o: Any, write: Callable[[bytes], None]) -> list[tuple[int, int]]:
     remember what was read; the lease is let go after the copy: a process opening it
     meanwhile waits no longer than the copy. Raises OSError (EAGAIN: held, kept)."""
     p = place(o.dir)
-    p.lock(o.id)
+    try:
+        p.lock(o.id)
+    except OSError as e:
+        if e.errno != errno.EAGAIN:
+            raise
+        # rm --force too: a copy read while someone may write it would be torn.
+        raise _kept(f"{e.strerror}; it is copied only under a write lease "
+                    "(--no-quarantine removes it without a copy)") from None  # fmt: skip
     try:
         fd = p.leases.get(o.id)
         if fd is None:  # no lease possible, the fresh look found nobody: read by name

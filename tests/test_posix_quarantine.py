@@ -5,6 +5,7 @@ tmpfs on /dev/shm."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 from pathlib import Path
@@ -159,6 +160,14 @@ def test_an_empty_queue_is_saved_as_its_attributes_and_restored(mq_dir, tmp_path
     assert (s.st_mode & 0o777, s.st_uid, s.st_gid) == (0o640, 1234, 2345)
     text = (mq_dir / "jobs").read_text()
     assert "QSIZE:0" in text
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mq_open.restype = ctypes.c_int
+    libc.mq_open.argtypes = (ctypes.c_char_p, ctypes.c_int)
+    fd = libc.mq_open(b"/jobs", os.O_RDONLY)
+    attr = posixrm._MqAttr()
+    assert fd >= 0 and libc.mq_getattr(fd, ctypes.byref(attr)) == 0
+    os.close(fd)
+    assert (attr.mq_maxmsg, attr.mq_msgsize) == (4, 64)
 
 
 def test_a_killed_run_is_settled_by_what_is_still_at_the_names(tmp_path, spawn):  # noqa: F811

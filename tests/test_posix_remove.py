@@ -23,8 +23,10 @@ from conftest import needs_real_root
 from test_holders import make, spawn  # noqa: F401 (spawn: a fixture)
 
 from shmjanitor import classify, holders, kinds, posixfs, posixrm, remove
+from shmjanitor.config import Config
 from shmjanitor.model import Action, Party, State
 from shmjanitor.posixfs import MqAttr, PosixMqueue, PosixObject, PosixSem, PosixShm
+from shmjanitor.quarantine import Store
 
 SHM = Path("/dev/shm")
 REPO = Path(__file__).resolve().parent.parent
@@ -119,10 +121,15 @@ def test_a_held_file_is_refused_by_the_lease(spawn, how):  # noqa: F811
     assert path.exists() and os.stat(path).st_ino == o.id
 
 
-def test_rm_force_removes_a_held_file_but_never_another_inode(spawn):  # noqa: F811
+def test_rm_force_removes_a_held_file_but_never_another_inode(spawn, tmp_path):  # noqa: F811
+    """--force skips the in-use checks, never the identity ones; with the quarantine on a
+    held file is kept: a copy is made only under the lease, never torn."""
     path = make("forced")
     spawn(path, "fd")
     (o,) = read_all(path)
+    st = Store(tmp_path / "state", Config())
+    (r,) = reap([o], batch=st.open_batch(time.time()), forced=True)
+    assert r.action is Action.KEPT and "--no-quarantine removes it without a copy" in r.reason
     (r,) = reap([o], forced=True)
     assert r.action is Action.REMOVED, r
     # The name reused by another file: gone, not that file.
@@ -392,9 +399,6 @@ def test_stress_no_held_object_is_removed(tmp_path):
     and without the quarantine. A file removed while a worker held it shows st_nlink 0
     to that worker: none may, but for one the result said was removed at the last
     instant (an open already under way, which the lease cannot see)."""
-    from shmjanitor.config import Config
-    from shmjanitor.quarantine import Store
-
     d = SHM / "stress"
     d.mkdir()
     n = 40
@@ -479,9 +483,6 @@ def mq_dir(mqueue_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_a_queue_with_messages_is_kept_unless_no_quarantine(mq_dir, tmp_path):
-    from shmjanitor.config import Config
-    from shmjanitor.quarantine import Store
-
     os.close(mq_make("full", 2))
     o = mq_obj(mq_dir, "full", 2)
     store = Store(tmp_path / "state", Config())
