@@ -27,8 +27,8 @@ The kinds' objects know their directory; the functions that get only an id (stat
 ...) look the name up in a run-local map (`remember`, called by the reader) and, for an
 id it does not hold (a killed run's note, a pending quarantine entry), in one listing of
 the directory. /dev/shm and /dev/mqueue are two file systems whose inode numbers may be
-equal: shm and sem import the plain names, the queue kind the `mq_` ones (as `stat`,
-`lock`, ...).
+equal: the plain names serve all three kinds and keep an object whose number both
+directories had (AMBIGUOUS); the `mq_` ones are bound to /dev/mqueue alone.
 """
 
 from __future__ import annotations
@@ -105,12 +105,20 @@ class Place:
     def path(self) -> str:
         return self._path()
 
-    def reset(self) -> None:
+    def reset(self, names: bool = True) -> None:
         if self._fd >= 0:
             os.close(self._fd)
         self._fd = -1
-        self.names.clear()
+        if names:
+            self.names.clear()
         self._listed = False
+
+    def knows(self, id: int) -> bool:
+        try:
+            self.name(id)
+        except OSError:
+            return False
+        return True
 
     def fd(self) -> int:
         if self._fd < 0:
@@ -272,15 +280,20 @@ def place(dir: str) -> Place:
 
 
 def remember(objects: Iterable[Any]) -> None:
-    """The ids of a new read and their names (posixfs's reader calls this per survey):
-    what stat(id) and the rest find them by. Forgets the earlier read's."""
-    objects = list(objects)
-    for p in (SHM, MQUEUE):
-        p.reset()
-    _copies.clear()  # an inode number is reused by a later file: nothing outlives a read
-    _saved_empty.clear()
+    """The ids of a read and their names (each kind's read() hands over its objects):
+    what stat(id) and the rest find them by. A directory read again is opened again
+    (it may be another mount by now); the names of earlier reads stay (a name that
+    no longer is its id's is "gone" to stat, which compares the inode)."""
+    seen: set[int] = set()
     for o in objects:
-        place(o.dir).names[o.id] = o.name
+        p = place(o.dir)
+        if id(p) not in seen:
+            seen.add(id(p))
+            p.reset(names=False)
+        p.names[o.id] = o.name
+    # An inode number is reused by a later file: no copy outlives the read it was for.
+    _copies.clear()
+    _saved_empty.clear()
 
 
 _sigio = False
@@ -295,14 +308,52 @@ def _ignore_sigio() -> None:
         _sigio = True
 
 
-# --- the Kind protocol: /dev/shm (posix-shm, posix-sem) ---------------------------------
+# --- the Kind protocol, for every POSIX kind ------------------------------------------
+# The functions given only an id find its directory by the names read (remember): an
+# inode number read in both /dev/shm and /dev/mqueue (two file systems) cannot be told
+# apart by the id alone, and such an object is kept (the `mq_` names below, bound to
+# /dev/mqueue, never are).
 
-stat = SHM.stat
-lock = SHM.lock
-unlock = SHM.unlock
-busy_now = SHM.busy_now
-rmid = SHM.rmid
-users_after_rmid = SHM.users_after_rmid
+AMBIGUOUS = ("its inode number is also one of another directory's files (/dev/shm and "
+             "/dev/mqueue are two file systems): not told apart by number; kept")  # fmt: skip
+
+
+def _which(id: int) -> Place:
+    known = [p for p in (SHM, MQUEUE) if id in p.names or id in p.leases]
+    if not known:  # an id no read of this process gave (a killed run's): listed once
+        known = [p for p in (SHM, MQUEUE) if p.knows(id)]
+    if len(known) > 1:
+        raise _kept(AMBIGUOUS)
+    if not known:
+        raise _gone()
+    return known[0]
+
+
+def stat(id: int) -> Now:
+    return _which(id).stat(id)
+
+
+def lock(id: int, mode: int) -> None:
+    _which(id).lock(id, mode)
+
+
+def unlock(id: int, mode: int) -> None:
+    for p in (SHM, MQUEUE):
+        p.unlock(id, mode)
+
+
+def busy_now(id: int) -> Optional[str]:
+    return mq_busy_now(id) if _which(id) is MQUEUE else SHM.busy_now(id)
+
+
+def rmid(id: int) -> None:
+    _which(id).rmid(id)
+
+
+def users_after_rmid(id: int) -> Optional[int]:
+    late = [n for n in (SHM.users_after_rmid(id), MQUEUE.users_after_rmid(id)) if n]
+    return sum(late) if late else None
+
 
 mq_stat = MQUEUE.stat
 mq_lock = MQUEUE.lock
@@ -341,10 +392,17 @@ def changed_while_locked(before: Now, locked: Now) -> Optional[str]:
     return None
 
 
+def _queue(o: Any) -> bool:
+    return bool(o.dir == posixfs.MQUEUE_DIR)
+
+
 def changed_since_copy(o: Any, now: Now, empty: bool, forced: bool) -> Optional[str]:
     """Why a saved object cannot go: the same checks as at the scan (the copy is
     checked byte for byte under the lease at the last instant, busy_now), and one
-    saved as empty must still hold no page. Pure."""
+    saved as empty must still hold no page. A queue saved as empty is remembered: at
+    the last instant it must still hold no message (mq_busy_now)."""
+    if _queue(o):
+        return mq_changed_since_copy(o, now, empty, forced)
     why = _changed(o, now, forced, "scan")
     if why is None and empty and now.used_bytes:
         why = "changed since scan: written after it was saved as empty"
@@ -354,18 +412,18 @@ def changed_since_copy(o: Any, now: Now, empty: bool, forced: bool) -> Optional[
 def known_empty(o: Any) -> bool:
     """No page (st_blocks 0: every byte reads as zero, tmpfs holes), or a queue with no
     message."""
-    if o.mq is not None:
-        return o.mq.qsize == 0 and o.mq.curmsgs == 0
-    return o.used_bytes == 0
+    if _queue(o):
+        return o.mq is not None and o.mq.qsize == 0 and o.mq.curmsgs == 0
+    return bool(o.used_bytes == 0)
 
 
 def save_bound(o: Any) -> int:
     """The pages it really uses: holes are not copied."""
-    return 0 if o.mq is not None else min(o.used_bytes, o.st_size)
+    return 0 if _queue(o) else int(min(o.used_bytes, o.st_size))
 
 
 def data_size(doc: Mapping[str, Any]) -> int:
-    return int(doc.get("st_size", 0))
+    return 0 if doc.get("dir") == posixfs.MQUEUE_DIR else int(doc.get("st_size", 0))
 
 
 # What save() read, by (dir, id): (extents, crc32) -- the last instant reads it again
@@ -417,6 +475,8 @@ def save(o: Any, write: Callable[[bytes], None]) -> list[tuple[int, int]]:
     """Under the lease, hand its data to `write` (only the extents SEEK_DATA shows) and
     remember what was read; the lease is let go after the copy: a process opening it
     meanwhile waits no longer than the copy. Raises OSError (EAGAIN: held, kept)."""
+    if _queue(o):
+        return mq_save(o, write)
     p = place(o.dir)
     try:
         p.lock(o.id)
@@ -452,7 +512,12 @@ def save(o: Any, write: Callable[[bytes], None]) -> list[tuple[int, int]]:
 
 
 def record(o: Any) -> str:
-    """Its own facts in a quarantine entry: where it was, its length and times."""
+    """Its own facts in a quarantine entry: where it was, its length and times (and a
+    queue's maxmsg and msgsize)."""
+    return mq_record(o) if _queue(o) else _record(o)
+
+
+def _record(o: Any) -> str:
     return (f'"dir": {json.dumps(o.dir)}, "name": {json.dumps(o.name)}, '
             f'"st_size": {o.st_size}, "mtime_ns": {o.mtime_ns}, "ctime_ns": {o.ctime_ns}, '
             f'"atime_ns": {o.atime_ns}')  # fmt: skip
@@ -466,6 +531,12 @@ def check_record(doc: Mapping[str, Any]) -> Optional[str]:
     """An entry's place must be one of our two directories and its name one entry of
     it: restore creates exactly that file, so a tampered index cannot aim it anywhere
     else (no "/", no "..", no NUL)."""
+    if doc.get("dir") == posixfs.MQUEUE_DIR and "maxmsg" not in doc:
+        return "maxmsg missing: a queue's entry"
+    return _check_record(doc)
+
+
+def _check_record(doc: Mapping[str, Any]) -> Optional[str]:
     if doc.get("dir") not in (posixfs.SHM_DIR, posixfs.MQUEUE_DIR):
         return f"dir {doc.get('dir')!r} is not {posixfs.SHM_DIR} or {posixfs.MQUEUE_DIR}"
     name = doc.get("name")
@@ -488,6 +559,8 @@ def restore(doc: Mapping[str, Any], data: Iterator[tuple[int, bytes]]) -> int:
     fd: refused while the name exists, EEXIST), its length, only the stored extents
     written (holes stay holes), then its owner and mode: its new inode number. Whatever
     fails after the create removes the half-made file again."""
+    if doc["dir"] == posixfs.MQUEUE_DIR:
+        return mq_restore(doc, data)
     p = place(doc["dir"])
     name = os.fsencode(doc["name"])
     fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -552,10 +625,13 @@ def mq_save_bound(_o: Any) -> int:
 def mq_save(o: Any, _write: Callable[[bytes], None]) -> list[tuple[int, int]]:
     """A queue's messages cannot be read without being received (consumed): an empty
     one is saved as its attributes (record), one that holds messages is kept."""
+    if o.mq is None:
+        raise _kept("its attributes (mq_getattr) could not be read: it cannot be saved; "
+                    "kept (--no-quarantine removes it without a copy)")  # fmt: skip
     MQUEUE.lock(o.id)
     try:
         fd = MQUEUE.leases.get(o.id)
-        n = _qsize(fd) if fd is not None else (o.mq.qsize if o.mq else 0)
+        n = _qsize(fd) if fd is not None else (o.mq.qsize or 0)
     finally:
         MQUEUE.unlock(o.id)
     if n:
@@ -570,13 +646,12 @@ def mq_data_size(_doc: Mapping[str, Any]) -> int:
 
 
 def mq_record(o: Any) -> str:
-    mq = o.mq
-    return (record(o) + f', "maxmsg": {mq.maxmsg if mq else 0}, '
-            f'"msgsize": {mq.msgsize if mq else 0}')  # fmt: skip
+    mq = o.mq  # never None here: mq_save keeps a queue whose attributes were not read
+    return _record(o) + f', "maxmsg": {mq.maxmsg}, "msgsize": {mq.msgsize}'
 
 
 def mq_check_record(doc: Mapping[str, Any]) -> Optional[str]:
-    why = check_record(doc)
+    why = _check_record(doc)
     if why is None and not all(_whole(doc.get(f)) and doc[f] > 0 for f in ("maxmsg", "msgsize")):
         why = "maxmsg or msgsize missing or not a positive whole number"
     return why

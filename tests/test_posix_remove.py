@@ -71,7 +71,9 @@ def _kind(name: str, noun: str, queue: bool = False) -> types.ModuleType:
               "busy_now", "rmid", "users_after_rmid", "known_empty", "save_bound",
               "data_size", "save", "changed_since_copy", "record", "check_record", "same",
               "restore"):  # fmt: skip
-        setattr(m, n, getattr(r, f"mq_{n}", getattr(r, n)) if queue else getattr(r, n))
+        setattr(m, n, getattr(r, n))
+    if queue:  # as kinds/posix_mqueue.py imports it
+        m.save = r.mq_save  # type: ignore[attr-defined]
     m.NAME, m.NOUN, m.PLURAL = name, noun, "posix"
     m.parties = lambda o: ()  # type: ignore[attr-defined]
     return m
@@ -573,3 +575,16 @@ def test_log_lines_and_json_carry_kind_and_an_escaped_path():
     assert "\n" not in line and "\x1b" not in line
     assert 'kind=posix-shm path="/dev/shm/evil\\nname\\x1b[31m"' in line, line
     assert report.result_json(r)["path"] == f"/dev/shm/{bad}"
+
+
+def test_an_inode_number_of_both_directories_is_kept(mq_dir):
+    """/dev/shm and /dev/mqueue are two file systems: an id read in both cannot be told
+    apart by number, and the object is kept rather than guessed."""
+    os.close(mq_make("twin", 0))
+    q = mq_obj(mq_dir, "twin", 0)
+    path = make("twin-file")
+    s = obj(path)
+    posixrm.remember([s._replace(id=q.id), q])
+    (r,) = reap([q])
+    assert r.action is Action.KEPT and posixrm.AMBIGUOUS in r.reason, r
+    assert (mq_dir / "twin").exists() and path.exists()
