@@ -78,6 +78,8 @@ _libc.semget.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int)
 _libc.msgget.argtypes = (ctypes.c_int, ctypes.c_int)
 _libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
 _libc.unshare.argtypes = (ctypes.c_int,)
+_libc.mount.argtypes = (ctypes.c_char_p,) * 3 + (ctypes.c_ulong, ctypes.c_char_p)
+_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 
 
 def _check(rc: int, what: str) -> None:
@@ -281,13 +283,14 @@ def shmjanitor_cmd() -> list[str]:
     return [found] if found else [sys.executable, "-m", "shmjanitor"]
 
 
-def run(cmd: Sequence[str], out: Optional[Path] = None) -> float:
-    """Wall time of one run of `cmd`, stdout to `out` (or /dev/null); fails loudly."""
+def run(cmd: Sequence[str], out: Optional[Path] = None, ok: Sequence[int] = (0,)) -> float:
+    """Wall time of one run of `cmd`, stdout to `out` (or /dev/null); fails loudly on
+    an exit status not in `ok`."""
     with open(out or os.devnull, "wb") as f:
         t0 = time.perf_counter()
         p = subprocess.run(cmd, stdout=f, stderr=subprocess.PIPE)
         elapsed = time.perf_counter() - t0
-    if p.returncode != 0:
+    if p.returncode not in ok:
         raise RuntimeError(f"{' '.join(cmd)} exited {p.returncode}: {p.stderr.decode()[-2000:]}")
     return elapsed
 
@@ -384,8 +387,17 @@ class Options(NamedTuple):
     docs: Optional[Path]
 
 
+def compile_package() -> None:
+    """Byte-compile the package first, as `pip install` does: an editable install under
+    PYTHONDONTWRITEBYTECODE=1 would otherwise compile every module at every start."""
+    import compileall
+
+    compileall.compile_dir(str(ROOT / "shmjanitor"), quiet=1)
+
+
 def benchmark(opt: Options, say: Callable[[str], None]) -> tuple[list[Figure], dict[str, str]]:
     sj = shmjanitor_cmd()
+    compile_package()
     notes: dict[str, str] = {}
     figures: list[Figure] = []
     tmp = Path(tempfile.mkdtemp(prefix="shmjanitor-bench-"))
@@ -537,6 +549,7 @@ def benchmark(opt: Options, say: Callable[[str], None]) -> tuple[list[Figure], d
         reapns.close()
         for kind, flag in (("sem", "-s"), ("msg", "-q")):
             figures += kind_figures(kind, flag, opt, sj, tmp, say)
+        figures += posix_figures(opt, sj, tmp, say)
         empty.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -613,12 +626,145 @@ def kind_figures(kind: str, flag: str, opt: Options, sj: list[str], tmp: Path,
     return figures
 
 
+# --- POSIX objects (issue 13) ------------------------------------------------------------
+
+# A holder farm: N files of 4 KiB in /dev/shm of uid 1000, and P processes of uid 1000,
+# half keeping an fd open, half a MAP_SHARED mapping whose fd is closed (ctypes mmap:
+# Python's mmap.mmap keeps a dup of the fd). Prints "ready", then waits to be killed.
+HOLDER_FARM = r"""
+import ctypes, os, signal, sys
+N, P, D, UID = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long)
+os.setgroups([]); os.setgid(UID); os.setuid(UID)
+for i in range(N):
+    fd = os.open(f"{D}/bench.{i:05d}", os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    os.ftruncate(fd, 4096)
+    os.close(fd)
+r, w = os.pipe()
+for k in range(P):
+    if os.fork() == 0:
+        os.close(r)
+        fd = os.open(f"{D}/bench.{(k * (N // P)) % N:05d}", os.O_RDWR)
+        if k % 2:
+            libc.mmap(None, 4096, 3, 1, fd, 0)
+            os.close(fd)
+        os.write(w, b"x")
+        os.close(w)
+        signal.pause()
+        os._exit(0)
+os.close(w)
+got = 0
+while got < P:
+    got += len(os.read(r, 65536))
+print("ready", flush=True)
+signal.pause()
+"""
+
+
+class HolderFarm:
+    """N files and P holders on a fresh tmpfs mounted on /dev/shm (in the benchmark's
+    private mount namespace: the machine's /dev/shm is never touched)."""
+
+    def __init__(self, n: int, p: int) -> None:
+        _mount_tmpfs(POSIX_DIR)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", HOLDER_FARM, str(n), str(p), POSIX_DIR, str(ORDINARY_UID)],
+            stdout=subprocess.PIPE, start_new_session=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != b"ready":
+            self.close()
+            raise RuntimeError(f"the holder farm ({n} files, {p} holders) did not start")
+
+    def close(self) -> None:
+        os.killpg(self.proc.pid, 9)
+        self.proc.wait()
+        _check(_libc.umount2(POSIX_DIR.encode(), 2), f"umount {POSIX_DIR}")  # MNT_DETACH
+
+
+POSIX_DIR = "/dev/shm"
+# lsof +D exits 1 when some file of the directory is open nowhere ("a search item not
+# found"): the usual case here, not a failure.
+LSOF = ["lsof", "-n", "+D", POSIX_DIR]
+POSIX_SIZES = ((1000, 1000), (10000, 1000), (10000, 4000))  # (objects, processes)
+
+
+def posix_sizes(n: int) -> tuple[tuple[int, int], ...]:
+    """The issue's sizes for a full run; for a smaller N (a smoke run, the suite's test)
+    the same shape, scaled down: N x N/4, 10N x N/4, 10N x N."""
+    if n == MAX_N:
+        return POSIX_SIZES
+    k = max(4, n)
+    return ((k, k // 4), (10 * k, k // 4), (10 * k, k))
+
+
+def _mount_tmpfs(target: str) -> None:
+    if _libc.mount(b"tmpfs", target.encode(), b"tmpfs", 2 | 4, b"mode=1777") != 0:  # nosuid,nodev
+        _check(-1, f"mount tmpfs on {target}")
+
+
+def held_paths_of_lsof() -> set[str]:
+    out = subprocess.run(["lsof", "-n", "-F", "n", "+D", POSIX_DIR], capture_output=True,
+                         text=True).stdout  # fmt: skip
+    return {ln[1:] for ln in out.splitlines() if ln.startswith("n" + POSIX_DIR + "/")}
+
+
+def held_paths_of_list(sj: list[str]) -> set[str]:
+    import json
+
+    out = subprocess.run([*sj, "list", "--json", "-M", "-S", "-Q"], capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    return {o["path"] for o in json.loads(out)["posix"] if o["holders"]}
+
+
+def posix_figures(opt: Options, sj: list[str], tmp: Path,
+                  say: Callable[[str], None]) -> list[Figure]:  # fmt: skip
+    """Issue 13's rows: list --json of the POSIX kinds against lsof -n +D /dev/shm, with
+    10,000 objects and 1,000 holders, the held set checked equal to lsof's; and how the
+    time grows with objects and with processes (1,000 x 1,000, 10,000 x 1,000,
+    10,000 x 4,000)."""
+    out = tmp / "out-posix"
+    figures = []
+    medians: dict[tuple[int, int], float] = {}
+    sizes = posix_sizes(opt.n)
+    for n, p in sizes:
+        say(f"posix: {n:,} objects, {p:,} holders ...")
+        farm = HolderFarm(n, p)
+        try:
+            ours, lsof = held_paths_of_list(sj), held_paths_of_lsof()
+            if ours != lsof:
+                raise RuntimeError(f"list's held objects differ from lsof's: {len(ours)} "
+                                   f"vs {len(lsof)}, e.g. {sorted(ours ^ lsof)[:3]}")  # fmt: skip
+            pair = alternate(opt.runs, lambda: run([*sj, "list", "--json", "-M", "-S", "-Q"], out),
+                             lambda: run(LSOF, out, ok=(0, 1)))  # fmt: skip
+        finally:
+            farm.close()
+        medians[(n, p)] = statistics.median(pair.a)
+        limit = 0.5 if (n, p) == sizes[1] else None
+        figures.append(ratio_figure(f"posix: list --json, {n:,} objects x {p:,} holders "
+                                    f"(held set = lsof's: {len(ours):,})",
+                                    "shmjanitor list --json -M -S -Q", "lsof -n +D /dev/shm",
+                                    pair, limit))  # fmt: skip
+    a, b, c = (medians[s] for s in sizes)
+    (n1, p1), (n2, _), (_, p3) = sizes
+    figures.append(Figure(f"posix scaling: x10 objects ({n2:,} vs {n1:,}, {p1:,} holders)",
+                          "list --json", "", b / a, None, "x", "-", None))  # fmt: skip
+    figures.append(Figure(f"posix scaling: x4 holders ({p3:,} vs {p1:,}, {n2:,} objects)",
+                          "list --json", "", c / b, None, "x", "-", None))  # fmt: skip
+    return figures
+
+
 # --- output -----------------------------------------------------------------------------
 
 
 def _fmt(value: Optional[float], unit: str) -> str:
     if value is None:
         return "-"
+    if unit == "x":
+        return f"{value:.2f}x"
     return f"{value:.1f} MiB" if unit == "MiB" else f"{value * 1000:.0f} ms"
 
 

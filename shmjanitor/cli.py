@@ -270,7 +270,7 @@ def _columns_help() -> str:
         flag = f" ({_KIND_FLAGS[name][0]})" if name in _KIND_FLAGS else ""
         lines += ["\b", f"Columns of {shape.plural}{flag}, for -o and --sort:"]
         lines += [f"  {column:<10} {c.doc}" for column, c in shape.columns.items()]
-        if "ATIME" in shape.columns:
+        if "DTIME" in shape.columns:
             lines += ["  (lsipc's ATTACH and DETACH are ATIME and DTIME)"]
         lines += ["", "\b", f"The default columns of {shape.plural}:"]
         # "A,B,C" wrapped after a comma: each line stays whole column names.
@@ -285,14 +285,20 @@ def _sort_keys() -> list[str]:
     return [n.lower() for n in (*shapes.all_columns(), *ALIASES)]
 
 
-# -m, -s, -q choose kinds, as ipcs and lsipc spell them.
-_KIND_FLAGS = {"shm": ("-m", "--shm"), "sem": ("-s", "--sem"), "msg": ("-q", "--msg")}
+# -m, -s, -q choose kinds, as ipcs and lsipc spell them; -M, -S, -Q the POSIX kinds, as
+# lsipc 2.40 spells them.
+_KIND_FLAGS = {"shm": ("-m", "--shm"), "sem": ("-s", "--sem"), "msg": ("-q", "--msg"),
+               "posix-shm": ("-M", "--posix-shm"), "posix-sem": ("-S", "--posix-sem"),
+               "posix-mqueue": ("-Q", "--posix-mqueue")}  # fmt: skip
 
 
-def _kinds_chosen(shm: bool, sem: bool, msg: bool) -> tuple[str, ...]:
-    """The kinds -m, -s, -q chose (none chosen: every kind, ()); a usage error for one
-    this build has no module for."""
-    names = tuple(name for name, on in (("shm", shm), ("sem", sem), ("msg", msg)) if on)
+def _kinds_chosen(shm: bool, sem: bool, msg: bool, posix_shm: bool = False,
+                  posix_sem: bool = False, posix_mqueue: bool = False) -> tuple[str, ...]:  # fmt: skip
+    """The kinds -m, -s, -q (-M, -S, -Q) chose, a union (none chosen: every kind, ());
+    a usage error for one this build has no module for."""
+    names = tuple(name for name, on in (
+        ("shm", shm), ("sem", sem), ("msg", msg), ("posix-shm", posix_shm),
+        ("posix-sem", posix_sem), ("posix-mqueue", posix_mqueue)) if on)  # fmt: skip
     for name in names:
         _known_kind(name, "/".join(_KIND_FLAGS[name]))
     return names
@@ -315,6 +321,15 @@ def list_(
     shm: bool = typer.Option(False, "--shm", "-m", help="Shared memory segments."),
     sem: bool = typer.Option(False, "--sem", "-s", help="Semaphore sets."),
     msg: bool = typer.Option(False, "--msg", "-q", help="Message queues."),
+    posix_shm: bool = typer.Option(
+        False, "--posix-shm", "-M", help="POSIX shared memory (files of /dev/shm)."
+    ),
+    posix_sem: bool = typer.Option(
+        False, "--posix-sem", "-S", help="POSIX semaphores (/dev/shm/sem.*)."
+    ),
+    posix_mqueue: bool = typer.Option(
+        False, "--posix-mqueue", "-Q", help="POSIX message queues (files of /dev/mqueue)."
+    ),
     state: Optional[list[State]] = typer.Option(
         None, "--state", help="Show only objects in this state (repeatable)."
     ),
@@ -348,8 +363,9 @@ def list_(
     ),
     metrics_file: Optional[Path] = METRICS_OPT,
 ) -> None:  # fmt: skip
-    """List every System V IPC object with its state and the evidence behind it: every
-    kind by default, as ipcs does; -m, -s and -q choose kinds (combinable).
+    """List every IPC object with its state and the evidence behind it: every kind by
+    default, System V and POSIX; -m, -s, -q (System V, as ipcs) and -M, -S, -Q (POSIX,
+    as lsipc) choose kinds, and combine.
 
     States: attached (in use now: nattch > 0), idle (nobody uses it, but a process that
     did is alive, the creator say), orphan (nobody could be using it: creator dead or
@@ -363,7 +379,7 @@ def list_(
     from shmjanitor import listing
     from shmjanitor.shapes import parse_output
 
-    chosen = _kinds_chosen(shm, sem, msg)
+    chosen = _kinds_chosen(shm, sem, msg, posix_shm, posix_sem, posix_mqueue)
     try:
         columns = None if output is None else parse_output(output)
     except ValueError as e:

@@ -15,7 +15,8 @@ from shmjanitor.errors import ConfigError
 from shmjanitor.text import printable
 
 # How the command line chooses a kind, for the message that asks for one.
-FLAGS = {"shm": "-m", "sem": "-s", "msg": "-q"}
+FLAGS = {"shm": "-m", "sem": "-s", "msg": "-q", "posix-shm": "-M", "posix-sem": "-S",
+         "posix-mqueue": "-Q"}  # fmt: skip
 
 
 class View(NamedTuple):

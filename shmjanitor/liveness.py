@@ -119,17 +119,21 @@ def judge(
     return True, f"{pid} ({p.name}) alive{note}", p.name
 
 
-def judge_user(uid: int, users: Mapping[int, User]) -> tuple[Optional[bool], str]:
+def judge_user(uid: int, users: Mapping[int, User], reopens: bool = False
+               ) -> tuple[Optional[bool], str]:  # fmt: skip
     """Is the user a party names gone? (False, "1000 has no process left") when no
     process runs as it; else it cannot be known which of its processes (if any: hidepid
     may hide them) used the object, which is (None, evidence). Never alive: a live user
-    is not a live process that touched the object."""
+    is not a live process that touched the object -- unless the user `reopens` it (a
+    POSIX object, opened again by name): then any live process of theirs may."""
     u = users.get(uid)
     who = _user(uid)
     if u is None:
         return None, f"{who} not looked up"
     if u.alive is False:
         return False, f"{who} has no process left"
+    if u.alive and reopens:
+        return True, f"{who} has processes (pid {u.pid}, ...)"
     if u.alive:
         return None, (
             f"{who} has processes (pid {u.pid}, ...); which of them used it cannot be known"
@@ -150,9 +154,9 @@ def _user(uid: int) -> str:
 def judge_party(p: Party, facts: Mapping[int, Proc], users: Mapping[int, User],
                 clock: Clock = NO_EVIDENCE) -> tuple[Creator, str]:  # fmt: skip
     """A party as judged, and its clause for a reason ("creator 4242 exited")."""
-    role, pid, since, field, uid = p
+    role, pid, since, field, uid, reopens = p
     if uid is not None:
-        alive, evidence = judge_user(uid, users)
+        alive, evidence = judge_user(uid, users, reopens)
         return Creator(pid, alive, None), f"{role} {evidence}"
     if pid == 0:
         # The kernel prints pids as the reader's PID namespace numbers them: 0 is a
@@ -290,7 +294,7 @@ def users_back(
             now = time.monotonic()
             if gone_users is not None and now - gone_users.get(p.uid, -1e9) < USER_GONE_FOR:
                 continue
-            alive, evidence = judge_user(p.uid, procs.users([p.uid]))
+            alive, evidence = judge_user(p.uid, procs.users([p.uid]), p.reopens)
             if alive is not False:
                 return f"changed since scan: {p.role} {evidence}"
             if gone_users is not None:

@@ -5,7 +5,8 @@ rename), so a scrape never sees half a file. It is imported only when --metrics-
 given: start-up of a plain `list` does not pay for it.
 
 Objects of every kind are counted in shmjanitor_objects{kind,state} and their bytes in
-shmjanitor_object_bytes{kind,state} (kind: "shm", "sem", "msg"; state: the five
+shmjanitor_object_bytes{kind,state} (kind: "shm", "sem", "msg", "posix-shm",
+"posix-sem", "posix-mqueue": every registered kind; state: the five
 states). shmjanitor_segments{state} and shmjanitor_segment_bytes{state} stay as they
 were, the shm kind's alone, so that dashboards and alerts written for them keep
 meaning what they meant. The last_run_* gauges are the run's totals over the kinds it
@@ -59,9 +60,9 @@ def write(path: Path, verdicts: Optional[Sequence[Verdict]], run: Optional[RunSt
             c = counts[v.obj.kind, v.state]
             c[0] += 1
             c[1] += v.obj.size
-        objs = Gauge("shmjanitor_objects", "System V IPC objects by kind and state",
+        objs = Gauge("shmjanitor_objects", "IPC objects (System V and POSIX) by kind and state",
                      ["kind", "state"], registry=reg)  # fmt: skip
-        size = Gauge("shmjanitor_object_bytes", "Bytes System V IPC objects hold, by kind "
+        size = Gauge("shmjanitor_object_bytes", "Bytes IPC objects hold in memory, by kind "
                      "and state", ["kind", "state"], registry=reg)  # fmt: skip
         for (kind, state), (n, b) in counts.items():
             objs.labels(kind, state.value).set(n)

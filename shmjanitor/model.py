@@ -76,6 +76,10 @@ class Party(NamedTuple):
     `uid` set instead of a pid: the evidence is a user, not a process (a semaphore set
     nobody ever operated on names no pid at all): alive while any process of that user
     lives, as systemd-logind's RemoveIPC= judges a user gone.
+
+    `reopens`: the user may use the object again by itself (a POSIX object is opened by
+    name, by anyone its mode lets in), so a user with a live process makes it idle,
+    where a semaphore set's creating user with one is "cannot know".
     """
 
     role: str
@@ -83,6 +87,7 @@ class Party(NamedTuple):
     since: float
     field: str
     uid: Optional[int] = None
+    reopens: bool = False
 
 
 class Creator(NamedTuple):

@@ -11,22 +11,36 @@ files are not), and it has no key (0), as lsipc 2.40 shows none.
 
 from __future__ import annotations
 
-import stat as st
-from typing import NamedTuple, Optional
+import os
+import re
+import time
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from stat import S_ISREG
+from typing import Any, Callable, NamedTuple, Optional
 
-from shmjanitor.holders import Holder
+from shmjanitor import holders as _holders
+from shmjanitor.accounts import owner_name
+from shmjanitor.durations import format_age
+from shmjanitor.holders import Holder, Holdings
+from shmjanitor.model import Party
+from shmjanitor.text import printable
 
 SHM_DIR = "/dev/shm"
 MQUEUE_DIR = "/dev/mqueue"
 
 
 class MqAttr(NamedTuple):
-    """mq_getattr's answer for a queue (struct mq_attr), and the QSIZE its file shows."""
+    """mq_getattr's answer for a queue (struct mq_attr), and the QSIZE its file shows.
+
+    `qsize` is None as read(): the file's QSIZE is not read, because reading the file
+    sets its ctime and atime (ipc/mqueue.c, mqueue_read_file; tested), which would make
+    every `list` a change of the queue; mq_getattr on an fd touches no time."""
 
     maxmsg: int
     msgsize: int
     curmsgs: int
-    qsize: int  # bytes in its messages (the file's QSIZE:), what it holds of RAM
+    qsize: Optional[int] = None  # bytes in its messages (the file's QSIZE:), if read
 
 
 class PosixObject(NamedTuple):
@@ -50,6 +64,9 @@ class PosixObject(NamedTuple):
     name_pid: Optional[int] = None  # a creator pid its name carries (torch_<pid>_...)
     program: Optional[str] = None  # the likely creator, from its name's pattern
     mq: Optional[MqAttr] = None  # a queue's attributes (posix-mqueue only)
+    # Added by P1: why we cannot take a write lease on it (not its owner and no
+    # CAP_LEASE; fs.leases-enable 0), None when we can (docs/posix-notes.md §2).
+    no_lease: Optional[str] = None
 
     @property
     def kind(self) -> str:
@@ -88,7 +105,11 @@ class PosixObject(NamedTuple):
     def size(self) -> int:
         """Bytes it holds in the kernel (model.py): the pages a file really uses, or
         the bytes in a queue's messages; never the length of a sparse file."""
-        return self.mq.qsize if self.mq is not None else self.used_bytes
+        if self.mq is None:
+            return self.used_bytes
+        if self.mq.qsize is not None:
+            return self.mq.qsize
+        return self.mq.curmsgs * self.mq.msgsize  # at most that (QSIZE not read)
 
     @property
     def last_used(self) -> int:
@@ -102,7 +123,7 @@ class PosixObject(NamedTuple):
 
 def is_object(mode: int) -> bool:
     """A regular file: the only kind of entry that is a POSIX object."""
-    return st.S_ISREG(mode)
+    return S_ISREG(mode)
 
 
 # One class per kind: remove.py and classify find an object's kind module by its class.
@@ -130,3 +151,335 @@ class PosixMqueue(PosixObject):
     @property
     def kind(self) -> str:
         return "posix-mqueue"
+
+
+# --- name patterns (pure) -----------------------------------------------------------
+# The program a name is known to come from, and which group of the pattern (if any) is
+# the creator's pid. Looked up in each program's source:
+#   psm_<hex>            Python multiprocessing.shared_memory (_SHM_NAME_PREFIX "/psm_")
+#   sem.mp-<rand>        Python multiprocessing locks and semaphores (semprefix "/mp")
+#   sem.loky-<pid>-<r>   joblib/loky's semaphores ("/loky-%i-%s" % (os.getpid(), ...))
+#   pym-<pid>-<rand>     Python multiprocessing.heap arenas (mkstemp(prefix="pym-%d-"))
+#   torch_<pid>_<r>_<n>  PyTorch's libshm (torch/lib/libshm/core.cpp: "/torch_" getpid())
+#   nccl-<rand>          NCCL's host memory (mkstemp-style, no pid)
+#   vader_segment.<host>.<jobid>.<rank>, sm_segment.<host>.<uid>.<jobid>.<rank>
+#                        Open MPI's shared-memory BTL (4.x vader, 5.x sm): a job id and a
+#                        rank, no pid
+#   PostgreSQL.<n>       PostgreSQL's dynamic shared memory (a random handle, no pid)
+#   .org.chromium.*, .com.google.Chrome.*  Chromium and Chrome
+#   pulse-shm-<n>        PulseAudio;  jack-*, jack_*  the JACK audio server
+# (PID) marks the pid. All in one regular expression: one match() per name.
+PATTERNS = (
+    (r"psm_", "Python multiprocessing.shared_memory"),
+    (r"sem\.mp-", "Python multiprocessing"),
+    (r"sem\.loky-(PID)-", "joblib (loky)"),
+    (r"pym-(PID)-", "Python multiprocessing.heap"),
+    (r"torch_(PID)_", "PyTorch"),
+    (r"nccl-", "NCCL"),
+    (r"vader_segment\.", "Open MPI"),
+    (r"sm_segment\.", "Open MPI"),
+    (r"PostgreSQL\.[0-9]+$", "PostgreSQL"),
+    (r"\.org\.chromium\.", "Chromium"),
+    (r"\.com\.google\.Chrome\.", "Chrome"),
+    (r"pulse-shm-", "PulseAudio"),
+    (r"jack[-_]", "JACK"),
+)
+_PROGRAMS = re.compile("|".join(
+    f"(?P<p{i}>{rx.replace('(PID)', f'(?P<d{i}>[0-9]+)')})" for i, (rx, _) in enumerate(PATTERNS)
+))  # fmt: skip
+_PID_MAX = 1 << 22  # PID_MAX_LIMIT on 64-bit (include/linux/threads.h)
+
+
+def known_program(name: str) -> tuple[Optional[str], Optional[int]]:
+    """(the likely creator program, the creator pid its name carries) of a name. Pure."""
+    m = _PROGRAMS.match(name)
+    if m is None:
+        return None, None
+    i = m.lastgroup  # "p<i>": the outer group of the alternative that matched
+    assert i is not None
+    digits = m.groupdict().get(f"d{i[1:]}")
+    pid = int(digits) if digits is not None else 0
+    return PATTERNS[int(i[1:])][1], pid if 0 < pid <= _PID_MAX else None
+
+
+# --- one read of each directory and one pass over /proc per run ------------------------
+
+
+class Entry(NamedTuple):
+    """A regular file of a directory as fstatat(AT_SYMLINK_NOFOLLOW) saw it."""
+
+    name: str
+    st: os.stat_result
+    mq: Optional[MqAttr] = None
+
+
+class Snapshot(NamedTuple):
+    """What one run read: each directory's regular files, and the holders pass over all
+    of them. `blocked` is per directory: the clauses naming who kept the pass from
+    proving a file of it unused; `unseen` whether processes /proc does not list may
+    hold its files (a pid in a name then need not be ours)."""
+
+    entries: dict[str, list[Entry]]  # dir -> its regular files
+    holdings: Holdings
+    blocked: dict[str, tuple[str, ...]]
+    unseen: dict[str, bool]
+    lease: Callable[[int], Optional[str]]  # uid -> why no write lease (None: we can)
+
+
+REUSE = 1.0  # seconds a snapshot serves the kinds' read() (one survey; survey.forget)
+_snap: Optional[tuple[float, Snapshot]] = None
+
+
+def forget() -> None:
+    """Drop the run's snapshot: the next read() reads the directories and /proc again
+    (survey.take calls it first, so that every survey has its own)."""
+    global _snap
+    _snap = None
+
+
+def snapshot(proc: str = "/proc") -> Snapshot:
+    """The run's snapshot: read once, and reused by the other POSIX kinds' read() for
+    REUSE seconds (a `list` reads the three kinds one after the other)."""
+    global _snap
+    now = time.monotonic()
+    if _snap is not None and now - _snap[0] < REUSE:
+        return _snap[1]
+    s = take(proc)
+    _snap = (time.monotonic(), s)
+    return s
+
+
+def take(proc: str = "/proc") -> Snapshot:
+    """Read /dev/shm and /dev/mqueue once each, then one holders pass for the files of
+    both: the directories first, so that a process that opens a file listed meanwhile
+    is seen holding it."""
+    dirs = (SHM_DIR, MQUEUE_DIR)
+    entries: dict[str, list[Entry]] = {}
+    devs: dict[str, int] = {}
+    for d in dirs:
+        dev, found = read_dir(d, queues=d == MQUEUE_DIR)
+        entries[d] = found
+        if dev is not None and found:
+            devs[d] = dev
+    h = _holders.scan(set(devs.values()), proc) if devs else Holdings()
+    blocked: dict[str, tuple[str, ...]] = {}
+    unseen: dict[str, bool] = {}
+    for d in dirs:
+        why = [w for w in h.unseen if w != _holders.OUTSIDE or _shared_outside(d, proc)]
+        unseen[d] = bool(why)
+        blocked[d] = _blocked_clauses(h, why)
+    return Snapshot(entries, h, blocked, unseen, _lease_check())
+
+
+def read_dir(path: str, queues: bool = False) -> tuple[Optional[int], list[Entry]]:
+    """(st_dev, the regular files) of one directory, from its fd, never following a
+    link; (None, []) when it does not exist (no mqueue mounted). A queue's attributes
+    are asked with mq_getattr on an fd opened from the directory's fd."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None, []
+    try:
+        dev = os.fstat(fd).st_dev
+        found: list[Entry] = []
+        with os.scandir(fd) as it:
+            for e in it:
+                try:
+                    s = e.stat(follow_symlinks=False)  # fstatat(fd, name, NOFOLLOW)
+                except FileNotFoundError:
+                    continue  # removed since the listing
+                if S_ISREG(s.st_mode) and s.st_dev == dev:  # is_object
+                    found.append(Entry(e.name, s))
+        if queues:
+            found = [Entry(e.name, e.st, mq_attr(fd, e.name)) for e in found]
+        return dev, found
+    finally:
+        os.close(fd)
+
+
+def mq_attr(dir_fd: int, name: str) -> Optional[MqAttr]:
+    """mq_getattr of the queue `name` (None when we may not open it). The fd is opened
+    read-only, non-blocking (a lease of someone else's fails at once instead of waiting),
+    without following a link, and closed at once: an mqueue fd is an mqd_t (glibc's
+    mq_getattr is the mq_getsetattr system call on it, which touches no time)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=dir_fd)  # fmt: skip
+    except OSError:
+        return None
+    try:
+        return _mq_getattr(fd)
+    finally:
+        os.close(fd)
+
+
+def _mq_getattr(fd: int) -> Optional[MqAttr]:
+    import ctypes
+
+    attr = (ctypes.c_long * 8)()  # struct mq_attr: flags, maxmsg, msgsize, curmsgs, pad[4]
+    if _libc().mq_getattr(fd, attr) != 0:
+        return None  # not a queue after all (EBADF/EINVAL): no attributes
+    return MqAttr(attr[1], attr[2], attr[3])
+
+
+@lru_cache(maxsize=1)
+def _libc() -> Any:
+    """libc, loaded on first use (ctypes: only when there are queues to ask)."""
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _shared_outside(path: str, proc: str) -> bool:
+    """May processes outside our PID namespace (which /proc does not list) hold files of
+    `path`? Assumed so unless our PID namespace's pid 1 sees another file system there:
+    then this one was mounted later, inside this namespace (as the suite does), and a
+    process outside reaches it only through setns(2) into our mount namespace, which we
+    assume does not happen (as procs.unseen_ipc_peers assumes for IPC namespaces). A
+    pod's containers share /dev/shm, and their pid 1 sees the same one."""
+    try:
+        ours = os.stat(path).st_dev
+        theirs = os.stat(f"{proc}/1/root{path}").st_dev
+    except FileNotFoundError:
+        return False  # pid 1 has no such directory: not the same file system
+    except OSError:
+        return True  # pid 1's root is closed to us: cannot tell
+    return ours == theirs
+
+
+def _blocked_clauses(h: Holdings, unseen: Iterable[str], named: int = 3) -> tuple[str, ...]:
+    """ "pid 1 (sandbox) permission denied", a few named, then "and N more"; then why
+    some processes are not listed at all."""
+    said = [f"pid {u.pid} ({printable(u.comm or '?')}) {u.why}" for u in h.unreadable[:named]]
+    if len(h.unreadable) > named:
+        said.append(f"and {len(h.unreadable) - named} more")
+    return (*said, *unseen)
+
+
+CAP_LEASE = 28  # include/uapi/linux/capability.h
+LEASES_ENABLE = "/proc/sys/fs/leases-enable"
+
+
+def _lease_check() -> Callable[[int], Optional[str]]:
+    """uid -> why we cannot take a write lease on a file of that owner, None when we
+    can (fs/locks.c, generic_setlease: the fsuid must own the file, or CAP_LEASE;
+    leases-enable 0 refuses every lease with EINVAL)."""
+    try:
+        with open(LEASES_ENABLE, "rb") as f:
+            enabled = f.read().strip() != b"0"
+    except OSError:
+        enabled = True  # cannot tell here: the lease itself will say at removal
+    if not enabled:
+        return lambda uid: "fs.leases-enable is 0"
+    from shmjanitor.kernel import has_cap
+
+    if has_cap(CAP_LEASE):
+        return lambda uid: None
+    me = os.geteuid()
+    return lambda uid: None if uid == me else "not its owner, and no CAP_LEASE"
+
+
+def objects(cls: type[PosixObject], path: str, keep: Callable[[str], bool] = lambda n: True,
+            snap: Optional[Snapshot] = None) -> list[PosixObject]:  # fmt: skip
+    """The objects of kind `cls` in directory `path` (its files whose name `keep`
+    accepts), each with its holders, what blocked the proof, its name's program and
+    pid (the pid only when /proc shows every process that could hold it)."""
+    s = snapshot() if snap is None else snap
+    blocked = s.blocked.get(path, ())
+    pids_ours = not s.unseen.get(path, False)
+    held = s.holdings.held.get
+    leases: dict[int, Optional[str]] = {}
+    out: list[PosixObject] = []
+    append = out.append
+    for name, f, mq in s.entries.get(path, []):
+        if not keep(name):
+            continue
+        program, pid = known_program(name)
+        uid = f.st_uid
+        lease = leases[uid] if uid in leases else leases.setdefault(uid, s.lease(uid))
+        hs = held((f.st_dev, f.st_ino))
+        # tuple.__new__: the NamedTuple without its Python-level __new__ (10,000 files)
+        append(_new(cls, (
+            f.st_ino, name, path, f.st_dev, f.st_mode & 0o7777, uid, f.st_gid, f.st_size,
+            f.st_blocks * 512, f.st_mtime_ns, f.st_ctime_ns, f.st_atime_ns,
+            tuple(sorted(hs)) if hs else (), blocked, pid if pids_ours else None, program,
+            mq, lease,
+        )))  # fmt: skip
+    return out
+
+
+_new = tuple.__new__
+
+
+# --- evidence (pure): what the three kinds' parties, in_use, ... say ------------------
+
+
+def parties(o: PosixObject) -> tuple[Party, ...]:
+    """The creator its name names (torch_<pid>_...), when /proc shows every process that
+    could hold it: dead, it is an orphan whoever else lives (issue 13). Else its owner,
+    who may open it again by name while any process of theirs lives (reopens)."""
+    if o.name_pid is not None:
+        return (Party("creator (pid in its name)", o.name_pid, float(o.ctime), "name"),)
+    # since 0: a user's liveness has no moment, and one tuple per owner is judged once
+    return (_new(Party, ("owner", 0, 0.0, "uid", o.uid, True)),)
+
+
+def _who(h: Holder) -> str:
+    what = ", ".join(printable(x) for x in (h.comm, None if h.uid is None else owner_name(h.uid))
+                     if x)  # fmt: skip
+    return f"{h.pid} ({what})" if what else str(h.pid)
+
+
+def holders_clause(hs: Sequence[Holder], named: int = 3) -> str:
+    """ "open by 4242 (python3, alice) fd 5; mapped by 4250 (python3, alice)": at most
+    `named` processes of each way, then "and N more"."""
+    fds: dict[int, list[str]] = {}
+    maps: list[Holder] = []
+    first: dict[int, Holder] = {}
+    for h in hs:
+        first.setdefault(h.pid, h)
+        if h.how == _holders.MAPPED:
+            maps.append(h)
+        else:
+            fds.setdefault(h.pid, []).append(h.how[3:] if h.how.startswith("fd ") else h.how)
+    said = []
+    if fds:
+        each = [f"{_who(first[pid])} fd {', '.join(ns)}" for pid, ns in list(fds.items())[:named]]
+        more = f" and {len(fds) - named} more" if len(fds) > named else ""
+        said.append(f"open by {', '.join(each)}{more}")
+    if maps:
+        pids = list(dict.fromkeys(h.pid for h in maps))
+        each = [_who(first[pid]) for pid in pids[:named]]
+        more = f" and {len(pids) - named} more" if len(pids) > named else ""
+        said.append(f"mapped by {', '.join(each)}{more}")
+    return "; ".join(said)
+
+
+def in_use(o: PosixObject, name_of: Callable[[int], Optional[str]]) -> Optional[str]:
+    return holders_clause(o.holders) if o.holders else None
+
+
+def unknowable(o: PosixObject) -> Optional[str]:
+    """Unknown only when the pass could not read every process AND no write lease can
+    be taken at removal; when one can, the lease is the kernel's proof (quiet says so)."""
+    if o.blocked and o.no_lease is not None:
+        return (f"holders not all readable ({'; '.join(o.blocked)}), and no write lease can "
+                f"prove it unused ({o.no_lease})")  # fmt: skip
+    return None
+
+
+def removing(o: PosixObject) -> Optional[str]:
+    return None  # unlink removes the name at once; held files have holders (in_use)
+
+
+def quiet(o: PosixObject, now: float) -> str:
+    """ "nobody holds it; modified 3h ago" (the latest of mtime, ctime, atime)."""
+    if o.blocked:
+        head = (f"nobody seen holding it; holders not all readable ({'; '.join(o.blocked)}): "
+                "the write lease decides at removal")  # fmt: skip
+    else:
+        head = "nobody holds it"
+    if o.mq is not None and o.mq.curmsgs:
+        head += f"; {o.mq.curmsgs} message{'s' if o.mq.curmsgs != 1 else ''} on it"
+    what = "read" if o.atime_ns > max(o.mtime_ns, o.ctime_ns) else "modified"
+    return f"{head}; {what} {format_age(max(0, int(now - o.last_used)))} ago"

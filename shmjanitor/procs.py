@@ -246,6 +246,8 @@ def users(uids: Iterable[int], proc: str = "/proc") -> dict[int, User]:
         held = _uids_of_live(status)
         for uid in held & wanted:
             found.setdefault(uid, int(name))
+        if len(found) == len(wanted):
+            break  # one live process per uid is the whole answer: the rest adds nothing
     return {
         uid: User(uid, True, found[uid]) if uid in found
         else User(uid, None, None, blind) if blind else User(uid, False)

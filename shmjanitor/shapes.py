@@ -11,8 +11,10 @@ came before kinds; they keep that shape (render.py: COLUMNS, Cells, SegmentJson)
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
+from json.encoder import encode_basestring_ascii as _ascii
 from typing import IO, Any, Callable, NamedTuple, Optional, Union
 
 from shmjanitor import kinds, render
@@ -69,6 +71,12 @@ class Shape:
     @property
     def plural(self) -> str:
         return self.kind.PLURAL
+
+    @property
+    def array(self) -> str:
+        """Its JSON array's name (kinds that share one are listed in it one after the
+        other: the POSIX kinds' "posix")."""
+        return self.plural
 
     def chosen(self, output: Optional[Output]) -> tuple[str, ...]:
         """The columns `-o` names for this kind; ValueError for one it does not have."""
@@ -334,16 +342,177 @@ class FactsJson(_Shared):
         return f'{self._head}"id":{o.id},"key":{o.key},{who}"ctime":{o.ctime},{facts}{verdict}'
 
 
+# --- the POSIX kinds: files, shown by name -------------------------------------------
+
+
+def _holder_pids(v: Verdict) -> int:
+    return len({h.pid for h in v.obj.holders})
+
+
+def _mode(v: Verdict, _: bool) -> str:
+    return f"{v.obj.mode:03o}"
+
+
+_POSIX_HEAD = {
+    "NAME": _Col(Column(Col("NAME", squeeze=True), "its name in its directory (escaped)",
+                        _o(lambda o: o.name)), lambda v, _: printable(v.obj.name)),
+    "SIZE": _Col(Column(Col("SIZE", right=True, drop=6), "the file's length (st_size; in "
+                        "bytes with --bytes)", _o(lambda o: -o.st_size)),
+                 lambda v, exact: render._bytes(v.obj.st_size, exact)),
+    "USED": _Col(Column(Col("USED", right=True, drop=10), "memory its pages take (st_blocks: a "
+                        "sparse file takes less)", _o(lambda o: -o.used_bytes)),
+                 lambda v, exact: render._bytes(v.obj.used_bytes, exact)),
+}  # fmt: skip
+_POSIX_MID = {
+    "OWNER": _HEAD["OWNER"],
+    "PERMS": _Col(Column(Col("PERMS", drop=30), "mode bits, octal (with setuid, setgid, sticky)",
+                         _o(lambda o: o.mode)), _mode),
+    "MTIME": _Col(Column(Col("MTIME", drop=20), "time of the last change of its data",
+                         _o(lambda o: o.mtime_ns)), lambda v, _: when(v.obj.mtime)),
+    "HOLDERS": _Col(Column(Col("HOLDERS", right=True, drop=5), "processes that have it open "
+                           "or mapped now (REASON names them)", lambda v: -_holder_pids(v)),
+                    lambda v, _: str(_holder_pids(v))),
+}  # fmt: skip
+_POSIX_MORE = {
+    "ID": _Col(Column(Col("ID", right=True), "its inode number (its id in JSON)",
+                      _o(lambda o: o.id)), lambda v, _: str(v.obj.id)),
+    "PATH": _Col(Column(Col("PATH", squeeze=True), "its path (escaped)", _o(lambda o: o.path)),
+                 lambda v, _: printable(v.obj.path)),
+    **{n: _MORE[n] for n in ("UID", "USER", "GID", "GROUP")},
+    "CTIME": _Col(Column(Col("CTIME"), "time of the last change of its inode",
+                         _o(lambda o: o.ctime_ns)), lambda v, _: when(v.obj.ctime)),
+    "ATIME": _Col(Column(Col("ATIME"), "time of the last read", _o(lambda o: o.atime_ns)),
+                  lambda v, _: when(v.obj.atime)),
+    "PROGRAM": _Col(Column(Col("PROGRAM", squeeze=True), "the program its name comes from "
+                           "(psm_: Python, torch_: PyTorch)",
+                           _o(lambda o: _none_last(o.program))),
+                    lambda v, _: printable(v.obj.program or "-")),
+    "NAMEPID": _Col(Column(Col("NAMEPID", right=True), "the creator pid its name carries "
+                           "(torch_<pid>_...)", _o(lambda o: _none_last(o.name_pid))),
+                    lambda v, _: "-" if v.obj.name_pid is None else str(v.obj.name_pid)),
+}  # fmt: skip
+
+
+class Posix(Facts):
+    """A POSIX kind (posix-shm, posix-sem, posix-mqueue): a file, shown by its name.
+    NAME SIZE USED (a queue: its FACTS instead) OWNER PERMS MTIME HOLDERS IDLE STATE
+    REASON by default; ID, PATH, ids and names, CTIME, ATIME, PROGRAM, NAMEPID on
+    request. Its JSON objects share the array "posix" (posix_json)."""
+
+    def __init__(self, kind: kinds.Kind) -> None:
+        self.kind = kind
+        n = len(kind.FACTS)
+        facts = {f.column: _fact(f, 6 + n - i) for i, f in enumerate(kind.FACTS)}
+        head = {"NAME": _POSIX_HEAD["NAME"]} if facts else _POSIX_HEAD
+        every = {**head, **facts, **_POSIX_MID, **_TAIL, **_POSIX_HEAD, **_POSIX_MORE}
+        self._cells = {name: c.cell for name, c in every.items()}
+        self.columns = {name: c.column for name, c in every.items()}
+        self.default = (*head, *facts, *_POSIX_MID, *_TAIL)
+
+    @property
+    def array(self) -> str:
+        return "posix"
+
+    def footer(self, sv: _survey.Survey, verdicts: list[Verdict]) -> list[str]:
+        """As every kind's, and how full its file system is (/dev/shm is RAM: a full one
+        stops every program that needs it)."""
+        lines = super().footer(sv, verdicts)
+        try:
+            fs = os.statvfs(self.kind.TABLE)
+        except OSError:
+            return lines
+        total = fs.f_blocks * fs.f_frsize
+        if total:
+            used = (fs.f_blocks - fs.f_bfree) * fs.f_frsize
+            lines[0] += (f"; {printable(str(self.kind.TABLE))}: {format_size(used)} of "
+                         f"{format_size(total)} used")  # fmt: skip
+        return lines
+
+    def encoder(self) -> Callable[[Verdict], str]:
+        return PosixJson(self.kind)
+
+    def summary(self, sv: _survey.Survey, verdicts: list[Verdict]) -> dict[str, Any]:
+        """{NAME: {"objects": n, "bytes": b, "states": {...}}}: bytes are what they hold
+        of memory (pages used; a queue's messages)."""
+        tallies = _survey.by_state(verdicts)
+        return {self.kind.NAME: {
+            "objects": len(verdicts),
+            "bytes": sum(v.obj.size for v in verdicts),
+            **sv.kind_limits.get(self.kind.NAME, {}),
+            "states": {s.value: {"objects": t.segments, "bytes": t.bytes}
+                       for s, t in tallies.items()},
+        }}  # fmt: skip
+
+
+def _holder_json(h: Any) -> str:
+    return (f'{{"pid":{h.pid},"how":{json_string(h.how)},"command":{json_string(h.comm)},'
+            f'"user":{json_string(None if h.uid is None else owner_name(h.uid))}}}')  # fmt: skip
+
+
+def posix_json(kind: kinds.Kind, v: Verdict) -> dict[str, Any]:
+    """One POSIX object as the "posix" array holds it (what PosixJson writes)."""
+    o = v.obj
+    return {
+        "kind": kind.NAME, "id": o.id, "path": o.path, "name": o.name, "size": o.st_size,
+        "used_bytes": o.used_bytes, "uid": o.uid, "gid": o.gid, "owner": owner_name(o.uid),
+        "mode": o.mode, "mtime": o.mtime, "ctime": o.ctime, "atime": o.atime,
+        "idle_seconds": v.idle_for, "program": o.program, "name_pid": o.name_pid,
+        "holders": [{"pid": h.pid, "how": h.how, "command": h.comm,
+                     "user": None if h.uid is None else owner_name(h.uid)} for h in o.holders],
+        **{f.json: f.get(o) for f in kind.FACTS},
+        "state": v.state.value, "reason": v.reason,
+    }  # fmt: skip
+
+
+class PosixJson(_Shared):
+    """Encodes a verdict as `json.dumps(posix_json(kind, v), separators=(",", ":"))`
+    would, the owner's part once per (uid, gid, mode), the verdict's once per pair."""
+
+    def __init__(self, kind: kinds.Kind, keep: int = 4096) -> None:
+        super().__init__(keep)
+        self._head = f'{{"kind":{json_string(kind.NAME)},'
+        self._facts = [(json_string(f.json), f.get) for f in kind.FACTS]
+        self._who: dict[tuple[int, int, int], str] = {}
+        self._verdict: dict[tuple[State, str], str] = {}
+        self._dirs: dict[str, str] = {}  # '"/dev/shm/': a path's JSON up to its name
+
+    def __call__(self, v: Verdict) -> str:
+        o = v.obj
+        k = (o.uid, o.gid, o.mode)
+        who = self._who.get(k) or self._learn(self._who, k, (
+            f'"uid":{o.uid},"gid":{o.gid},"owner":{json_string(owner_name(o.uid))},'
+            f'"mode":{o.mode},'
+        ))  # fmt: skip
+        # Not json_string's cache: a name is nearly always unique.
+        name = _ascii(o.name)
+        d = self._dirs.get(o.dir) or self._dirs.setdefault(o.dir, json_string(o.dir + "/")[:-1])
+        held = ",".join([_holder_json(h) for h in o.holders]) if o.holders else ""
+        facts = "".join([f"{key}:{_json_value(get(o))}," for key, get in self._facts])
+        kv = (v.state, v.reason)
+        verdict = self._verdict.get(kv) or self._learn(self._verdict, kv, (
+            f'"state":"{v.state.value}","reason":{json_string(v.reason)}}}'
+        ))  # fmt: skip
+        pid = "null" if o.name_pid is None else o.name_pid
+        return (f'{self._head}"id":{o.id},"path":{d}{name[1:]},"name":{name},'
+                f'"size":{o.st_size},"used_bytes":{o.used_bytes},{who}"mtime":{o.mtime},'
+                f'"ctime":{o.ctime},"atime":{o.atime},"idle_seconds":{v.idle_for},'
+                f'"program":{json_string(o.program)},"name_pid":{pid},'
+                f'"holders":[{held}],{facts}{verdict}')  # fmt: skip
+
+
 # --- the registry's shapes ------------------------------------------------------------
 
 # Documented before kinds existed, by the name of their JSON array (the README's schema).
 _DOCUMENTED: dict[str, Callable[[kinds.Kind], Shape]] = {"segments": Segments}
+POSIX = "posix-"  # the registry's POSIX kinds: posix-shm, posix-sem, posix-mqueue
 
 
 @cache
 def of(name: str) -> Shape:
     """The shape of the kind registered as `name`."""
     kind = kinds.of(name)
+    if name.startswith(POSIX):
+        return Posix(kind)
     return _DOCUMENTED.get(kind.PLURAL, Facts)(kind)
 
 
@@ -361,21 +530,29 @@ def all_columns() -> dict[str, Column]:
 
 def json_chunks(sv: _survey.Survey, shown: Mapping[str, list[Verdict]],
                 rows: int = 4096) -> Iterator[str]:  # fmt: skip
-    """{"segments": [...], "semaphores": [...], ..., "summary": {...}} in pieces of
-    `rows` objects, an array for each kind in `shown` (empty ones too), so the whole
-    text of 32,000 objects never exists at once."""
+    """{"segments": [...], "semaphores": [...], ..., "posix": [...], "summary": {...}} in
+    pieces of `rows` objects, an array for each kind in `shown` (empty ones too; the
+    POSIX kinds share one), so the whole text of 32,000 objects never exists at once."""
     summary: dict[str, Any] = {}
     sep = "{"
+    array = None
+    some = False  # the open array has an element
     for name, verdicts in shown.items():
         shape = of(name)
         encode = shape.encoder()
-        yield f'{sep}"{shape.plural}":['
+        if shape.array != array:
+            if array is not None:
+                yield "]"
+            array, some = shape.array, False
+            yield f'{sep}"{array}":['
+            sep = ","
         for start in range(0, len(verdicts), rows):
             piece = ",".join([encode(v) for v in verdicts[start : start + rows]])
-            yield piece if start == 0 else "," + piece
-        yield "]"
-        sep = ","
+            yield "," + piece if some else piece
+            some = True
         summary.update(shape.summary(sv, verdicts))
+    if array is not None:
+        yield "]"
     yield f'{sep}"summary":' + _encode(summary) + "}\n"
 
 
@@ -422,5 +599,6 @@ def table(sv: _survey.Survey, shown: Mapping[str, list[Verdict]], exact_bytes: b
     out.write("\n".join(lines) + "\n")
 
 
-__all__ = ["Facts", "FactsJson", "Output", "Segments", "Shape", "all_columns", "facts_json",
-           "json_chunks", "of", "parse_output", "plain", "table", "title"]  # fmt: skip
+__all__ = ["Facts", "FactsJson", "Output", "Posix", "PosixJson", "Segments", "Shape",
+           "all_columns", "facts_json", "json_chunks", "of", "parse_output", "plain",
+           "posix_json", "table", "title"]  # fmt: skip

@@ -9,7 +9,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import NamedTuple, Optional
 
-from shmjanitor import kinds, liveness, procs, scan
+from shmjanitor import kinds, liveness, posixfs, procs, scan
 from shmjanitor.classify import State, Verdict, classify_all
 from shmjanitor.model import IpcObject, Party
 
@@ -42,6 +42,9 @@ def take(path: Path = scan.PROC_SHM, now: Optional[float] = None,
     state directory), and written back there with `record` (reap and rm, not dry runs).
     """
     names = _kinds.names() if kinds is None else _ordered(kinds)
+    # The POSIX kinds share one read of /dev/shm and /dev/mqueue and one pass over /proc
+    # (posixfs.snapshot): this survey's own, not one a survey before it left.
+    posixfs.forget()
     objects: list[IpcObject] = []
     parties: list[tuple[Party, ...]] = []
     for name in names:
@@ -59,6 +62,7 @@ def take(path: Path = scan.PROC_SHM, now: Optional[float] = None,
     users = procs.users(uids) if uids else {}
     taken_at = time.time() if now is None else now
     verdicts = classify_all(objects, facts, taken_at, clock, users, parties)
+    posixfs.forget()
     kind_limits = {name: _kinds.of(name).limits() for name in names}
     shm = kind_limits.get(_SHM)
     limits = scan.Limits(**shm) if shm is not None else scan.read_limits()

@@ -8,7 +8,8 @@ without root, inside a new user namespace where we are root). In its own mount n
 - the test accounts of ACCOUNTS, in copies of /etc/passwd and /etc/group bind-mounted
   over the real ones: they exist for every process of the suite and for nothing else,
   and vanish with it even on SIGKILL;
-- a fresh tmpfs on /dev/shm (and a fresh mqueue on /dev/mqueue where that exists) per test.
+- a fresh tmpfs on /dev/shm and a fresh mqueue on /dev/mqueue per test (where the
+  machine has no /dev/mqueue, a /dev of our own that has one: _private_dev).
 The autouse fixture `ipcns` gives each test a fresh, empty IPC namespace with those.
 `scripts/test` also runs the suite in its own PID namespace with its own /proc.
 Helpers to make real segments live in segments.py; `python_as` runs Python as another uid.
@@ -136,8 +137,57 @@ def _install_accounts() -> None:
         _mount(str(ours), str(real), None, MS_BIND)
 
 
+def _private_dev() -> None:
+    """A /dev of our own with a /dev/mqueue, where the machine has none.
+
+    The machine's /dev is its devtmpfs, shared even from our mount namespace: a mkdir
+    there would make /dev/mqueue on the machine. So a tmpfs of ours goes over /dev (in
+    our mount namespace only: it is a slave, nothing propagates back), holding a bind
+    mount of each entry of the machine's /dev (reached through an fd opened before: the
+    covered mount and its submounts stay reachable from it), a symlink for each of its
+    symlinks, and empty shm and mqueue directories for _fresh_dev_mounts to mount on.
+    Terminals get a devpts instance of their own, as a container's: the kernel finds a
+    pty's instance from /dev/ptmx's own directory (fs/devpts/inode.c, path_pts), which a
+    bind mount of the machine's ptmx would not lead to.
+    """
+    if MQUEUE.is_dir():
+        return
+    old = os.open("/dev", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        names = os.listdir(old)
+        _mount("tmpfs", "/dev", "tmpfs", MS_NOSUID, "mode=0755")
+        for name in names:
+            if name in ("shm", "mqueue", "pts", "ptmx"):
+                continue
+            st = os.stat(name, dir_fd=old, follow_symlinks=False)
+            new = f"/dev/{name}"
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(name, dir_fd=old), new)
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                os.mkdir(new, 0o755)
+            else:
+                os.close(os.open(new, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+            try:
+                _mount(f"/proc/self/fd/{old}/{name}", new, None, MS_BIND | MS_REC)
+            except OSError:
+                if REAL_ROOT:
+                    raise
+                # root of a user namespace may not bind some entries: the suite needs few
+        os.mkdir("/dev/pts", 0o755)
+        _mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+               "newinstance,ptmxmode=0666,mode=0620")  # fmt: skip
+        os.symlink("pts/ptmx", "/dev/ptmx")
+        os.mkdir("/dev/shm", 0o1777)
+        os.chmod("/dev/shm", 0o1777)
+        os.mkdir(str(MQUEUE), 0o755)
+    finally:
+        os.close(old)
+
+
 def _private_mounts() -> None:
     _mount("none", "/", None, MS_REC | MS_SLAVE)
+    _private_dev()
     try:
         _private_run()
     except OSError:
@@ -155,9 +205,8 @@ def _fresh_dev_mounts() -> None:
 
     POSIX shared memory is files in whatever tmpfs is on /dev/shm, in no namespace: a
     tmpfs per test is how its leaks die with the test. An mqueue mount shows the queues
-    of the IPC namespace that mounted it, so it is remade after each unshare. Where the
-    machine has no /dev/mqueue none is made: /dev is the machine's devtmpfs, shared even
-    from here, so mkdir would create it on the machine (use the `mqueue_dir` fixture).
+    of the IPC namespace that mounted it, so it is remade after each unshare (/dev is
+    our own when the machine has no /dev/mqueue: _private_dev).
     """
     _remount("/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     if MQUEUE.is_dir():

@@ -29,6 +29,7 @@ FIGURES = (
     "sem: reap --no-quarantine, 40 orphans",
     "msg: list --json, 40 orphans",
     "msg: reap --no-quarantine, 40 orphans",
+    "posix: list --json, 400 objects x 10 holders",
 )
 INFORMATION = (  # shown with no target
     "floor: python, typer, read and int(), 40 rows",
@@ -39,6 +40,10 @@ INFORMATION = (  # shown with no target
     "sem: reap with quarantine, 40 orphans",
     "msg: list --json vs lsipc, 40 orphans",
     "msg: reap with quarantine, 40 orphans",
+    "posix: list --json, 40 objects x 10 holders",
+    "posix: list --json, 400 objects x 40 holders",
+    "posix scaling: x10 objects (400 vs 40, 10 holders)",
+    "posix scaling: x4 holders (40 vs 10, 400 objects)",
 )
 
 

@@ -64,7 +64,7 @@ def bash_complete(script: Path, *words: str) -> list[str]:
             ("shmjanitor", "list", "--state", ""),
             ["attached", "idle", "orphan", "unknown", "removing"],
         ),
-        (("shmjanitor", "list", "--sort", "na"), ["nattch"]),
+        (("shmjanitor", "list", "--sort", "na"), ["name", "namepid", "nattch"]),
         (("shmjanitor", "list", "--sort", "ns"), ["nsems"]),
         (("shmjanitor", "reap", "--dry"), ["--dry-run"]),
         (("shmjanitor", "quarantine", "p"), ["purge"]),

@@ -191,7 +191,7 @@ def test_parse_names_every_field_as_the_kernel_does() -> None:
     assert q[:14] == (0xFFFFFFFF, 32769, 0o640, 12, 3, 501, 502, 1000, 1001, 1002, 1003,
                       1700000100, None, 1700000000)  # fmt: skip
     assert (q.kind, q.perms, q.size, q.last_used) == ("msg", 0o640, 12, 1700000100)
-    assert msg.parties(q) == (("last sender", 501, 1700000100.0, "lspid", None),)
+    assert msg.parties(q) == (("last sender", 501, 1700000100.0, "lspid", None, False),)
     assert msg.quiet(q, 1700000160) == "no message sent or received for 1m"
 
 
@@ -231,7 +231,9 @@ def test_nobody_waits_on_a_queue_whose_sender_exited(seen: None) -> None:
     found = one(q)
     assert (found.blocked, found.hidden, found.blind) == ((), (), None)
     assert msg.in_use(found, _no_name) is None and msg.unknowable(found) is None
-    assert msg.parties(found) == (("last sender", pid, float(found.stime or 0), "lspid", None),)
+    assert msg.parties(found) == (
+        ("last sender", pid, float(found.stime or 0), "lspid", None, False),
+    )
     assert msg.quiet(found, found.ctime) == "no message sent or received for 0s"
 
 
@@ -291,7 +293,14 @@ def test_the_last_receiver_may_be_a_thread(seen: None) -> None:
     found = one(q)
     assert (found.lrpid, found.lrpid_tgid, found.qnum) == (tid, pid, 0)
     rtime = float(found.rtime or 0)
-    assert msg.parties(found)[1] == (f"last receiver, thread {tid} of", pid, rtime, "lrpid", None)
+    assert msg.parties(found)[1] == (
+        f"last receiver, thread {tid} of",
+        pid,
+        rtime,
+        "lrpid",
+        None,
+        False,
+    )
 
 
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="i386 system calls: x86_64 only")

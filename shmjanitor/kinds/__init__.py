@@ -23,6 +23,9 @@ _MODULES = {
     "shm": "shmjanitor.kinds.shm",
     "sem": "shmjanitor.kinds.sem",
     "msg": "shmjanitor.kinds.msg",
+    "posix-shm": "shmjanitor.kinds.posix_shm",
+    "posix-sem": "shmjanitor.kinds.posix_sem",
+    "posix-mqueue": "shmjanitor.kinds.posix_mqueue",
 }
 
 

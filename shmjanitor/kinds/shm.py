@@ -184,12 +184,12 @@ def parties(s: Segment) -> tuple[Party, ...]:
     namespace (the kernel prints pids as the reader's namespace numbers them)."""
     # tuple.__new__ rather than Party(...): the same tuple, without a Python-level call
     # (a survey makes one or two per segment: 32,000 of them).
-    creator = _new(Party, ("creator", s.cpid, s.ctime, "cpid", None))
+    creator = _new(Party, ("creator", s.cpid, s.ctime, "cpid", None, False))
     atime, dtime = s.atime, s.dtime
     if not (atime or dtime) and s.lpid == 0:
         return (creator,)
     touched = max(atime or 0, dtime or 0)
-    return (creator, _new(Party, ("last user", s.lpid, touched or s.ctime, "lpid", None)))
+    return (creator, _new(Party, ("last user", s.lpid, touched or s.ctime, "lpid", None, False)))
 
 
 _new = tuple.__new__
