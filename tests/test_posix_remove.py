@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -591,3 +593,104 @@ def test_an_inode_number_of_both_directories_is_kept(mq_dir):
     (r,) = reap([q])
     assert r.action is Action.KEPT and posixrm.AMBIGUOUS in r.reason, r
     assert (mq_dir / "twin").exists() and path.exists()
+
+
+# ------------------------------------------------- end to end, through the command line
+
+
+def cli_json(*args: str) -> tuple[int, dict[str, Any]]:
+    from segments import cli
+
+    r = cli(*args, "--json")
+    return r.exit_code, json.loads(r.stdout) if r.stdout.strip() else {}
+
+
+def test_real_leaks_of_a_killed_job_are_reaped_kept_and_restored(tmp_path, spawn):  # noqa: F811
+    """multiprocessing.shared_memory and a Lock of a job killed with SIGKILL (its
+    resource_tracker too) stay as orphans: reap -M -S removes them with a copy; files
+    held by a mapping (fd closed) or an fd alone are not touched; restore by path gives
+    back name, mode, owner and bytes."""
+    from test_posix_list import ALICE, LEAK, kill_group, start
+
+    needs_real_root()
+    procs: list[subprocess.Popen] = []  # type: ignore[type-arg]
+    try:
+        p, (shm_name, sem_name) = start(procs, LEAK, uid=ALICE)
+        kill_group(p)
+    finally:
+        for q in procs:
+            if q.poll() is None:
+                os.killpg(q.pid, signal.SIGKILL)
+            q.wait()
+    shm, sem = SHM / shm_name.lstrip("/"), SHM / ("sem." + sem_name.lstrip("/"))
+    before = {x: (os.stat(x), x.read_bytes()) for x in (shm, sem)}
+    mapped, opened = make("mapped", uid=ALICE), make("opened", uid=ALICE)
+    spawn(mapped, "map")
+    spawn(opened, "fd")
+    state = str(tmp_path / "state")
+    code, doc = cli_json("reap", "-M", "-S", "--min-age", "0", "--state-dir", state)
+    assert code == 0, doc
+    got = {r["path"]: r for r in doc["results"]}
+    assert set(got) == {str(shm), str(sem)}, got  # the held ones are attached: not considered
+    assert {r["action"] for r in got.values()} == {"removed"}
+    assert (got[str(shm)]["kind"], got[str(sem)]["kind"]) == ("posix-shm", "posix-sem")
+    assert not shm.exists() and not sem.exists() and mapped.exists() and opened.exists()
+    for path in (shm, sem):
+        code, out = cli_json("restore", str(path), "--state-dir", state)
+        assert code == 0 and out["path"] == str(path), out
+        s, data = before[path]
+        now = os.stat(path)
+        assert (now.st_mode, now.st_uid, now.st_gid, now.st_size) == (
+            s.st_mode, s.st_uid, s.st_gid, s.st_size)  # fmt: skip
+        assert path.read_bytes() == data
+    assert shm.read_bytes()[:5] == b"hello"
+
+
+def test_rm_paths_refuses_a_held_one_without_force_and_numbers_stay_segment_ids(tmp_path, spawn):  # noqa: F811
+    from segments import cli
+
+    state = str(tmp_path / "state")
+    held = make("held-rm", uid=4321)
+    spawn(held, "map")
+    r = cli("rm", str(held), "--state-dir", state)
+    assert r.exit_code == 1 and held.exists(), r.output
+    assert "refused: in use: mapped by" in r.output and "--force" in r.output
+    r = cli("rm", str(held), "--force", "--state-dir", state)  # no copy without the lease
+    assert r.exit_code == 1 and held.exists() and "--no-quarantine" in r.output, r.output
+    r = cli("rm", str(held), "--force", "--no-quarantine", "--state-dir", state)
+    assert r.exit_code == 0 and not held.exists(), r.output
+    r = cli("rm", "/dev/shm/never-was", "--state-dir", state)
+    assert r.exit_code == 1 and "no POSIX object at /dev/shm/never-was" in r.output
+    r = cli("rm", "7", "--state-dir", state)
+    assert r.exit_code == 1 and "no segment with id 7" in r.output, r.output
+    r = cli("rm", "psm_x")
+    assert r.exit_code == 2 and "path of a POSIX object" in r.output
+
+
+def test_reap_logs_kind_and_escaped_path_off_a_terminal(tmp_path):
+    from segments import cli
+
+    path = make("evil\x1b[2Jname", uid=4321)
+    r = cli("reap", "-M", "--min-age", "0", "--no-quarantine", "--state-dir", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    (line,) = [x for x in r.stdout.splitlines() if x.startswith("action=removed")]
+    assert 'kind=posix-shm path="/dev/shm/evil\\x1b[2Jname"' in line, line
+    assert not path.exists()
+
+
+def test_reap_keeps_a_queue_with_messages_unless_no_quarantine(tmp_path):
+    from test_posix_list import MQUEUE
+
+    if not MQUEUE.is_dir():
+        pytest.skip("needs /dev/mqueue (the suite's conftest mounts one when it can)")
+    fd = mq_make("jobs", 2)
+    os.close(fd)
+    os.chown(MQUEUE / "jobs", 4321, 4321)
+    state = str(tmp_path / "state")
+    code, doc = cli_json("reap", "-Q", "--min-age", "0", "--state-dir", state)
+    (r,) = doc["results"]
+    assert code == 0 and r["action"] == "kept" and "holds messages" in r["reason"], doc
+    assert r["path"] == str(MQUEUE / "jobs") and r["kind"] == "posix-mqueue"
+    code, doc = cli_json("reap", "-Q", "--min-age", "0", "--no-quarantine", "--state-dir", state)
+    assert code == 0 and doc["results"][0]["action"] == "removed", doc
+    assert not (MQUEUE / "jobs").exists()
