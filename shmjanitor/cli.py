@@ -520,9 +520,19 @@ def reap(
     shm: bool = typer.Option(False, "--shm", "-m", help="Shared memory segments (as ipcs -m)."),
     sem: bool = typer.Option(False, "--sem", "-s", help="Semaphore sets (as ipcs -s)."),
     msg: bool = typer.Option(False, "--msg", "-q", help="Message queues (as ipcs -q)."),
+    posix_shm: bool = typer.Option(
+        False, "--posix-shm", "-M", help="POSIX shared memory: files in /dev/shm (as lsipc -M)."
+    ),
+    posix_sem: bool = typer.Option(
+        False, "--posix-sem", "-S", help="POSIX named semaphores: /dev/shm/sem.* (as lsipc -S)."
+    ),
+    posix_mqueue: bool = typer.Option(
+        False, "--posix-mqueue", "-Q", help="POSIX message queues: /dev/mqueue (as lsipc -Q)."
+    ),
 ) -> None:
     """Remove orphaned IPC objects (nobody uses them, nobody who did lives) that pass
-    the policy: every kind, or the kinds -m, -s and -q choose (combinable).
+    the policy: every kind, or the kinds -m, -s, -q, -M, -S and -Q choose (combinable:
+    their union).
 
     Kept, with the reason said: orphans younger than --min-age, of system accounts,
     with protected keys or owners (config), others' orphans when not root, and any
@@ -535,7 +545,9 @@ def reap(
     """
     from shmjanitor import reaping, remove, report
 
-    only = _kinds_chosen(shm=shm, sem=sem, msg=msg)
+    only = _kinds_chosen(shm=shm, sem=sem, msg=msg) + _posix_chosen(
+        posix_shm, posix_sem, posix_mqueue
+    )
     with errors_as_exit(metrics_file):
         cfg = _load_config(
             config_path, min_age=_duration("--min-age", min_age), include_system=include_system
@@ -562,6 +574,18 @@ def reap(
         raise typer.Exit(128 + outcome.interrupted)  # 130 SIGINT, 143 SIGTERM, as shells say
     if not outcome.ok:
         raise typer.Exit(1)
+
+
+_POSIX_FLAGS = {"posix-shm": "-M/--posix-shm", "posix-sem": "-S/--posix-sem",
+                "posix-mqueue": "-Q/--posix-mqueue"}  # fmt: skip
+
+
+def _posix_chosen(shm: bool, sem: bool, mqueue: bool) -> tuple[str, ...]:
+    """The POSIX kinds reap's -M, -S, -Q chose (lsipc 2.40's letters)."""
+    names = tuple(n for n, on in zip(_POSIX_FLAGS, (shm, sem, mqueue)) if on)
+    for name in names:
+        _known_kind(name, _POSIX_FLAGS[name])
+    return names
 
 
 def _note(text: str) -> None:
@@ -608,10 +632,23 @@ def _noun(kind: str) -> str:
     return kinds.of(kind).NOUN if kind in kinds.names() else f"{kind} object"
 
 
-@app.command(short_help="Remove objects by id or key, as ipcrm; refuse those in use.")
+def _id_or_path(text: str) -> str:
+    """rm's operand: a segment id (decimal, as before there were POSIX objects) or the
+    path of a POSIX object (/dev/shm/NAME, /dev/mqueue/NAME)."""
+    if text.startswith("/"):
+        return os.path.normpath(text)
+    try:
+        return str(parse_id(text))
+    except ValueError as e:
+        raise ValueError(f"{e}; or the path of a POSIX object (/dev/shm/NAME)") from None
+
+
+@app.command(short_help="Remove objects by id, key or path, as ipcrm; refuse those in use.")
 def rm(
-    ids: Optional[list[int]] = typer.Argument(
-        None, metavar="[ID]...", parser=parse_id, help="Segment ids (shmid), in decimal."
+    ids: Optional[list[str]] = typer.Argument(
+        None, metavar="[OBJECT]...", parser=_id_or_path,
+        help="Segment ids (shmid), in decimal; or paths of POSIX objects (/dev/shm/NAME, "
+        "/dev/mqueue/NAME).",
     ),
     shmem_id: Optional[list[int]] = typer.Option(
         None, "--shm", "-m", "--shmem-id", metavar="ID", parser=_ids("shm"),
@@ -656,8 +693,11 @@ def rm(
     """Remove the named objects, like ipcrm, but refuse one that is in use.
 
     IDs alone, -m and --key/-M name segments; -s and -S semaphore sets; -q and -Q
-    message queues. In use means attached (a segment), waited on or blocked on (a set,
-    a queue), marked for removal but still attached, or a process that may use it again
+    message queues; a PATH (/dev/shm/NAME, /dev/mqueue/NAME) a POSIX shared memory
+    object, semaphore or queue. In use means attached (a segment), waited on or blocked
+    on (a set, a queue), open or mapped (a POSIX object: the kernel's write lease
+    decides at the last instant, even with --force refused only by the identity
+    checks), marked for removal but still attached, or a process that may use it again
     alive (or whether one is cannot be known). --force removes it anyway: the kernel
     then frees a segment at the last detach. As ipcrm, it prints nothing when all went
     well (-v says what it did); each object kept or not found is one line on stderr.
@@ -666,8 +706,11 @@ def rm(
     """
     from shmjanitor import reaping, remove
 
+    paths = [p for p in ids or () if p.startswith("/")]
+    numbers = [int(i) for i in ids or () if not i.startswith("/")]
     named = [
-        *(reaping.Named("shm", i) for i in (*(ids or ()), *(shmem_id or ()))),
+        *(reaping.Named("shm", i) for i in (*numbers, *(shmem_id or ()))),
+        *(reaping.Named("posix", 0, path=p) for p in paths),
         *(reaping.Named("sem", i) for i in sem_id or ()),
         *(reaping.Named("msg", i) for i in msg_id or ()),
         *(reaping.Named("shm", k, by_key=True) for k in key or ()),
@@ -675,8 +718,9 @@ def rm(
         *(reaping.Named("msg", k, by_key=True) for k in msg_key or ()),
     ]
     if not named:
-        raise usage_error("name at least one segment, semaphore set or message queue: "
-                          "shmjanitor rm ID..., -m/-s/-q ID or --key/-S/-Q KEY")  # fmt: skip
+        raise usage_error("name at least one segment, semaphore set or message queue, or a "
+                          "POSIX object's path: shmjanitor rm ID|PATH..., -m/-s/-q ID or "
+                          "--key/-S/-Q KEY")  # fmt: skip
     for kind, given in (("sem", sem_id or sem_key), ("msg", msg_id or msg_key)):
         if given:
             _known_kind(kind, _KIND_FLAGS[kind][1])
@@ -742,7 +786,7 @@ def _print_entries(entries, as_json: bool, header: bool) -> None:  # type: ignor
     from shmjanitor.accounts import owner_name
     from shmjanitor.durations import format_size
     from shmjanitor.layout import Col, draw
-    from shmjanitor.quarantine import short_names
+    from shmjanitor.quarantine import entry_path, short_names
     from shmjanitor.remove import LEGACY_KIND
     from shmjanitor.render import when, word
 
@@ -753,6 +797,7 @@ def _print_entries(entries, as_json: bool, header: bool) -> None:  # type: ignor
         "size": e.doc["size"], "uid": e.doc["uid"], "owner": owner_name(e.doc["uid"]),
         "mode": e.doc["mode"], "removed_at": e.doc["removed_at"], "reason": e.doc["reason"],
         "restored_as": e.doc.get("restored_as"), "status": e.doc["status"],
+        **({"path": entry_path(e.doc)} if entry_path(e.doc) else {}),
     } for e in entries]  # fmt: skip
     if as_json:
         typer.echo(json.dumps({"entries": rows}))
@@ -767,10 +812,13 @@ def _print_entries(entries, as_json: bool, header: bool) -> None:  # type: ignor
         Col("REMOVED", drop=4), Col("STATUS"), Col("REASON", wrap=True))  # fmt: skip
     one = _same if tty else word
     cells: list[tuple[str, ...]] = [
-        (r["short"], str(r["id"]), f"0x{r['key']:08x}", format_size(r["size"]),
+        (r["short"], str(r["id"]),
+         printable(r["path"]) if "path" in r else f"0x{r['key']:08x}", format_size(r["size"]),
          one(printable(r["owner"])), when(r["removed_at"]),
          f"restored:{r['restored_as']}" if r["restored_as"] is not None
          else printable(r["status"]), printable(r["reason"])) for r in rows]  # fmt: skip
+    if any("path" in r for r in rows):  # a POSIX object's path where a key would be
+        cols = (*cols[:2], Col("KEY|PATH", drop=3), *cols[3:])
     if {r["kind"] for r in rows} != {LEGACY_KIND}:  # KIND after ID, as report.table has it
         cols = (*cols[:2], Col("KIND", drop=5), *cols[2:])
         cells = [c[:2] + (r["kind"],) + c[2:] for c, r in zip(cells, rows)]
@@ -844,7 +892,10 @@ def _say_purged(verb: str, entries, files) -> None:  # type: ignore[no-untyped-d
 @app.command(short_help="Recreate a removed object from its copy.")
 def restore(
     entry: Optional[str] = typer.Argument(
-        None, metavar="[ENTRY]", help="Entry name, as `shmjanitor quarantine list` shows."
+        None,
+        metavar="[ENTRY]",
+        help="Entry name, as `shmjanitor quarantine list` "
+        "shows; or the path a POSIX object had (/dev/shm/NAME, /dev/mqueue/NAME).",
     ),
     old_id: Optional[int] = typer.Option(
         None,
@@ -869,7 +920,9 @@ def restore(
     as_json: bool = typer.Option(False, "--json", "-J", help='Print {"id": new_id, "key": key}.'),
 ) -> None:
     """Recreate a removed object from the quarantine: same key, mode, owner and data (a
-    segment's bytes, a set's values, a queue's messages).
+    segment's bytes, a set's values, a queue's messages); a POSIX object at the same
+    path, with its mode, owner and bytes (holes stay holes), refused while that path
+    exists.
 
     Name the entry, or the object's old --id or --key (a segment's; with -s a
     semaphore set's, with -q a message queue's: ids and keys are per kind): when
@@ -894,7 +947,9 @@ def restore(
         store = _store(config_path, state_dir)
         which: Union[str, quarantine.Entry]
         noun = f"{kinds.of(kind).NOUN} " if chosen else ""
-        if entry is not None:
+        if entry is not None and entry.startswith("/"):
+            which = store.find_by_path(os.path.normpath(entry))
+        elif entry is not None:
             which = entry
         elif old_id is not None:
             which = store.find_by("id", old_id, f"{noun}id {old_id}", kind)
@@ -907,12 +962,17 @@ def restore(
         except _Interrupted as stop:
             typer.echo(f"shmjanitor: interrupted by {stop.name}: nothing restored", err=True)
             raise typer.Exit(128 + stop.signum) from None
+        path = quarantine.entry_path(store.find(which if isinstance(which, str)
+                                                else which.name).doc)  # fmt: skip
         if as_json:
-            typer.echo(json.dumps({"id": new_id, "key": k}))
+            typer.echo(json.dumps({"id": new_id, "key": k, **({"path": path} if path else {})}))
         else:
-            if not isinstance(which, str):  # found by id or key: say its handle
+            if not isinstance(which, str):  # found by id, key or path: say its handle
                 which = quarantine.short_names(store.entries()).get(which.name, which.name)
-            typer.echo(f"restored {printable(which)} as id {new_id} (key 0x{k:08x})")
+            if path is not None:
+                typer.echo(f"restored {printable(which)} as {printable(path)} (inode {new_id})")
+            else:
+                typer.echo(f"restored {printable(which)} as id {new_id} (key 0x{k:08x})")
 
 
 class _Interrupted(BaseException):

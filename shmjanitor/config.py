@@ -35,6 +35,12 @@ class Config:
     # free space always left on the quarantine's file system (f_bavail, not root's reserve)
     quarantine_min_free_bytes: int = 64 * MiB
     lock_timeout: int = 60  # seconds a reaper waits for another one
+    # POSIX objects (/dev/shm, /dev/mqueue) whose path matches one of these fnmatch
+    # patterns are never reaped ("/dev/shm/PostgreSQL.*")
+    protect_paths: frozenset[str] = field(default_factory=frozenset)
+    # an idle POSIX object (nobody holds it, its owner lives) idle this long is reaped
+    # too; None (the default): never, only orphans are
+    posix_idle_after: Optional[int] = None
 
     def with_overrides(self, **flags: Any) -> Config:
         """Flags given on the command line (not None) win over the file."""
@@ -82,6 +88,12 @@ def _bool(value: Any) -> bool:
     return value
 
 
+def _pattern(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError("each one an absolute path, wildcards allowed")
+    return value
+
+
 def _path(value: Any) -> Path:
     if not isinstance(value, str) or not value:
         raise ValueError
@@ -100,6 +112,8 @@ _KEYS = {
     "quarantine_days": (_size, False, "a whole number of days"),
     "quarantine_min_free_bytes": (_size, False, "a number of bytes"),
     "lock_timeout": (_size, False, "a number of seconds"),
+    "protect_paths": (_pattern, True, 'a list of glob patterns such as "/dev/shm/PostgreSQL.*"'),
+    "posix_idle_after": (_duration, False, 'a duration such as "7d"'),
 }
 
 

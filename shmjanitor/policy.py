@@ -8,6 +8,7 @@ manner of systemd's clean-ipc.c). Only `orphan` verdicts are ever considered.
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from typing import NamedTuple, Optional
 
 from shmjanitor.accounts import owner_name
@@ -33,10 +34,35 @@ class Decision(NamedTuple):
 
 
 def decide(v: Verdict, cfg: Config, caller: Caller) -> Optional[Decision]:
-    """A decision for an orphan; None for any other state (reap does not consider it)."""
-    if v.state is not State.ORPHAN:
+    """A decision for an orphan (or an idle POSIX object, with posix_idle_after); None
+    for any other state (reap does not consider it)."""
+    if v.state is State.ORPHAN:
+        return _decide_orphan(v, cfg, caller)
+    if v.state is State.IDLE and cfg.posix_idle_after is not None:
+        return _decide_idle(v, cfg, caller, cfg.posix_idle_after)
+    return None
+
+
+def _posix_path(v: Verdict) -> Optional[str]:
+    """The path of a POSIX object (posixfs.PosixObject.path); None for System V ones."""
+    return getattr(v.obj, "path", None)
+
+
+def _decide_idle(v: Verdict, cfg: Config, caller: Caller, after: int) -> Optional[Decision]:
+    """An idle POSIX object (nobody holds it; its owner lives and may open it again by
+    name) is a candidate once idle longer than posix_idle_after, which the admin sets
+    (off by default): the same rules as an orphan's then. The write lease still proves
+    at the last instant that nobody holds it. Other idle objects: not considered."""
+    if _posix_path(v) is None:
         return None
-    return _decide_orphan(v, cfg, caller)
+    if v.idle_for < after:
+        return Decision(v, False, (
+            f"idle {format_age(v.idle_for)}, younger than posix_idle_after {format_age(after)}"
+        ))  # fmt: skip
+    d = _decide_orphan(v, cfg, caller)
+    if not d.remove:
+        return d
+    return Decision(v, True, f"{v.reason}; idle longer than posix_idle_after {format_age(after)}")
 
 
 def system_account(uid: int, cuid: int, caller: Caller) -> Optional[str]:
@@ -68,6 +94,12 @@ def _decide_orphan(v: Verdict, cfg: Config, caller: Caller) -> Decision:
     # uids ordinary ones), then the rule in full: plan() runs this 32,000 times.
     if cfg.protect_keys and s.key in cfg.protect_keys:
         return Decision(v, False, f"protected key 0x{s.key:08x} (protect_keys)")
+    if cfg.protect_paths:
+        path = _posix_path(v)
+        if path is not None:
+            for pattern in sorted(cfg.protect_paths):
+                if fnmatchcase(path, pattern):
+                    return Decision(v, False, f"protected path {pattern} (protect_paths)")
     if cfg.protect_owners:
         for u in (uid, cuid):
             if u in cfg.protect_owners:
@@ -89,6 +121,9 @@ def _decide_orphan(v: Verdict, cfg: Config, caller: Caller) -> Decision:
 
 
 def plan(verdicts: list[Verdict], cfg: Config, caller: Caller) -> list[Decision]:
-    """A decision for every orphan, in table order."""
+    """A decision for every orphan (and idle POSIX object, with posix_idle_after), in
+    table order."""
     orphan = State.ORPHAN
-    return [_decide_orphan(v, cfg, caller) for v in verdicts if v.state is orphan]
+    if cfg.posix_idle_after is None:
+        return [_decide_orphan(v, cfg, caller) for v in verdicts if v.state is orphan]
+    return [d for d in map(lambda v: decide(v, cfg, caller), verdicts) if d is not None]

@@ -249,6 +249,11 @@ def check_index(doc: Any) -> dict[str, Any]:
     return doc
 
 
+def entry_path(doc: dict[str, Any]) -> Optional[str]:
+    """Where a POSIX object's entry was (its kind's record: dir and name), else None."""
+    return f"{doc['dir']}/{doc['name']}" if "name" in doc and "dir" in doc else None
+
+
 def kind_of_entry(doc: dict[str, Any]) -> kinds.Kind:
     """The kind module of an entry (checked by check_index: a registered kind)."""
     return kinds.of(doc.get("kind", LEGACY_KIND))
@@ -588,6 +593,21 @@ class Store:
             found = open_
         return found[0]
 
+    def find_by_path(self, path: str) -> Entry:
+        """The one entry of a POSIX object that was at `path` (as find_by: when several
+        were, the one still to restore if only one is)."""
+        found = [e for e in self.entries() if entry_path(e.doc) == path]
+        if not found:
+            raise RestoreError(f"no quarantine entry for {path} in {self.dir}; "
+                               "`shmjanitor quarantine list` shows the entries")  # fmt: skip
+        if len(found) > 1:
+            open_ = [e for e in found
+                     if e.doc["status"] == REMOVED and e.doc.get("restored_as") is None]  # fmt: skip
+            if len(open_) != 1:
+                raise RestoreError(self._ambiguous(path, found))
+            found = open_
+        return found[0]
+
     def _ambiguous(self, said: str, found: list[Entry]) -> str:
         names = short_names(self.entries())
 
@@ -756,8 +776,11 @@ def settle(store: Store, run: str, doc: dict[str, Any], locked: str = "") -> Non
         e["status"] = REMOVED
         kept.append(e)
         if why:  # said even if the run logged it: a line twice beats a removal unsaid
+            path = entry_path(e)
+            where = "" if path is None else f"path={json_string(path)} "
             store.note(
-                f"action=removed id={e['id']} kind={kind} key=0x{e['key']:08x} size={e['size']} "
+                f"action=removed id={e['id']} kind={kind} {where}key=0x{e['key']:08x} "
+                f"size={e['size']} "
                 f'uid={e["uid"]} entry={run}.{e["n"]} reason="settled after an interrupted '
                 f'run: {why}"'
             )
@@ -1009,6 +1032,11 @@ def _restore(store: Store, name: str, now: float) -> tuple[int, int]:
     try:
         new_id = k.restore(e, store.read(entry))
     except OSError as err:
+        if err.errno == errno.EEXIST and "name" in e:  # a POSIX file: O_CREAT|O_EXCL
+            raise RestoreError(
+                f"{entry_path(e)} exists now; remove or rename it first, or leave entry "
+                f"{name} be (a restore never replaces a file)"
+            ) from None
         if err.errno == errno.EEXIST:
             raise RestoreError(
                 f"key 0x{e['key']:08x} is in use by another {k.NOUN} now; remove that one "

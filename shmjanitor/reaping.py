@@ -17,6 +17,7 @@ from shmjanitor.classify import State, Verdict
 from shmjanitor.errors import ConfigError, JanitorError
 from shmjanitor.model import IpcObject
 from shmjanitor.remove import Action, Candidate, Result, Stop
+from shmjanitor.text import printable
 
 
 class Outcome(NamedTuple):
@@ -178,11 +179,13 @@ def parse_key(text: str) -> int:
 
 
 class Named(NamedTuple):
-    """An object `rm` is asked for: by its id, or by its key (`by_key`), of one kind."""
+    """An object `rm` is asked for: by its id, or by its key (`by_key`), of one kind; or
+    a POSIX object by its path (`path`: its kind is whichever object is there)."""
 
-    kind: str  # a registry name: "shm", "sem", "msg"
+    kind: str  # a registry name: "shm", "sem", "msg"; "posix" for a path
     value: int
     by_key: bool = False
+    path: Optional[str] = None
 
 
 def rm(named: Sequence[Named], cfg: _config.Config, *, force: bool, dry_run: bool,
@@ -196,6 +199,13 @@ def rm(named: Sequence[Named], cfg: _config.Config, *, force: bool, dry_run: boo
         problems: list[str] = []
         wanted: list[tuple[str, int]] = []
         for n in named:
+            if n.path is not None:
+                found = [(v.obj.kind, v.obj.id) for v in sv.verdicts
+                         if getattr(v.obj, "path", None) == n.path]  # fmt: skip
+                if not found:
+                    problems.append(f"no POSIX object at {printable(n.path)}")
+                wanted.extend(found)
+                continue
             noun = kinds.of(n.kind).NOUN
             if n.by_key:
                 found = [(n.kind, v.obj.id) for v in sv.verdicts
@@ -235,6 +245,10 @@ def rm(named: Sequence[Named], cfg: _config.Config, *, force: bool, dry_run: boo
 
 
 def said(v: Verdict) -> str:
-    """The object of a verdict in a message: "segment 7", "semaphore set 3"."""
+    """The object of a verdict in a message: "segment 7", "semaphore set 3", a POSIX
+    object by its path (escaped)."""
     o = v.obj
+    path = getattr(o, "path", None)
+    if path is not None:
+        return f"{kinds.kind_of(o).NOUN} {printable(path)}"
     return f"{kinds.kind_of(o).NOUN} {o.id}"

@@ -20,7 +20,8 @@ For every object a decision says may go, in order:
      in between; k.busy_now: nobody waits on it), IPC_RMID, and k.users_after_rmid: a
      segment still there was attached by a privileged process at the last instant,
      which is said ("removed while attached"). A check that fails puts the mode back
-     and keeps the object;
+     (k.unlock) and keeps the object. A POSIX file's lock is a write lease instead of
+     a mode (posixrm.py), and the kind says "in use" by raising EAGAIN with its reason;
   5. the quarantine journals each removal the moment IPC_RMID succeeds, then it is
      reported (`on_result`: the log line; a run killed in between has it said when the
      next run settles it). The object about to be locked is noted in the reaper's lock
@@ -37,7 +38,7 @@ from __future__ import annotations
 import errno
 import signal
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
@@ -47,7 +48,7 @@ from shmjanitor.durations import format_size
 from shmjanitor.errors import SaveFailed
 from shmjanitor.kinds import Kind, kind_of
 from shmjanitor.liveness import users_back
-from shmjanitor.model import Action, IpcObject
+from shmjanitor.model import Action, IpcObject, State
 
 if TYPE_CHECKING:
     from shmjanitor.quarantine import Batch
@@ -139,6 +140,8 @@ def _stat_failed(v: Verdict, e: OSError) -> Result:
     without CAP_IPC_OWNER), so it is kept and the run says so."""
     if e.errno in _GONE:
         return Result(v, Action.GONE, "already gone")
+    if e.errno == errno.EAGAIN:  # in use, said by its kind (a POSIX file's lease refused)
+        return Result(v, Action.KEPT, e.strerror or str(e))
     if e.errno == errno.EACCES:
         return Result(v, Action.FAILED, f"not removed: cannot re-check it: {_meaning(e)}")
     return Result(v, Action.FAILED, f"not removed: {_meaning(e)}")
@@ -154,7 +157,7 @@ def _recheck(v: Verdict, forced: bool, seen_dead: Optional[set[int]], k: Kind,
             return Result(v, Action.GONE, "already gone")
         return Result(v, Action.FAILED, f"not removed: {_meaning(e)}")
     why = changed_since_scan(v, now, forced, k)
-    if why is None and not forced:
+    if why is None and not forced and v.state is State.ORPHAN:
         why = users_back(v, seen_dead, gone_users=gone_users)
     return Result(v, Action.KEPT, why) if why else None
 
@@ -170,11 +173,10 @@ def lock_mode() -> int:
 
 
 def _put_mode_back(k: Kind, id: int, mode: int) -> None:
-    try:
-        k.stat(id)  # lock() writes owner and mode from this IPC_STAT's answer
-        k.lock(id, mode & 0o777)
-    except OSError:
-        pass  # gone meanwhile: nothing to put back
+    """Undo k.lock: a System V object gets its mode back, a POSIX file's write lease is
+    let go (kinds.Kind.unlock)."""
+    with suppress(OSError):  # gone meanwhile: nothing to put back
+        k.unlock(id, mode)
 
 
 # Lock notes and quarantine entries written before there were kinds name none: they
@@ -222,7 +224,7 @@ def undo_left_lock(note: str) -> Optional[str]:
     if now.key != key or now.mode & 0o777 != lock_mode() or mode == lock_mode():
         return None
     try:
-        k.lock(id, mode)
+        k.unlock(id, mode)
     except OSError as e:
         return f"{k.NOUN} {id} was left locked (mode 000) by a run that was killed; " \
                f"its mode {mode:03o} could not be put back: {_meaning(e)}"  # fmt: skip
@@ -244,7 +246,9 @@ def _last_instant(v: Verdict, reason: str, forced: bool, *, copied: bool = False
     if note is None:
         note = _note_format(o.kind)
     id = o.id
-    if not copied and not forced:
+    # Only an orphan's parties must still be dead: an idle POSIX object reaped under
+    # posix_idle_after has a live owner by definition (policy._decide_idle).
+    if not copied and not forced and v.state is State.ORPHAN:
         # Liveness first (kill(2), /proc reads: the slow part), so that nothing but a
         # pure comparison stands between the IPC_STAT below and the IPC_SET that locks.
         why = users_back(v, seen_dead, gone_users=gone_users)
@@ -270,8 +274,12 @@ def _last_instant(v: Verdict, reason: str, forced: bool, *, copied: bool = False
         # reaper without it, for everyone but the owner's own read-only use).
         try:
             k.lock(id, lock_mode())
+        except OSError as e:
+            return _stat_failed(v, e)
+        try:
             locked = k.stat(id)
         except OSError as e:
+            _put_mode_back(k, id, before.mode)
             return _stat_failed(v, e)
         why = k.changed_while_locked(before, locked) or k.busy_now(id)
         if why:
@@ -280,10 +288,12 @@ def _last_instant(v: Verdict, reason: str, forced: bool, *, copied: bool = False
     try:
         k.rmid(id)
     except OSError as e:
+        if not forced or e.errno == errno.EAGAIN:
+            _put_mode_back(k, id, before.mode)
         if e.errno in _GONE:
             return Result(v, Action.GONE, "already gone")
-        if not forced:
-            _put_mode_back(k, id, before.mode)
+        if e.errno == errno.EAGAIN:  # a POSIX file opened at the last instant: kept
+            return Result(v, Action.KEPT, e.strerror or str(e))
         return Result(v, Action.FAILED, f"not removed: IPC_RMID: {_meaning(e)}")
     # Only a segment outlives IPC_RMID, while attached (kinds.Kind.users_after_rmid);
     # after our lock only a privileged process could have attached.
@@ -291,8 +301,9 @@ def _last_instant(v: Verdict, reason: str, forced: bool, *, copied: bool = False
     if forced or not users:
         return _new_result(Result, (v, Action.REMOVED, reason))
     return Result(v, Action.REMOVED, (
-        f"{reason}; removed while {users} attached: a privileged process attached at "
-        "the last instant; it keeps its mapping until it detaches"
+        f"{reason}; removed while {users} attached: a process got to it at the last "
+        "instant (a privileged process's attach, or an open of a POSIX file already under "
+        "way); it keeps it until it lets go"
         + ("; the quarantine copy may miss its last writes" if copied else "")
     ))  # fmt: skip
 

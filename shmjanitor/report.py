@@ -66,6 +66,7 @@ def result_json(r: Result) -> dict[str, Any]:
         "kind": s.kind, "id": s.id, "key": s.key, "size": s.size, "uid": s.uid,
         "owner": owner_name(s.uid), "cpid": _cpid(r.verdict), "idle_seconds": r.verdict.idle_for,
         "state": r.verdict.state.value, "action": r.action.value, "reason": r.reason,
+        **({} if _path(s) is None else {"path": _path(s)}),
     }  # fmt: skip
 
 
@@ -87,14 +88,23 @@ def _owner_uid(uid: int) -> str:
     return f"owner={printable(owner_name(uid))} uid={uid}"
 
 
+def _path(o: object) -> Optional[str]:
+    """A POSIX object's path (posixfs.PosixObject.path); None for System V objects."""
+    return getattr(o, "path", None)
+
+
 def log_line(r: Result) -> str:
-    """One key=value line, as journald and grep like them (action and id first)."""
+    """One key=value line, as journald and grep like them (action and id first). A
+    POSIX object's path follows its kind, quoted and escaped (a file name is any bytes:
+    printable() escapes control characters and undecodable bytes)."""
     v = r.verdict
     s = v.obj
     cpid = _cpid(v)
+    path = _path(s)
     # Built from cached pieces in one f-string: a big reap logs 32,000 of these.
     return (
-        f"action={r.action.value} id={s.id} kind={s.kind} key=0x{s.key:08x} size={s.size} "
+        f"action={r.action.value} id={s.id} kind={s.kind}"
+        f"{'' if path is None else f' path={_quote(path)}'} key=0x{s.key:08x} size={s.size} "
         f"{_owner_uid(s.uid)}{'' if cpid is None else f' cpid={cpid}'} "
         f"idle={format_age(v.idle_for)} reason={_quote(r.reason)}"
     )

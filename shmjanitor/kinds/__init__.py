@@ -78,7 +78,13 @@ class Kind(Protocol):
 
     def lock(self, id: int, mode: int) -> None:
         """IPC_SET its permission bits to `mode`, right after `stat(id)` (IPC_SET writes
-        uid, gid and mode together: they come from that IPC_STAT). Raises OSError."""
+        uid, gid and mode together: they come from that IPC_STAT). A POSIX file takes a
+        write lease instead (posixrm.py). Raises OSError: EAGAIN with the reason as its
+        strerror when it is in use (kept, said as it is)."""
+
+    def unlock(self, id: int, mode: int) -> None:
+        """Undo lock: System V kinds put the permission bits back to `mode` & 0o777 (an
+        IPC_STAT, then IPC_SET); a POSIX file's write lease is let go. Raises OSError."""
 
     def changed_while_locked(self, before: Any, locked: Any) -> Optional[str]:
         """Why it cannot go, comparing the IPC_STAT before the lock with the one after,
@@ -89,7 +95,8 @@ class Kind(Protocol):
         msgrcv), else None."""
 
     def rmid(self, id: int) -> None:
-        """IPC_RMID. Raises OSError: EINVAL/EIDRM gone, EPERM not ours."""
+        """IPC_RMID (a POSIX file: unlink under its lease). Raises OSError: EINVAL/EIDRM
+        gone, EPERM not ours, EAGAIN (its reason as strerror) used at the last instant."""
 
     def users_after_rmid(self, id: int) -> Optional[int]:
         """After IPC_RMID: how many still use it (shm: nattch of a segment the kernel

@@ -444,6 +444,12 @@ def lock(id: int, mode: int) -> None:
     kernel.msg_set_mode_after_stat(id, mode)
 
 
+def unlock(id: int, mode: int) -> None:
+    """Put its permission bits back to `mode` (undoing lock): IPC_STAT, then IPC_SET."""
+    stat(id)
+    lock(id, mode & 0o777)
+
+
 def changed_while_locked(before: Queue, locked: Queue) -> Optional[str]:
     """Why it cannot go, comparing the stat before the lock with the one after (not
     ctime or mode: our IPC_SET changed them). Pure."""

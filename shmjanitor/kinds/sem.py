@@ -375,6 +375,12 @@ def lock(id: int, mode: int) -> None:
     kernel.sem_set_mode_after_stat(id, mode)
 
 
+def unlock(id: int, mode: int) -> None:
+    """Put its permission bits back to `mode` (undoing lock): IPC_STAT, then IPC_SET."""
+    stat(id)
+    lock(id, mode & 0o777)
+
+
 def changed_while_locked(before: SemSet, locked: SemSet) -> Optional[str]:
     """Why it cannot go, comparing the stat before the lock with the one after (not
     ctime or mode: our IPC_SET changed them). Pure."""

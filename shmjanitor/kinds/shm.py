@@ -296,6 +296,12 @@ def lock(id: int, mode: int) -> None:
     kernel.set_mode_after_stat(id, mode)
 
 
+def unlock(id: int, mode: int) -> None:
+    """Put its permission bits back to `mode` (undoing lock): IPC_STAT, then IPC_SET."""
+    stat(id)
+    lock(id, mode & 0o777)
+
+
 def changed_while_locked(before: Stat, locked: Stat) -> Optional[str]:
     """An attach between the IPC_STAT before the lock and the lock shows after it: in
     nattch, or in the times and lpid once it detached again. Pure."""
