@@ -425,20 +425,12 @@ def check_hidepid(f: Facts) -> list[Finding]:
     if not f.service_files:
         return [Finding(name, Severity.OK, base + "; shmjanitor.service is not installed "
                         "(run by hand, it needs CAP_SYS_PTRACE to see every process)")]  # fmt: skip
-    caps: Optional[set[str]] = None  # None: not restricted
-    for value, _ in unit_values(f.service_files, "Service", "CapabilityBoundingSet"):
-        names = set(value.split())
-        if not value:
-            caps = set()
-        elif value.startswith("~"):
-            caps = (caps if caps is not None else {"CAP_SYS_PTRACE"}) - {value[1:]} - names
-        else:
-            caps = (caps or set()) | names
+    ptrace = has_ptrace(f.service_files)
     groups = {v for value, _ in unit_values(f.service_files, "Service", "SupplementaryGroups")
               for v in value.split()}  # fmt: skip
     protect = [v for v, _ in unit_values(f.service_files, "Service", "ProtectProc")]
     missing = []
-    if caps is not None and "CAP_SYS_PTRACE" not in caps and opts.get("gid") not in groups:
+    if not ptrace and opts.get("gid") not in groups:
         missing.append("CapabilityBoundingSet= lacks CAP_SYS_PTRACE")
     if protect and protect[-1] not in ("default", ""):
         missing.append(f"ProtectProc={protect[-1]}")
@@ -451,6 +443,23 @@ def check_hidepid(f: Facts) -> list[Finding]:
                         "install-units writes it")]  # fmt: skip
     return [Finding(name, Severity.OK, f"{base}; shmjanitor.service ({units}) keeps what "
                     "sees through it (CAP_SYS_PTRACE, ProtectProc=default)")]  # fmt: skip
+
+
+def has_ptrace(service_files: Sequence[tuple[str, str]]) -> bool:
+    """Whether CapabilityBoundingSet= leaves CAP_SYS_PTRACE (systemd.exec(5): lines
+    merge; a first plain list restricts to it, later ones add; "~" lists remove; an
+    empty assignment empties the set)."""
+    has, restricted = True, False
+    for value, _ in unit_values(service_files, "Service", "CapabilityBoundingSet"):
+        listed = "CAP_SYS_PTRACE" in value.lstrip("~").split()
+        if not value:
+            has, restricted = False, True
+        elif value.startswith("~"):
+            has = has and not listed
+        else:
+            has = listed or (has and restricted)
+            restricted = True
+    return has
 
 
 CHECKS = (check_logind, check_rmid_forced, check_limits, check_dev_shm_size, check_timer,
@@ -664,14 +673,14 @@ def mqueue_mount(mountinfo: str = "/proc/self/mountinfo") -> Optional[str]:
     return "/dev/mqueue" if "/dev/mqueue" in found else (found[-1] if found else None)
 
 
-def proc_options(mountinfo: str = "/proc/self/mountinfo") -> str:
+def proc_options(mountinfo: str = "/proc/self/mountinfo", mount_point: str = "/proc") -> str:
     """The super options of the mount on top at /proc (where hidepid= and gid= are)."""
     options = ""
     try:
         with open(mountinfo) as fh:
             for line in fh:
                 head, sep, tail = line.partition(" - ")
-                if sep and head.split()[4:5] == ["/proc"] and len(tail.split()) > 2:
+                if sep and head.split()[4:5] == [mount_point] and len(tail.split()) > 2:
                     options = tail.split()[2]
     except OSError:
         pass
