@@ -1043,9 +1043,10 @@ def doctor(
     0 when all is ok, 1 with a warning, 2 with an error.
     """
     from shmjanitor import doctor as doctor_
+    from shmjanitor import doctor_facts
 
     with errors_as_exit():
-        findings = doctor_.diagnose(doctor_.gather(root, config_path, reap_metrics))
+        findings = doctor_.diagnose(doctor_facts.gather(root, config_path, reap_metrics))
         picked = _pick_format(fmt, as_json)
         if picked is Format.JSON:
             sys.stdout.write(doctor_.to_json(findings))

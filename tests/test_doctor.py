@@ -22,7 +22,7 @@ import sysv_ipc
 from conftest import HOST_IPC_NS, _libc, _mount
 from segments import Spec, cli, make
 
-from shmjanitor import doctor, metrics, units
+from shmjanitor import doctor, doctor_facts, metrics, units
 from shmjanitor.doctor import Severity
 
 SYSCTL = Path("/proc/sys")
@@ -454,21 +454,25 @@ def test_hidepid_without_what_the_unit_needs(root: Path, tmp_path: Path) -> None
     except OSError as e:
         pytest.skip(f"cannot mount proc with hidepid: {e}")
     try:
-        options = doctor.proc_options(mount_point=str(mnt))
+        options = doctor_facts.proc_options(mount_point=str(mnt))
     finally:
         _libc.umount2(str(mnt).encode(), 2)
     assert "hidepid=invisible" in options
-    facts = dataclasses.replace(doctor.gather(root), proc_options=options)
+    facts = dataclasses.replace(doctor_facts.gather(root), proc_options=options)
     [ok] = doctor.check_hidepid(facts)
     assert ok.severity is Severity.OK, ok
     write(root, "/etc/systemd/system/shmjanitor.service.d/x.conf",
           "[Service]\nCapabilityBoundingSet=~CAP_SYS_PTRACE\n")  # fmt: skip
-    [warn] = doctor.check_hidepid(dataclasses.replace(doctor.gather(root), proc_options=options))
+    [warn] = doctor.check_hidepid(
+        dataclasses.replace(doctor_facts.gather(root), proc_options=options)
+    )
     assert warn.severity is Severity.WARNING
     assert "lacks CAP_SYS_PTRACE" in warn.found and "x.conf" in warn.found
     write(root, "/etc/systemd/system/shmjanitor.service.d/x.conf",
           "[Service]\nProtectProc=invisible\n")  # fmt: skip
-    [warn] = doctor.check_hidepid(dataclasses.replace(doctor.gather(root), proc_options=options))
+    [warn] = doctor.check_hidepid(
+        dataclasses.replace(doctor_facts.gather(root), proc_options=options)
+    )
     assert warn.severity is Severity.WARNING and "ProtectProc=invisible" in warn.found
 
 
