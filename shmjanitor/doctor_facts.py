@@ -158,7 +158,7 @@ def read_limits(by_kind: Mapping[str, list[Any]], mqueue: Optional[str]) -> tupl
 
 
 def mqueue_mount(mountinfo: str = "/proc/self/mountinfo") -> Optional[str]:
-    """Where an mqueue file system is mounted: /dev/mqueue if it is one, else the first
+    """Where an mqueue file system is mounted: /dev/mqueue if it is one, else the latest
     mqueue mount (None: none, and no POSIX queue can be counted)."""
     found = []
     try:
