@@ -91,3 +91,26 @@ def write(path: Path, verdicts: Optional[Sequence[Verdict]], run: Optional[RunSt
         write_to_textfile(str(path), reg)
     except OSError as e:
         raise MetricsError(f"cannot write metrics file {path}: {e.strerror}") from None
+
+
+def write_doctor(path: Path, checks: Sequence[tuple[str, int]], now: float) -> None:
+    """`doctor --metrics-file`: shmjanitor_doctor_check{check} is each check's worst
+    severity (0 ok, 1 warning, 2 error), so a fleet alerts on `> 0` per check, and
+    shmjanitor_doctor_timestamp_seconds says when (an alert on its age finds a doctor
+    that stopped running)."""
+    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
+    reg = CollectorRegistry()
+    gauge = Gauge("shmjanitor_doctor_check", "shmjanitor doctor: 0 ok, 1 warning, 2 error",
+                  ["check"], registry=reg)  # fmt: skip
+    worst: dict[str, int] = {}
+    for check, severity in checks:
+        worst[check] = max(severity, worst.get(check, 0))
+    for check, severity in worst.items():
+        gauge.labels(check).set(severity)
+    Gauge("shmjanitor_doctor_timestamp_seconds", "When shmjanitor doctor last ran (epoch)",
+          registry=reg).set(now)  # fmt: skip
+    try:
+        write_to_textfile(str(path), reg)
+    except OSError as e:
+        raise MetricsError(f"cannot write metrics file {path}: {e.strerror}") from None
