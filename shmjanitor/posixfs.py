@@ -224,6 +224,9 @@ class Snapshot(NamedTuple):
     blocked: dict[str, tuple[str, ...]]
     unseen: dict[str, bool]
     lease: Callable[[int], Optional[str]]  # uid -> why no write lease (None: we can)
+    # Each kind's files, split once by name: /dev/shm's "sem.*" are posix-sem's, the
+    # rest posix-shm's; /dev/mqueue's are posix-mqueue's (objects() with no `keep`).
+    parts: Optional[dict[type[PosixObject], list[Entry]]] = None
 
 
 REUSE = 1.0  # seconds a snapshot serves the kinds' read() (one survey; survey.forget)
@@ -268,7 +271,20 @@ def take(proc: str = "/proc") -> Snapshot:
         why = [w for w in h.unseen if w != _holders.OUTSIDE or _shared_outside(d, proc)]
         unseen[d] = bool(why)
         blocked[d] = _blocked_clauses(h, why)
-    return Snapshot(entries, h, blocked, unseen, _lease_check())
+    shm: list[Entry] = []
+    sem: list[Entry] = []
+    for e in entries[SHM_DIR]:  # a loop, not a function call per name
+        (sem if e[0].startswith(SEM_PREFIX) else shm).append(e)
+    parts: dict[type[PosixObject], list[Entry]] = {
+        PosixShm: shm,
+        PosixSem: sem,
+        PosixMqueue: entries[MQUEUE_DIR],
+    }
+    return Snapshot(entries, h, blocked, unseen, _lease_check(), parts)
+
+
+SEM_PREFIX = "sem."  # glibc's sem_open names its file "sem.NAME" (sysdeps/pthread)
+_DIR_OF = {"PosixShm": SHM_DIR, "PosixSem": SHM_DIR, "PosixMqueue": MQUEUE_DIR}
 
 
 def read_dir(path: str, queues: bool = False) -> tuple[Optional[int], list[Entry]]:
@@ -282,6 +298,7 @@ def read_dir(path: str, queues: bool = False) -> tuple[Optional[int], list[Entry
     try:
         dev = os.fstat(fd).st_dev
         found: list[Entry] = []
+        append = found.append
         with os.scandir(fd) as it:
             for e in it:
                 try:
@@ -289,7 +306,7 @@ def read_dir(path: str, queues: bool = False) -> tuple[Optional[int], list[Entry
                 except FileNotFoundError:
                     continue  # removed since the listing
                 if S_ISREG(s.st_mode) and s.st_dev == dev:  # is_object
-                    found.append(Entry(e.name, s))
+                    append(_new(Entry, (e.name, s, None)))
         if queues:
             found = [Entry(e.name, e.st, mq_attr(fd, e.name)) for e in found]
         return dev, found
@@ -379,33 +396,45 @@ def _lease_check() -> Callable[[int], Optional[str]]:
     return lambda uid: None if uid == me else "not its owner, and no CAP_LEASE"
 
 
-def objects(cls: type[PosixObject], path: str, keep: Callable[[str], bool] = lambda n: True,
+def objects(cls: type[PosixObject], path: str, keep: Optional[Callable[[str], bool]] = None,
             snap: Optional[Snapshot] = None) -> list[PosixObject]:  # fmt: skip
-    """The objects of kind `cls` in directory `path` (its files whose name `keep`
-    accepts), each with its holders, what blocked the proof, its name's program and
-    pid (the pid only when /proc shows every process that could hold it)."""
+    """The objects of kind `cls` in directory `path`: the kind's own files (the
+    snapshot's split), or those whose name `keep` accepts; each with its holders, what
+    blocked the proof, its name's program and pid (the pid only when /proc shows every
+    process that could hold it)."""
     s = snapshot() if snap is None else snap
+    if keep is None and s.parts is not None and _DIR_OF.get(cls.__name__) == path:
+        found = s.parts.get(cls, [])
+    else:
+        found = [e for e in s.entries.get(path, []) if keep is None or keep(e[0])]
+    if not found:
+        return []
     blocked = s.blocked.get(path, ())
     pids_ours = not s.unseen.get(path, False)
-    held = s.holdings.held.get
+    dev = found[0][1].st_dev  # read_dir keeps the files of the directory's own device
+    held = {ino: tuple(sorted(hs)) for (d, ino), hs in s.holdings.held.items() if d == dev}
     leases: dict[int, Optional[str]] = {}
-    out: list[PosixObject] = []
-    append = out.append
-    for name, f, mq in s.entries.get(path, []):
-        if not keep(name):
-            continue
-        program, pid = known_program(name)
-        uid = f.st_uid
-        lease = leases[uid] if uid in leases else leases.setdefault(uid, s.lease(uid))
-        hs = held((f.st_dev, f.st_ino))
-        # tuple.__new__: the NamedTuple without its Python-level __new__ (10,000 files)
-        append(_new(cls, (
-            f.st_ino, name, path, f.st_dev, f.st_mode & 0o7777, uid, f.st_gid, f.st_size,
-            f.st_blocks * 512, f.st_mtime_ns, f.st_ctime_ns, f.st_atime_ns,
-            tuple(sorted(hs)) if hs else (), blocked, pid if pids_ours else None, program,
-            mq, lease,
-        )))  # fmt: skip
+    for uid in {e[1].st_uid for e in found}:
+        leases[uid] = s.lease(uid)
+    # The program a name shows, and the pid in it when ours (most names show none).
+    match = _PROGRAMS.match
+    named = {name: _named(name, pids_ours) for name, _, _ in found if match(name)}
+    # tuple.__new__: the NamedTuple without its Python-level __new__ (10,000 files), and
+    # one comprehension: every field read straight from the stat
+    out = [_new(cls, (
+        f.st_ino, name, path, dev, f.st_mode & 0o7777, f.st_uid, f.st_gid, f.st_size,
+        f.st_blocks * 512, f.st_mtime_ns, f.st_ctime_ns, f.st_atime_ns, held.get(f.st_ino, ()),
+        blocked, p[1], p[0], mq, leases[f.st_uid],
+    )) for name, f, mq in found for p in [named.get(name, _UNNAMED)]]  # fmt: skip
     return out
+
+
+_UNNAMED: tuple[Optional[str], Optional[int]] = (None, None)
+
+
+def _named(name: str, pids_ours: bool) -> tuple[Optional[str], Optional[int]]:
+    program, pid = known_program(name)
+    return program, pid if pids_ours else None
 
 
 _new = tuple.__new__
