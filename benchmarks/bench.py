@@ -3,6 +3,7 @@
 
     python benchmarks/bench.py            # N = 32,000 and 4,096; updates docs/benchmarks.md
     python benchmarks/bench.py --quick    # a small N, a few runs, docs left alone
+    python benchmarks/bench.py --only sem,msg   # some rows only (shm, sem, msg, posix)
 
 Everything happens in private IPC namespaces: the script re-executes itself under
 `unshare --ipc` unless it already runs in one, and keeps each data set (32,000 orphans
@@ -379,12 +380,16 @@ def ratio_figure(name: str, a: str, b: str, pair: Pair, limit: Optional[float],
 # --- the benchmark ----------------------------------------------------------------------
 
 
+KINDS = ("shm", "sem", "msg", "posix")  # the benchmark's rows, by kind of object
+
+
 class Options(NamedTuple):
     n: int
     small_n: int
     runs: int
     workers: int
     docs: Optional[Path]
+    only: tuple[str, ...] = KINDS  # the rows run, by kind
 
 
 def compile_package() -> None:
@@ -413,6 +418,13 @@ def benchmark(opt: Options, say: Callable[[str], None]) -> tuple[list[Figure], d
         return go
 
     try:
+        if "shm" not in opt.only:  # --only sem,msg,posix: the rows of issues 12, 13 alone
+            for kind, flag in (("sem", "-s"), ("msg", "-q")):
+                if kind in opt.only:
+                    figures += kind_figures(kind, flag, opt, sj, tmp, say)
+            if "posix" in opt.only:
+                figures += posix_figures(opt, sj, tmp, say)
+            return figures, notes
         # Start-up: an empty namespace, shmjanitor vs the interpreter doing nothing.
         empty = Namespace(shmmni)
         say("start-up (empty namespace) ...")
@@ -548,8 +560,10 @@ def benchmark(opt: Options, say: Callable[[str], None]) -> tuple[list[Figure], d
                                     "quarantine", "--no-quarantine", pair, None))  # fmt: skip
         reapns.close()
         for kind, flag in (("sem", "-s"), ("msg", "-q")):
-            figures += kind_figures(kind, flag, opt, sj, tmp, say)
-        figures += posix_figures(opt, sj, tmp, say)
+            if kind in opt.only:
+                figures += kind_figures(kind, flag, opt, sj, tmp, say)
+        if "posix" in opt.only:
+            figures += posix_figures(opt, sj, tmp, say)
         empty.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -871,14 +885,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--docs", type=Path, default=None,
                     help=f"write the results here (default: {DOCS.relative_to(ROOT)}, "
                     "only for a full run at the default N)")  # fmt: skip
+    ap.add_argument("--only", default=",".join(KINDS), metavar="KINDS",
+                    help="the rows to run: of shm, sem, msg, posix, separated by commas (default: "
+                    "all; docs are written only for all)")  # fmt: skip
     args = ap.parse_args(argv)
     if args.quick:
         args.n, args.runs = 2000, 3
     if not 1 <= args.n <= MAX_N or args.runs < 1:
         ap.error(f"--n must be 1..{MAX_N} and --runs at least 1")
     small = args.small_n or (SMALL_N if args.n >= SMALL_N * 2 else max(1, args.n // 8))
-    docs = args.docs or (DOCS if args.n == MAX_N and args.runs >= 5 else None)
-    opt = Options(args.n, small, args.runs, args.workers, docs)
+    only = tuple(k for k in KINDS if k in args.only.split(","))
+    if not only or set(args.only.split(",")) - set(only):
+        ap.error("--only takes shm, sem, msg, posix, separated by commas")
+    every = len(only) == len(KINDS)
+    docs = args.docs or (DOCS if args.n == MAX_N and args.runs >= 5 and every else None)
+    opt = Options(args.n, small, args.runs, args.workers, docs, only)
     if os.geteuid() != 0:
         sys.exit("bench: run as root (it setns(2)es and creates segments as uid 1000)")
     ensure_private_namespace()
@@ -891,8 +912,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"{m['nproc']} CPUs ({m['CPU']}), Linux {m['kernel']}, Python {m['python']}; "
           f"medians of {opt.runs} runs")  # fmt: skip
     print(text_table(figures))
-    print(f"orphans made: {opt.n:,} by one process in {notes['create_single']}, "
-          f"by {notes['distinct_cpids']} processes in {notes['create_distinct']}")  # fmt: skip
+    if "create_single" in notes:  # the segments' rows ran
+        print(f"orphans made: {opt.n:,} by one process in {notes['create_single']}, "
+              f"by {notes['distinct_cpids']} processes in {notes['create_distinct']}")  # fmt: skip
     targets = [f for f in figures if f.holds is not None]
     missed = [f.name for f in targets if not f.holds]
     print(f"targets: {len(targets) - len(missed)} of {len(targets)} hold"

@@ -11,15 +11,10 @@ import stat
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import IO, Any, Optional
 
 from shmjanitor.durations import parse_duration
 from shmjanitor.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.9/3.10
-    import tomli as tomllib
 
 DEFAULT_PATH = Path("/etc/shmjanitor.toml")
 MiB = 1 << 20
@@ -134,16 +129,27 @@ def load(path: Optional[Path]) -> Config:
             if not stat.S_ISREG(st.st_mode):
                 raise ConfigError(f"{path}: not a regular file")
             _check_trust(path, st)
-            data = tomllib.load(f)
+            data = _toml(f, path)
     except FileNotFoundError:
         if explicit:
             raise ConfigError(f"{path}: no such file (given with --config)") from None
         return Config()
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:  # TOML is UTF-8 only
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     return parse(data, str(path))
+
+
+def _toml(f: IO[bytes], path: Path) -> dict[str, Any]:
+    # Imported here: most runs have no config file, and tomllib compiles its regular
+    # expressions at import (a few ms of every reap's start-up).
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.9/3.10
+        import tomli as tomllib
+    try:
+        return tomllib.load(f)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:  # TOML is UTF-8 only
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
 
 
 def parse(data: dict[str, Any], source: str) -> Config:

@@ -8,7 +8,7 @@ import errno
 import os
 import struct
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 IPC_RMID = 0
 IPC_SET = 1
@@ -243,12 +243,18 @@ _SEMID_DS = struct.Struct("@iIIIIHHHHLL" + _SEM_TIMES.get(os.uname().machine, ""
 _SEM_LAYOUT_OK = ctypes.sizeof(ctypes.c_long) == 8 and os.uname().machine in _SEM_TIMES
 _semctl = _libc.semctl  # variadic: the 4th argument (union semun) is passed as it comes
 _semctl.restype = ctypes.c_int
-_semctl_fast = ctypes.CDLL(None).semctl  # the same, without errno (sem_waits_and_pids)
+# The same, without errno: -1 says only that a call failed (sem_waits_and_pids, and
+# kinds/sem.py's read of a table of sets of one, ask again through _semctl for why).
+semctl_no_errno = _semctl_fast = ctypes.CDLL(None).semctl
 _semctl_fast.restype = ctypes.c_int
 # The IPC_STAT buffer, kept for the IPC_SET that follows it (sem_set_mode_after_stat).
 # Larger than any layout above: the kernel writes its whole struct into it.
 _sem_buf = ctypes.create_string_buffer(128)
 _SEM_MODE_AT = 20  # ipc64_perm.mode: after key, uid, gid, cuid, cgid (little-endian)
+# Where ctime and nsems are among the unpacked fields (otime is the 12th on every
+# machine): x86_64's pad word after each time moves them.
+_PADDED = _SEM_TIMES.get(os.uname().machine, "").startswith("qQ")
+_CTIME, _NSEMS = (13, 15) if _PADDED else (12, 13)
 
 
 class SemStat(NamedTuple):
@@ -278,12 +284,20 @@ def sem_stat(semid: int) -> SemStat:
     if _semctl(semid, 0, IPC_STAT, _sem_buf) != 0:
         raise _sem_error()
     f = _SEMID_DS.unpack_from(_sem_buf)
-    key, uid, gid, cuid, cgid, mode = f[:6]
-    if len(f) == 18:  # x86_64: otime, pad, ctime, pad, nsems, ...
-        otime, ctime, nsems = f[11], f[13], f[15]
-    else:
-        otime, ctime, nsems = f[11], f[12], f[13]
-    return SemStat(key & 0xFFFFFFFF, mode, uid, gid, cuid, cgid, otime or None, ctime, nsems)
+    return _new_stat(SemStat, (f[0] & 0xFFFFFFFF, f[5], f[1], f[2], f[3], f[4],
+                               f[11] or None, f[_CTIME], f[_NSEMS]))  # fmt: skip
+
+
+def sem_stat_row(semid: int) -> tuple[Any, ...]:
+    """sem_stat as the first ten fields of kinds/sem.py's SemSet: key (unsigned), semid,
+    the mode's 0o777 bits, nsems, uid, gid, cuid, cgid, otime (None: never), ctime. For
+    reap's re-checks, two per set: no NamedTuple built, and ctypes' errno swap only
+    when the call failed, to say why. Raises OSError as sem_stat does."""
+    if not _SEM_LAYOUT_OK or _semctl_fast(semid, 0, IPC_STAT, _sem_buf) != 0:
+        sem_stat(semid)  # again, with errno: raises the OSError that says why
+    f = _SEMID_DS.unpack_from(_sem_buf)
+    return (f[0] & 0xFFFFFFFF, semid, f[5] & 0o777, f[_NSEMS], f[1], f[2], f[3], f[4],
+            f[11] or None, f[_CTIME])  # fmt: skip
 
 
 def sem_set_mode_after_stat(semid: int, mode: int) -> None:
@@ -397,6 +411,8 @@ _MSQID_DS = struct.Struct("@iIIIIHHHHLLlllLLLiiLL")
 _MSG_LAYOUT_OK = ctypes.sizeof(ctypes.c_long) == 8 and _MSQID_DS.size == 120
 _msgctl = _libc.msgctl
 _msgctl.restype = ctypes.c_int
+_msgctl_no_errno = ctypes.CDLL(None).msgctl  # as semctl_no_errno: -1 only says it failed
+_msgctl_no_errno.restype = ctypes.c_int
 _msgbuf = ctypes.create_string_buffer(_MSQID_DS.size)
 _msg_unpack = _MSQID_DS.unpack_from
 _libc.msgget.argtypes = (ctypes.c_int, ctypes.c_int)
@@ -447,11 +463,29 @@ def msg_stat(msqid: int) -> MsgStat:
                                rtime or None, ctime, cbytes, qnum, qbytes, lspid, lrpid))  # fmt: skip
 
 
+def msg_stat_row(msqid: int) -> tuple[Any, ...]:
+    """msg_stat as the first fifteen fields of kinds/msg.py's Queue: key (unsigned),
+    msqid, the mode's 0o777 bits, cbytes, qnum, lspid, lrpid, uid, gid, cuid, cgid, stime,
+    rtime (None: never), ctime, qbytes. For reap's re-checks, two per queue: no
+    NamedTuple built, and ctypes' errno swap only when the call failed, to say why.
+    Raises OSError as msg_stat does; its buffer stays for `msg_set_mode_after_stat`."""
+    if not _MSG_LAYOUT_OK or _msgctl_no_errno(msqid, IPC_STAT, _msgbuf) != 0:
+        msg_stat(msqid)  # again, with errno: raises the OSError that says why
+    (key, uid, gid, cuid, cgid, mode, _p1, _seq, _p2, _r1, _r2, stime, rtime, ctime,
+     cbytes, qnum, qbytes, lspid, lrpid, _r4, _r5) = _msg_unpack(_msgbuf)  # fmt: skip
+    return (key & 0xFFFFFFFF, msqid, mode & 0o777, cbytes, qnum, lspid, lrpid, uid, gid,
+            cuid, cgid, stime or None, rtime or None, ctime, qbytes)  # fmt: skip
+
+
 def msg_qbytes(msqid: int) -> Optional[int]:
     """msg_qbytes of a queue (/proc/sysvipc/msg lacks it), None when we may not read it
     (EACCES) or cannot (not 64-bit). Raises OSError otherwise: EINVAL/EIDRM gone."""
     if not _MSG_LAYOUT_OK:
         return None
+    # Without errno first (list asks this of every queue: 32,000 in issue 12), with it
+    # only to say why a call failed.
+    if _msgctl_no_errno(msqid, IPC_STAT, _msgbuf) == 0:
+        return _qbytes_of(_msgbuf, _QBYTES_AT)[0]
     if _msgctl(msqid, IPC_STAT, _msgbuf) != 0:
         err = ctypes.get_errno()
         if err in (errno.EACCES, errno.EPERM):

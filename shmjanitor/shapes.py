@@ -324,6 +324,9 @@ class FactsJson(_Shared):
         super().__init__(keep)
         self._head = f'{{"kind":{json_string(kind.NAME)},'
         self._facts = [(json_string(f.json), f.get) for f in kind.FACTS]
+        # A kind may write its facts itself, in one call (kinds/sem.py, kinds/msg.py:
+        # json_facts), as this loop would: a call per fact is 100 ms at 32,000 queues.
+        self._own: Optional[Callable[[Any], str]] = getattr(kind, "json_facts", None)
         self._who: dict[tuple[int, int, int, int, int], str] = {}
         self._verdict: dict[tuple[State, str], str] = {}
 
@@ -334,7 +337,11 @@ class FactsJson(_Shared):
             f'"owner":{json_string(owner_name(o.uid))},"uid":{o.uid},"gid":{o.gid},'
             f'"cuid":{o.cuid},"cgid":{o.cgid},"perms":{o.perms},'
         ))  # fmt: skip
-        facts = "".join([f"{name}:{_json_value(get(o))}," for name, get in self._facts])
+        own = self._own
+        if own is not None:
+            facts = own(o)
+        else:
+            facts = "".join([f"{name}:{_json_value(get(o))}," for name, get in self._facts])
         kv = (v.state, v.reason)
         verdict = self._verdict.get(kv) or self._learn(self._verdict, kv, (
             f'"state":"{v.state.value}","reason":{json_string(v.reason)}}}'

@@ -100,17 +100,27 @@ class Queue(NamedTuple):
 # --- reading the table ------------------------------------------------------------------
 
 
+Row = tuple  # a table row's fourteen fields, in Queue's order (the facts come after)
+_UNREAD = (None, (), (), None, None)  # Queue's defaults for the facts read per queue
+# tuple.__new__ rather than Queue(...) or _replace, whose Python frames cost 2 us a
+# queue (issue 12 measures `list` at 32,000 queues).
+_new = tuple.__new__
+
+
 def parse(text: str, source: str = str(PROC_MSG)) -> list[Queue]:
     """The whole table without the facts read per queue, or CorruptTable naming the
     first bad line. Pure."""
+    return [_new(Queue, r + _UNREAD) for r in _rows(text, source)]
+
+
+def _rows(text: str, source: str) -> list[Row]:
     return sysvtable.parse(text, source, COLUMNS, _convert)
 
 
 def _convert(column: sysvtable.Column, modes: list[int], _index: dict[str, int]
-             ) -> Iterator[Queue]:  # fmt: skip
-    """One chunk's Queues from its columns (sysvtable.parse)."""
-    return map(
-        Queue,
+             ) -> Iterator[Row]:  # fmt: skip
+    """One chunk's rows from its columns (sysvtable.parse)."""
+    return zip(
         [k & 0xFFFFFFFF for k in column("key")],
         column("msqid"),
         modes,
@@ -133,30 +143,30 @@ def read(path: Path = PROC_MSG) -> list[Queue]:
     the tasks waiting on it (one sweep of /proc for all). A fixture file's queues are
     dropped (test text with `parse`)."""
     global _last
-    queues = parse(sysvtable.read_text(path), str(path))
+    queues = _rows(sysvtable.read_text(path), str(path))
     if not queues:
         return []  # no queue, nobody to look for (a sweep reads every task's syscall)
     _last = sweep()  # also for the re-checks of a reap that follows (see REUSE)
     return with_facts(queues, _last)
 
 
-def with_facts(queues: Iterable[Queue], s: Sweep) -> list[Queue]:
-    """Each queue with msg_qbytes (IPC_STAT: 2 us a queue) and the sweep's evidence.
-    A queue removed since the table was read is dropped."""
+def with_facts(queues: Iterable[Row], s: Sweep) -> list[Queue]:
+    """Each queue (a Queue or a table row) with msg_qbytes (IPC_STAT: 2 us a queue) and
+    the sweep's evidence. A queue removed since the table was read is dropped."""
     out: list[Queue] = []
     append = out.append
     qbytes = kernel.msg_qbytes
     evidence = _Evidence(s)
     hidden_on = evidence.hidden_on if evidence.some else None
     every, blind, blocked, threads = evidence.every, s.blind, s.blocked.get, s.threads.get
-    new = tuple.__new__  # not _replace: a Python frame per queue
     for q in queues:
+        row = q[:14]  # a row itself (a slice of a whole tuple is that tuple)
         try:
-            limit = qbytes(q.id)
+            limit = qbytes(row[1])
         except OSError:
             continue  # gone since the table was read
-        hidden = every if hidden_on is None else hidden_on(q, limit)
-        append(new(Queue, (*q[:14], limit, blocked(q.id, ()), hidden, blind, threads(q.lrpid))))
+        hidden = every if hidden_on is None else hidden_on(_new(Queue, row + _UNREAD), limit)
+        append(_new(Queue, row + (limit, blocked(row[1], ()), hidden, blind, threads(row[6]))))
     return out
 
 
@@ -182,6 +192,17 @@ FACTS = (
     Fact("RECV", "recv", lambda q: q.rtime, "time of the last msgrcv", "time"),
     Fact("BLOCKED", "blocked", _blocked_count, "tasks waiting in msgsnd or msgrcv on it now"),
 )
+
+
+def json_facts(q: Queue) -> str:
+    """FACTS as members of its JSON object, each with its comma, in one call: the text
+    shapes.FactsJson makes of them one call per fact (tests/test_json_facts.py holds
+    the two equal)."""
+    qbytes, stime, rtime = q.qbytes, q.stime, q.rtime
+    return (f'"qbytes":{"null" if qbytes is None else qbytes},"usedbytes":{q.cbytes},'
+            f'"msgs":{q.qnum},"lspid":{q.lspid},"lrpid":{q.lrpid},'
+            f'"send":{"null" if stime is None else stime},'
+            f'"recv":{"null" if rtime is None else rtime},"blocked":{len(q.blocked)},')  # fmt: skip
 
 
 class _Evidence:
@@ -304,10 +325,19 @@ def removing(q: Queue) -> Optional[str]:
 
 
 def quiet(q: Queue, now: float) -> str:
-    if q.stime is None and q.rtime is None:
-        return f"never used, created {format_age(int(now - q.ctime))} ago"
-    used = max(q.stime or 0, q.rtime or 0)
-    return f"no message sent or received for {format_age(int(now - used))}"
+    stime, rtime = q.stime, q.rtime
+    if stime is None and rtime is None:
+        return _quiet(_NEVER, int(now - q.ctime))
+    return _quiet(_SINCE, int(now - max(stime or 0, rtime or 0)))
+
+
+_NEVER = "never used, created {} ago"
+_SINCE = "no message sent or received for {}"
+
+
+@lru_cache(maxsize=4096)  # the same few ages, over and over: a leak's queues are alike
+def _quiet(text: str, seconds: int) -> str:
+    return text.format(format_age(seconds))
 
 
 # --- removing (remove.py drives these) --------------------------------------------------
@@ -339,22 +369,17 @@ def _recent() -> _Evidence:
     return e
 
 
-_new = tuple.__new__  # a Queue without the NamedTuple's Python-level __new__ (2 us)
-
-
 def stat(id: int) -> Queue:
     """IPC_STAT now (its buffer stays for `lock`), and the tasks that wait on it (a
     sweep of /proc at most REUSE seconds old, see above). Raises OSError: EINVAL/EIDRM
     gone, EACCES no read permission."""
-    st = kernel.msg_stat(id)
+    row = kernel.msg_stat_row(id)
     e = _recent()
     s = e.s
-    q: Queue = _new(Queue, (st.key, id, st.mode & 0o777, st.cbytes, st.qnum, st.lspid,
-                            st.lrpid, st.uid, st.gid, st.cuid, st.cgid, st.stime, st.rtime,
-                            st.ctime, st.qbytes, s.blocked.get(id, ()), e.every, s.blind,
-                            s.threads.get(st.lrpid)))  # fmt: skip
+    q: Queue = _new(Queue, row + (s.blocked.get(id, ()), e.every, s.blind,
+                                  s.threads.get(row[6])))  # fmt: skip
     if e.some:
-        q = q._replace(hidden=e.hidden_on(q, st.qbytes))
+        q = q._replace(hidden=e.hidden_on(q, q.qbytes))
     return q
 
 
@@ -392,6 +417,10 @@ def _used(q: Queue, now: Queue) -> Optional[str]:
 
 def changed_since_scan(q: Queue, now: Queue, forced: bool) -> Optional[str]:
     """Why the queue is no longer what was judged, else None. Pure."""
+    if now == q and not (now.blocked or now.hidden or now.blind):
+        # Every field as judged and nobody waiting or hidden: each check below would pass
+        # (one tuple comparison; reap asks this of every queue).
+        return None
     why = _other_queue(q, now)
     if why or forced:
         return why

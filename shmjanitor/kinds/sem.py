@@ -87,14 +87,18 @@ class SemSet(NamedTuple):
     @property
     def waiters(self) -> Optional[int]:
         """Tasks blocked in semop on it now (GETNCNT + GETZCNT), None when unreadable."""
-        if self.semncnt is None or self.semzcnt is None:
+        n, z = self.semncnt, self.semzcnt
+        if n is None or z is None:
             return None
-        return sum(self.semncnt) + sum(self.semzcnt)
+        return sum(n) + sum(z)
 
     @property
     def operators(self) -> tuple[int, ...]:
         """The distinct non-zero sempids, in semaphore order."""
-        return tuple(dict.fromkeys(p for p in self.sempid or () if p))
+        pids = self.sempid
+        if not pids or not any(pids):
+            return ()  # none, or nobody ever changed one: the common case, said at once
+        return tuple(dict.fromkeys(p for p in pids if p))
 
 
 # --- reading ----------------------------------------------------------------------------
@@ -142,18 +146,29 @@ def with_facts(sets: Iterable[Row]) -> list[SemSet]:
     None (`unknowable`)."""
     out: list[SemSet] = []
     append = out.append
-    facts = kernel.sem_waits_and_pids
+    call = kernel.semctl_no_errno
     for s in sets:
-        row = s[:10]
+        row = s[:10]  # a row itself (a slice of a whole tuple is that tuple)
+        semid = row[1]
+        if row[3] == 1:
+            # A set of one, the common case (Apache's, PostgreSQL's): the three calls of
+            # kernel.sem_waits_and_pids without its frame and lists (32,000 sets: -30 ms).
+            n, z, p = call(semid, 0, GETNCNT), call(semid, 0, GETZCNT), call(semid, 0, GETPID)
+            if (n | z | p) >= 0:  # none failed (-1)
+                append(_new(SemSet, row + ((n,), (z,), (p,))))
+                continue
         try:
-            append(_new(SemSet, (*row, *facts(s[1], s[3]))))
+            append(_new(SemSet, row + kernel.sem_waits_and_pids(semid, row[3])))
         except OSError as e:
             if e.errno in _GONE:
                 continue  # removed between the table and semctl: not there any more
             if e.errno not in (errno.EACCES, errno.EPERM):
-                raise CorruptTable(f"semctl of semaphore set {s[1]}: {e.strerror}") from None
-            append(_new(SemSet, (*row, None, None, None)))
+                raise CorruptTable(f"semctl of semaphore set {semid}: {e.strerror}") from None
+            append(_new(SemSet, row + (None, None, None)))
     return out
+
+
+GETNCNT, GETZCNT, GETPID = kernel.GETNCNT, kernel.GETZCNT, kernel.GETPID
 
 
 def read(path: Path = PROC_SEM) -> list[SemSet]:
@@ -172,6 +187,9 @@ def limits() -> dict[str, Optional[int]]:
 
 
 def _pids(s: SemSet) -> Optional[str]:
+    pids = s.sempid
+    if pids is not None and len(pids) == 1:  # a set of one: 32,000 of them in issue 12
+        return str(pids[0]) if pids[0] else None
     return ",".join(map(str, s.operators)) or None
 
 
@@ -181,6 +199,16 @@ FACTS = (
     Fact("WAITERS", "waiters", lambda s: s.waiters, "tasks blocked in semop on it now"),
     Fact("SEMPIDS", "sempids", _pids, "last pids to change its semaphores (GETPID)"),
 )
+
+
+def json_facts(s: SemSet) -> str:
+    """FACTS as members of its JSON object, each with its comma, in one call: the text
+    shapes.FactsJson makes of them one call per fact (tests/test_json_facts.py holds
+    the two equal). SEMPIDS is digits and commas: a JSON string needs no escape."""
+    otime, waiters, pids = s.otime, s.waiters, _pids(s)
+    sempids = "null" if pids is None else f'"{pids}"'
+    return (f'"nsems":{s.nsems},"otime":{"null" if otime is None else otime},'
+            f'"waiters":{"null" if waiters is None else waiters},"sempids":{sempids},')  # fmt: skip
 
 
 # --- evidence (pure) --------------------------------------------------------------------
@@ -193,6 +221,12 @@ def every_pid_visible() -> bool:
     return procs.unseen_ipc_peers() is None
 
 
+# parties() of the sets seen in this run, by everything it reads. A leak is thousands
+# of sets with the same few answers (never operated on, made by one user within a few
+# seconds): one tuple of Parties each, not a few Python objects per set.
+_said: dict[tuple[Any, ...], tuple[Party, ...]] = {}
+
+
 def parties(s: SemSet) -> tuple[Party, ...]:
     """Each distinct last operator (sempid); for a set nobody ever operated on (otime
     and every sempid 0) the creating user; nothing when the facts are unreadable.
@@ -201,15 +235,29 @@ def parties(s: SemSet) -> tuple[Party, ...]:
     but not otime, so the pid may have touched the set after otime, and a process that
     started before its touch is judged by the later moment (ipc/sem.c, semctl_setval).
     """
-    if s.sempid is None:
+    pids = s.sempid
+    if pids is None:
         return ()
+    visible = every_pid_visible()
+    key = (pids, s.otime, s.ctime, s.cuid, visible)
+    found = _said.get(key)
+    if found is None:
+        if len(_said) >= 4096:
+            _said.clear()
+        found = _said[key] = _parties(s, visible)
+    return found
+
+
+def _parties(s: SemSet, every_visible: bool) -> tuple[Party, ...]:
+    """parties(), worked out (`every_visible`: every_pid_visible())."""
+    assert s.sempid is not None
     since = s.last_used
     found = [Party("last operator", pid, since, "sempid") for pid in s.operators]
     if not found and s.otime is None:
         # Never operated on, never SETVAL'd: no process is named. As systemd-logind's
         # RemoveIPC= judges it: gone when its creating user has no process left.
         found.append(Party("creating user", 0, s.ctime, "cuid", uid=s.cuid))
-    if (0 in s.sempid and not every_pid_visible()) or (s.otime is not None and not found):
+    if (0 in s.sempid and not every_visible) or (s.otime is not None and not found):
         # Outside the initial PID namespace a 0 may be a process we cannot see (and
         # after a semop, a 0 everywhere is one): classify says "not visible from this
         # PID namespace" (unknown), never dead. In the initial namespace every process
@@ -221,10 +269,11 @@ def parties(s: SemSet) -> tuple[Party, ...]:
 def in_use(s: SemSet, name_of: Callable[[int], Optional[str]]) -> Optional[str]:
     """The clause when a task is blocked on it now, else None: "2 waiting in semop
     (semaphore 0: 1 to decrease it; semaphore 2: 1 for zero); last operator 4242 (x)"."""
-    if s.semncnt is None or s.semzcnt is None or not s.waiters:
-        return None
+    ncnt, zcnt = s.semncnt, s.semzcnt
+    if ncnt is None or zcnt is None or not (any(ncnt) or any(zcnt)):
+        return None  # unreadable (unknowable says so), or nobody waits
     parts = []
-    for num, (n, z) in enumerate(zip(s.semncnt, s.semzcnt)):
+    for num, (n, z) in enumerate(zip(ncnt, zcnt)):
         what = [f"{n} to decrease it"] * bool(n) + [f"{z} for zero"] * bool(z)
         if what:
             parts.append(f"semaphore {num}: {', '.join(what)}")
@@ -251,9 +300,19 @@ def removing(s: SemSet) -> Optional[str]:
 
 
 def quiet(s: SemSet, now: float) -> str:
-    if s.otime is None:
-        return f"never operated on, created {format_age(int(now - s.ctime))} ago"
-    return f"no semop for {format_age(int(now - s.otime))}"
+    otime = s.otime
+    if otime is None:
+        return _quiet(_NEVER, int(now - s.ctime))
+    return _quiet(_SINCE, int(now - otime))
+
+
+_NEVER = "never operated on, created {} ago"
+_SINCE = "no semop for {}"
+
+
+@lru_cache(maxsize=4096)  # the same few ages, over and over: a leak's sets are alike
+def _quiet(text: str, seconds: int) -> str:
+    return text.format(format_age(seconds))
 
 
 # --- removing (remove.py drives these) --------------------------------------------------
@@ -262,10 +321,13 @@ def quiet(s: SemSet, now: float) -> str:
 def stat(id: int) -> SemSet:
     """IPC_STAT now, then each semaphore's waiters and last pid (the IPC_STAT's buffer
     stays for `lock`). Raises OSError: EINVAL/EIDRM gone, EACCES no read permission."""
-    st = kernel.sem_stat(id)
-    ncnt, zcnt, pids = kernel.sem_waits_and_pids(id, st.nsems)
-    return SemSet(st.key, id, st.mode & 0o777, st.nsems, st.uid, st.gid, st.cuid, st.cgid,
-                  st.otime, st.ctime, ncnt, zcnt, pids)  # fmt: skip
+    row = kernel.sem_stat_row(id)
+    if row[3] == 1:  # as with_facts reads a set of one, without a frame or lists
+        call = kernel.semctl_no_errno
+        n, z, p = call(id, 0, GETNCNT), call(id, 0, GETZCNT), call(id, 0, GETPID)
+        if (n | z | p) >= 0:
+            return _new(SemSet, row + ((n,), (z,), (p,)))
+    return _new(SemSet, row + kernel.sem_waits_and_pids(id, row[3]))
 
 
 def _other_set(s: SemSet, now: SemSet) -> Optional[str]:
@@ -289,6 +351,10 @@ def _operated(s: SemSet, now: SemSet) -> Optional[str]:
 
 def changed_since_scan(s: SemSet, now: SemSet, forced: bool) -> Optional[str]:
     """Why the set is no longer what was judged, else None. Pure."""
+    if now == s and not now.waiters:
+        # Every field as judged and nobody waiting: each check below would pass (one
+        # tuple comparison instead of a dozen fields; reap asks this of every set).
+        return None
     why = _other_set(s, now)
     if why or forced:
         return why
