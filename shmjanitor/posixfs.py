@@ -449,8 +449,15 @@ def parties(o: PosixObject) -> tuple[Party, ...]:
     who may open it again by name while any process of theirs lives (reopens)."""
     if o.name_pid is not None:
         return (Party("creator (pid in its name)", o.name_pid, float(o.ctime), "name"),)
-    # since 0: a user's liveness has no moment, and one tuple per owner is judged once
-    return (_new(Party, ("owner", 0, 0.0, "uid", o.uid, True)),)
+    # since 0: a user's liveness has no moment, so one tuple per owner serves every
+    # object of theirs (classify judges a tuple once)
+    owner = _owners.get(o.uid)
+    if owner is None:
+        owner = _owners[o.uid] = (_new(Party, ("owner", 0, 0.0, "uid", o.uid, True)),)
+    return owner
+
+
+_owners: dict[int, tuple[Party, ...]] = {}  # uid -> (its owner party,): immutable facts
 
 
 def _who(h: Holder) -> str:
@@ -503,12 +510,29 @@ def removing(o: PosixObject) -> Optional[str]:
 
 def quiet(o: PosixObject, now: float) -> str:
     """ "nobody holds it; modified 3h ago" (the latest of mtime, ctime, atime)."""
-    if o.blocked:
-        head = (f"nobody seen holding it; holders not all readable ({'; '.join(o.blocked)}): "
+    m, c, a = o.mtime_ns, o.ctime_ns, o.atime_ns
+    changed = m if m > c else c
+    read = a > changed  # read since its last change: "read"; else "modified"
+    age = max(0, int(now - (a if read else changed) // 1_000_000_000))  # as last_used
+    # One text per (blocked, messages, read, age): thousands of files share one.
+    key = (o.blocked, o.mq.curmsgs if o.mq is not None else 0, read, age)
+    text = _quiet.get(key)
+    if text is None:
+        if len(_quiet) >= 4096:
+            _quiet.clear()
+        text = _quiet[key] = _quiet_text(*key)
+    return text
+
+
+_quiet: dict[tuple[tuple[str, ...], int, bool, int], str] = {}
+
+
+def _quiet_text(blocked: tuple[str, ...], curmsgs: int, read: bool, age: int) -> str:
+    if blocked:
+        head = (f"nobody seen holding it; holders not all readable ({'; '.join(blocked)}): "
                 "the write lease decides at removal")  # fmt: skip
     else:
         head = "nobody holds it"
-    if o.mq is not None and o.mq.curmsgs:
-        head += f"; {o.mq.curmsgs} message{'s' if o.mq.curmsgs != 1 else ''} on it"
-    what = "read" if o.atime_ns > max(o.mtime_ns, o.ctime_ns) else "modified"
-    return f"{head}; {what} {format_age(max(0, int(now - o.last_used)))} ago"
+    if curmsgs:
+        head += f"; {curmsgs} message{'s' if curmsgs != 1 else ''} on it"
+    return f"{head}; {'read' if read else 'modified'} {format_age(age)} ago"
