@@ -3,6 +3,8 @@ test puts a real object or process through the fast path and the plain one."""
 
 from __future__ import annotations
 
+import ctypes
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import ACCOUNTS, needs_real_root
 
-from shmjanitor import holders
+from shmjanitor import holders, kinds, shapes, survey
 
 SHM = Path("/dev/shm")
 ALICE = ACCOUNTS["alice"]
@@ -59,3 +61,56 @@ def test_a_holders_name_and_uid_are_what_its_status_says(odd_holder):
     st = os.stat(path)
     (h,) = holders.scan([st.st_dev]).of(st.st_dev, st.st_ino)
     assert (h.pid, h.how, h.comm, h.uid) == (pid, f"fd {fd}", *holders.status_facts(status))
+
+
+# --- the POSIX JSON encoder --------------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_ODD_NAMES = [b"plain", b"a\nb", b'quote"back\\slash', "\u00e9t\u00e9".encode(), b"\xff\xfe",
+              b"tab\there", b"torch_4242_1_2", b"psm_0a1b", b"sem.mp-x", b"sem.\x1b[31mred"]  # fmt: skip
+
+
+def test_the_posix_json_encoder_writes_what_json_dumps_writes():
+    """PosixJson writes its text by hand, sharing parts between objects (owner, verdict,
+    a cached quiet clause): it must be json.dumps of posix_json, byte for byte, for
+    odd names, holders (an fd and a mapping), a queue's attributes, a name's pid,
+    other owners and modes, and every object of a run (the shared parts reused)."""
+    for i, name in enumerate(_ODD_NAMES):
+        fd = os.open(SHM / os.fsdecode(name), os.O_CREAT | os.O_RDWR, 0o600 + i)
+        os.ftruncate(fd, 4096 * i)
+        os.fchown(fd, ALICE if i % 2 else 0, i)
+        os.close(fd)
+    attr = (ctypes.c_long * 8)(0, 4, 32, 0)
+    q = _libc.mq_open(b'/q"x', os.O_CREAT | os.O_RDWR, 0o640, attr)
+    assert q >= 0 and _libc.mq_send(q, b"hi", 2, 0) == 0
+    held = subprocess.Popen([sys.executable, "-c", HOLD, str(SHM / "plain")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert held.stdout is not None and held.stdout.readline().startswith("ready")
+        sv = survey.take(kinds=["posix-shm", "posix-sem", "posix-mqueue"])
+    finally:
+        held.kill()
+        held.wait()
+        os.close(q)
+    assert len(sv.verdicts) == len(_ODD_NAMES) + 1
+    assert any(v.obj.holders for v in sv.verdicts) and any(v.obj.mq for v in sv.verdicts)
+    assert any(v.obj.name_pid for v in sv.verdicts)
+    for name in sv.kinds:
+        kind, encode = kinds.of(name), shapes.of(name).encoder()
+        for v in sv.of(name) * 2:  # twice: the second time from the shared parts
+            want = json.dumps(shapes.posix_json(kind, v), separators=(",", ":"))
+            assert encode(v) == want
+
+
+HOLD = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long)
+fd = os.open(sys.argv[1], os.O_RDWR)
+libc.mmap(None, 4096, 3, 1, fd, 0)
+os.dup(fd)
+print("ready", flush=True)
+sys.stdin.read()
+"""
