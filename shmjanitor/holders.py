@@ -221,7 +221,7 @@ def _files_of(base: str, look: Look) -> Optional[list[tuple[File, str]]]:
     thread-group leader). Raises what reading /proc raised (ENOENT: gone; EACCES:
     closed to us)."""
     devs, needles = look
-    maps = _read(f"{base}/maps")
+    maps = read_maps(f"{base}/maps")
     if not maps:
         return None
     found = [(key, MAPPED) for key in sorted(_mapped(maps, needles))]
@@ -287,6 +287,34 @@ def _read(path: str) -> bytes:
             if not chunk:
                 return b"".join(chunks)
             chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
+# The gate VMA (x86-64's vsyscall page) as maps prints it. /proc/PID/maps shows it after
+# every other mapping and then ends (fs/proc/task_mmu.c: proc_get_vma hands out
+# get_gate_vma(mm) once no VMA is left, at SENTINEL_VMA_GATE; m_next then returns NULL),
+# and no mapping of the process can start at its address (VSYSCALL_ADDR, above
+# TASK_SIZE_MAX). A text ending in its line is whole: the read that would say end of
+# file is one syscall per process saved (1,000 of 4,000 in the benchmark's pass).
+GATE = b"ffffffffff600000-ffffffffff601000 "
+
+
+def read_maps(path: str) -> bytes:
+    """The whole of a maps file, as _read reads it, without the last, empty read when
+    the text already ends with the gate VMA's line."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks: list[bytes] = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            # A read hands out whole lines (seq_read_iter drops a record that does not
+            # fit and shows it again next time), so the chunk's last line is complete.
+            if chunk.endswith(b"]\n") and chunk.startswith(GATE, chunk.rfind(b"\n", 0, -1) + 1):
+                return b"".join(chunks)
     finally:
         os.close(fd)
 

@@ -114,3 +114,51 @@ os.dup(fd)
 print("ready", flush=True)
 sys.stdin.read()
 """
+
+
+# --- maps read without its empty last read ----------------------------------------------
+
+MANY_MAPS = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long)
+fd = os.open(sys.argv[1], os.O_RDWR)
+for i in range(400):  # every other page: 400 VMAs the kernel cannot merge
+    libc.mmap(None, 4096, 1 + 2 * (i % 2), 1, fd, 4096 * i)
+os.close(fd)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_maps_read_to_its_gate_line_is_the_whole_text(monkeypatch):
+    """read_maps stops at the gate VMA's line (the last one the kernel shows) instead of
+    asking once more for end of file: the same text as reading to the end, for a
+    process whose maps take many reads (400 mappings of a file in /dev/shm), and one
+    read fewer."""
+    path = SHM / "many"
+    with open(path, "wb") as f:
+        f.truncate(4096 * 400)
+    p = subprocess.Popen([sys.executable, "-c", MANY_MAPS, str(path)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert p.stdout is not None and p.stdout.readline() == "ready\n"
+        maps = f"/proc/{p.pid}/maps"
+        whole = holders._read(maps)
+        assert whole.count(b"\n") > 400 and len(whole) > 8 * 4096
+        if not whole.splitlines()[-1].startswith(holders.GATE):
+            pytest.skip("no vsyscall gate VMA here (not x86-64, or vsyscall=none)")
+        reads: list[int] = []
+        real = os.read
+        monkeypatch.setattr(os, "read", lambda fd, n: reads.append(n) or real(fd, n))
+        assert holders.read_maps(maps) == whole
+        chunks = len(reads)
+        reads.clear()
+        assert holders._read(maps) == whole and len(reads) == chunks + 1
+        st = os.stat(path)
+        assert len(holders.mapped_files(whole, [st.st_dev])) == 1
+    finally:
+        p.kill()
+        p.wait()
