@@ -127,30 +127,23 @@ def is_object(mode: int) -> bool:
 
 
 # One class per kind: remove.py and classify find an object's kind module by its class.
+# Its kind is a class attribute, not a property: Survey.of and the summaries ask every
+# object's kind, a Python call each as a property.
 class PosixShm(PosixObject):
     __slots__ = ()
-
-    @property
-    def kind(self) -> str:
-        return "posix-shm"
+    kind = "posix-shm"
 
 
 class PosixSem(PosixObject):
     """A named semaphore: /dev/shm/sem.NAME (glibc's sem_open), a 32-byte sem_t."""
 
     __slots__ = ()
-
-    @property
-    def kind(self) -> str:
-        return "posix-sem"
+    kind = "posix-sem"
 
 
 class PosixMqueue(PosixObject):
     __slots__ = ()
-
-    @property
-    def kind(self) -> str:
-        return "posix-mqueue"
+    kind = "posix-mqueue"
 
 
 # --- name patterns (pure) -----------------------------------------------------------
