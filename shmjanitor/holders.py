@@ -49,7 +49,7 @@ class Holder(NamedTuple):
 
     pid: int
     how: str
-    comm: Optional[str]  # /proc/PID/status Name: (comm, at most 15 characters)
+    comm: Optional[str]  # as /proc/PID/status Name: shows comm (at most 15 characters)
     uid: Optional[int]  # effective uid, as ps(1) shows USER
 
 
@@ -124,7 +124,8 @@ def _mapped(maps: bytes, needles: list[Needle]) -> set[File]:
 
 
 def status_facts(status: bytes) -> tuple[Optional[str], Optional[int]]:
-    """(Name, effective uid) from a /proc/PID/status text."""
+    """(Name, effective uid) from a /proc/PID/status text: what the pass's _owner reads
+    more cheaply, and what tests hold it to."""
     comm = uid = None
     for line in status.splitlines():
         if line.startswith(b"Name:"):
