@@ -15,6 +15,11 @@ import pytest
 from conftest import ACCOUNTS, needs_real_root
 
 from shmjanitor import holders, kinds, shapes, survey
+from shmjanitor.classify import State, classify_all
+from shmjanitor.model import Party
+from shmjanitor.posixfs import PosixShm
+from shmjanitor.procs import Proc
+from shmjanitor.scan import Segment
 
 SHM = Path("/dev/shm")
 ALICE = ACCOUNTS["alice"]
@@ -162,3 +167,27 @@ def test_maps_read_to_its_gate_line_is_the_whole_text(monkeypatch):
     finally:
         p.kill()
         p.wait()
+
+
+# --- classify: a parties tuple the object before had ------------------------------------
+
+
+def test_one_parties_tuple_shared_by_two_kinds_is_said_in_each_kinds_words():
+    """classify_all reuses what the object before said when its parties are the very
+    same tuple, and only for the same kind: a segment and a POSIX file given one tuple
+    (an alive creator) say "may attach again" and "may open it again", in either order."""
+    seg = Segment(key=1, id=1, mode=0o600, size=4096, cpid=4242, lpid=0, nattch=0, uid=0,
+                  gid=0, cuid=0, cgid=0, atime=None, dtime=None, ctime=NOW - 60, rss=0,
+                  swap=0)  # fmt: skip
+    f = PosixShm(7, "f", "/dev/shm", 1, 0o600, 0, 0, 4096, 4096, *[(NOW - 60) * 10**9] * 3)
+    ps = (Party("creator", 4242, float(NOW - 100), "cpid"),)
+    facts = {4242: Proc(4242, True, NOW - 100, "server")}
+    for objects in ([seg, f, seg], [f, seg, f]):
+        verdicts = classify_all(objects, facts, NOW, parties=[ps] * 3)
+        for o, v in zip(objects, verdicts):
+            assert v.state is State.IDLE, v
+            verb = "attach" if o is seg else "open it"
+            assert f"alive, may {verb} again; " in v.reason, v.reason
+
+
+NOW = 1_700_010_000
