@@ -102,12 +102,17 @@ def classify_all(
     each = iter(parties) if parties is not None else None
     verdicts: list[Verdict] = []
     append = verdicts.append
+    last_ps: Optional[tuple[Party, ...]] = None
+    last_k: Optional[_Kind] = None
+    last_part: Optional[Said] = None
     for o in objects:
         k = by_type.get(type(o))
         if k is None:
             k = by_type[type(o)] = _Kind(kinds.kind_of(o))
         ps = next(each) if each is not None else k.parties(o)
-        part: Optional[Said] = k.said.get(ps)
+        # The very tuple the object before had, of the same kind (a kind that hands
+        # one tuple to all objects of an owner): what it said, without hashing it.
+        part: Optional[Said] = last_part if ps is last_ps and k is last_k else k.said.get(ps)
         if part is None:
             if len(ps) == 1:  # the common case (nobody ever attached): said directly
                 c, clause = judge_party(ps[0], facts, users, clock)
@@ -122,6 +127,7 @@ def classify_all(
                     js.append(j)
                 part = _parties(js, k.verb)
             k.said[ps] = part
+        last_ps, last_k, last_part = ps, k, part
         creator, user, idle, clauses, unknown = part
         # The rules, in the module docstring's order. (Verdicts are made with
         # tuple.__new__, as Verdict(...) would without a Python-level call: 32,000.)

@@ -127,30 +127,23 @@ def is_object(mode: int) -> bool:
 
 
 # One class per kind: remove.py and classify find an object's kind module by its class.
+# Its kind is a class attribute, not a property: Survey.of and the summaries ask every
+# object's kind, a Python call each as a property.
 class PosixShm(PosixObject):
     __slots__ = ()
-
-    @property
-    def kind(self) -> str:
-        return "posix-shm"
+    kind = "posix-shm"
 
 
 class PosixSem(PosixObject):
     """A named semaphore: /dev/shm/sem.NAME (glibc's sem_open), a 32-byte sem_t."""
 
     __slots__ = ()
-
-    @property
-    def kind(self) -> str:
-        return "posix-sem"
+    kind = "posix-sem"
 
 
 class PosixMqueue(PosixObject):
     __slots__ = ()
-
-    @property
-    def kind(self) -> str:
-        return "posix-mqueue"
+    kind = "posix-mqueue"
 
 
 # --- name patterns (pure) -----------------------------------------------------------
@@ -224,6 +217,9 @@ class Snapshot(NamedTuple):
     blocked: dict[str, tuple[str, ...]]
     unseen: dict[str, bool]
     lease: Callable[[int], Optional[str]]  # uid -> why no write lease (None: we can)
+    # Each kind's files, split once by name: /dev/shm's "sem.*" are posix-sem's, the
+    # rest posix-shm's; /dev/mqueue's are posix-mqueue's (objects() with no `keep`).
+    parts: Optional[dict[type[PosixObject], list[Entry]]] = None
 
 
 REUSE = 1.0  # seconds a snapshot serves the kinds' read() (one survey; survey.forget)
@@ -268,7 +264,20 @@ def take(proc: str = "/proc") -> Snapshot:
         why = [w for w in h.unseen if w != _holders.OUTSIDE or _shared_outside(d, proc)]
         unseen[d] = bool(why)
         blocked[d] = _blocked_clauses(h, why)
-    return Snapshot(entries, h, blocked, unseen, _lease_check())
+    shm: list[Entry] = []
+    sem: list[Entry] = []
+    for e in entries[SHM_DIR]:  # a loop, not a function call per name
+        (sem if e[0].startswith(SEM_PREFIX) else shm).append(e)
+    parts: dict[type[PosixObject], list[Entry]] = {
+        PosixShm: shm,
+        PosixSem: sem,
+        PosixMqueue: entries[MQUEUE_DIR],
+    }
+    return Snapshot(entries, h, blocked, unseen, _lease_check(), parts)
+
+
+SEM_PREFIX = "sem."  # glibc's sem_open names its file "sem.NAME" (sysdeps/pthread)
+_DIR_OF = {"PosixShm": SHM_DIR, "PosixSem": SHM_DIR, "PosixMqueue": MQUEUE_DIR}
 
 
 def read_dir(path: str, queues: bool = False) -> tuple[Optional[int], list[Entry]]:
@@ -282,6 +291,7 @@ def read_dir(path: str, queues: bool = False) -> tuple[Optional[int], list[Entry
     try:
         dev = os.fstat(fd).st_dev
         found: list[Entry] = []
+        append = found.append
         with os.scandir(fd) as it:
             for e in it:
                 try:
@@ -289,7 +299,7 @@ def read_dir(path: str, queues: bool = False) -> tuple[Optional[int], list[Entry
                 except FileNotFoundError:
                     continue  # removed since the listing
                 if S_ISREG(s.st_mode) and s.st_dev == dev:  # is_object
-                    found.append(Entry(e.name, s))
+                    append(_new(Entry, (e.name, s, None)))
         if queues:
             found = [Entry(e.name, e.st, mq_attr(fd, e.name)) for e in found]
         return dev, found
@@ -379,33 +389,45 @@ def _lease_check() -> Callable[[int], Optional[str]]:
     return lambda uid: None if uid == me else "not its owner, and no CAP_LEASE"
 
 
-def objects(cls: type[PosixObject], path: str, keep: Callable[[str], bool] = lambda n: True,
+def objects(cls: type[PosixObject], path: str, keep: Optional[Callable[[str], bool]] = None,
             snap: Optional[Snapshot] = None) -> list[PosixObject]:  # fmt: skip
-    """The objects of kind `cls` in directory `path` (its files whose name `keep`
-    accepts), each with its holders, what blocked the proof, its name's program and
-    pid (the pid only when /proc shows every process that could hold it)."""
+    """The objects of kind `cls` in directory `path`: the kind's own files (the
+    snapshot's split), or those whose name `keep` accepts; each with its holders, what
+    blocked the proof, its name's program and pid (the pid only when /proc shows every
+    process that could hold it)."""
     s = snapshot() if snap is None else snap
+    if keep is None and s.parts is not None and _DIR_OF.get(cls.__name__) == path:
+        found = s.parts.get(cls, [])
+    else:
+        found = [e for e in s.entries.get(path, []) if keep is None or keep(e[0])]
+    if not found:
+        return []
     blocked = s.blocked.get(path, ())
     pids_ours = not s.unseen.get(path, False)
-    held = s.holdings.held.get
+    dev = found[0][1].st_dev  # read_dir keeps the files of the directory's own device
+    held = {ino: tuple(sorted(hs)) for (d, ino), hs in s.holdings.held.items() if d == dev}
     leases: dict[int, Optional[str]] = {}
-    out: list[PosixObject] = []
-    append = out.append
-    for name, f, mq in s.entries.get(path, []):
-        if not keep(name):
-            continue
-        program, pid = known_program(name)
-        uid = f.st_uid
-        lease = leases[uid] if uid in leases else leases.setdefault(uid, s.lease(uid))
-        hs = held((f.st_dev, f.st_ino))
-        # tuple.__new__: the NamedTuple without its Python-level __new__ (10,000 files)
-        append(_new(cls, (
-            f.st_ino, name, path, f.st_dev, f.st_mode & 0o7777, uid, f.st_gid, f.st_size,
-            f.st_blocks * 512, f.st_mtime_ns, f.st_ctime_ns, f.st_atime_ns,
-            tuple(sorted(hs)) if hs else (), blocked, pid if pids_ours else None, program,
-            mq, lease,
-        )))  # fmt: skip
+    for uid in {e[1].st_uid for e in found}:
+        leases[uid] = s.lease(uid)
+    # The program a name shows, and the pid in it when ours (most names show none).
+    match = _PROGRAMS.match
+    named = {name: _named(name, pids_ours) for name, _, _ in found if match(name)}
+    # tuple.__new__: the NamedTuple without its Python-level __new__ (10,000 files), and
+    # one comprehension: every field read straight from the stat
+    out = [_new(cls, (
+        f.st_ino, name, path, dev, f.st_mode & 0o7777, f.st_uid, f.st_gid, f.st_size,
+        f.st_blocks * 512, f.st_mtime_ns, f.st_ctime_ns, f.st_atime_ns, held.get(f.st_ino, ()),
+        blocked, p[1], p[0], mq, leases[f.st_uid],
+    )) for name, f, mq in found for p in [named.get(name, _UNNAMED)]]  # fmt: skip
     return out
+
+
+_UNNAMED: tuple[Optional[str], Optional[int]] = (None, None)
+
+
+def _named(name: str, pids_ours: bool) -> tuple[Optional[str], Optional[int]]:
+    program, pid = known_program(name)
+    return program, pid if pids_ours else None
 
 
 _new = tuple.__new__
@@ -420,8 +442,15 @@ def parties(o: PosixObject) -> tuple[Party, ...]:
     who may open it again by name while any process of theirs lives (reopens)."""
     if o.name_pid is not None:
         return (Party("creator (pid in its name)", o.name_pid, float(o.ctime), "name"),)
-    # since 0: a user's liveness has no moment, and one tuple per owner is judged once
-    return (_new(Party, ("owner", 0, 0.0, "uid", o.uid, True)),)
+    # since 0: a user's liveness has no moment, so one tuple per owner serves every
+    # object of theirs (classify judges a tuple once)
+    owner = _owners.get(o.uid)
+    if owner is None:
+        owner = _owners[o.uid] = (_new(Party, ("owner", 0, 0.0, "uid", o.uid, True)),)
+    return owner
+
+
+_owners: dict[int, tuple[Party, ...]] = {}  # uid -> (its owner party,): immutable facts
 
 
 def _who(h: Holder) -> str:
@@ -474,12 +503,29 @@ def removing(o: PosixObject) -> Optional[str]:
 
 def quiet(o: PosixObject, now: float) -> str:
     """ "nobody holds it; modified 3h ago" (the latest of mtime, ctime, atime)."""
-    if o.blocked:
-        head = (f"nobody seen holding it; holders not all readable ({'; '.join(o.blocked)}): "
+    m, c, a = o.mtime_ns, o.ctime_ns, o.atime_ns
+    changed = m if m > c else c
+    read = a > changed  # read since its last change: "read"; else "modified"
+    age = max(0, int(now - (a if read else changed) // 1_000_000_000))  # as last_used
+    # One text per (blocked, messages, read, age): thousands of files share one.
+    key = (o.blocked, o.mq.curmsgs if o.mq is not None else 0, read, age)
+    text = _quiet.get(key)
+    if text is None:
+        if len(_quiet) >= 4096:
+            _quiet.clear()
+        text = _quiet[key] = _quiet_text(*key)
+    return text
+
+
+_quiet: dict[tuple[tuple[str, ...], int, bool, int], str] = {}
+
+
+def _quiet_text(blocked: tuple[str, ...], curmsgs: int, read: bool, age: int) -> str:
+    if blocked:
+        head = (f"nobody seen holding it; holders not all readable ({'; '.join(blocked)}): "
                 "the write lease decides at removal")  # fmt: skip
     else:
         head = "nobody holds it"
-    if o.mq is not None and o.mq.curmsgs:
-        head += f"; {o.mq.curmsgs} message{'s' if o.mq.curmsgs != 1 else ''} on it"
-    what = "read" if o.atime_ns > max(o.mtime_ns, o.ctime_ns) else "modified"
-    return f"{head}; {what} {format_age(max(0, int(now - o.last_used)))} ago"
+    if curmsgs:
+        head += f"; {curmsgs} message{'s' if curmsgs != 1 else ''} on it"
+    return f"{head}; {'read' if read else 'modified'} {format_age(age)} ago"

@@ -444,7 +444,7 @@ class Posix(Facts):
         tallies = _survey.by_state(verdicts)
         return {self.kind.NAME: {
             "objects": len(verdicts),
-            "bytes": sum(v.obj.size for v in verdicts),
+            "bytes": sum(t.bytes for t in tallies.values()),  # every object in one state
             **sv.kind_limits.get(self.kind.NAME, {}),
             "states": {s.value: {"objects": t.segments, "bytes": t.bytes}
                        for s, t in tallies.items()},
@@ -484,7 +484,7 @@ class PosixJson(_Shared):
         self._dirs: dict[str, str] = {}  # '"/dev/shm/': a path's JSON up to its name
 
     def __call__(self, v: Verdict) -> str:
-        o = v.obj
+        o: Any = v.segment  # the field (v.obj is a property: a Python call per object)
         k = (o.uid, o.gid, o.mode)
         who = self._who.get(k) or self._learn(self._who, k, (
             f'"uid":{o.uid},"gid":{o.gid},"owner":{json_string(owner_name(o.uid))},'
@@ -494,17 +494,23 @@ class PosixJson(_Shared):
         name = _ascii(o.name)
         d = self._dirs.get(o.dir) or self._dirs.setdefault(o.dir, json_string(o.dir + "/")[:-1])
         held = ",".join([_holder_json(h) for h in o.holders]) if o.holders else ""
-        facts = "".join([f"{key}:{_json_value(get(o))}," for key, get in self._facts])
+        facts = "".join([f"{key}:{_json_value(get(o))}," for key, get in self._facts]) \
+            if self._facts else ""  # fmt: skip
         kv = (v.state, v.reason)
         verdict = self._verdict.get(kv) or self._learn(self._verdict, kv, (
             f'"state":"{v.state.value}","reason":{json_string(v.reason)}}}'
         ))  # fmt: skip
         pid = "null" if o.name_pid is None else o.name_pid
+        program = "null" if o.program is None else json_string(o.program)
+        # mtime, ctime, atime as the properties compute them, without their calls
         return (f'{self._head}"id":{o.id},"path":{d}{name[1:]},"name":{name},'
-                f'"size":{o.st_size},"used_bytes":{o.used_bytes},{who}"mtime":{o.mtime},'
-                f'"ctime":{o.ctime},"atime":{o.atime},"idle_seconds":{v.idle_for},'
-                f'"program":{json_string(o.program)},"name_pid":{pid},'
-                f'"holders":[{held}],{facts}{verdict}')  # fmt: skip
+                f'"size":{o.st_size},"used_bytes":{o.used_bytes},{who}'
+                f'"mtime":{o.mtime_ns // _NS},"ctime":{o.ctime_ns // _NS},'
+                f'"atime":{o.atime_ns // _NS},"idle_seconds":{v.idle_for},'
+                f'"program":{program},"name_pid":{pid},"holders":[{held}],{facts}{verdict}')  # fmt: skip
+
+
+_NS = 1_000_000_000
 
 
 # --- the registry's shapes ------------------------------------------------------------

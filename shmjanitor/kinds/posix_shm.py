@@ -25,19 +25,15 @@ VERB = "open it"  # "owner alice (1000) has processes (pid 4242, ...), may open 
 TABLE = Path(posixfs.SHM_DIR)
 FACTS: tuple[Fact, ...] = ()  # its columns are those every POSIX kind has (shapes.Posix)
 IDLE_AFTER_KEY = "posix_idle_after"  # the config key that lets idle ones go (policy)
-SEM_PREFIX = "sem."  # glibc's sem_open names its file "sem.NAME" (sysdeps/pthread)
+SEM_PREFIX = posixfs.SEM_PREFIX  # glibc's sem_open names its file "sem.NAME"
 
 
 def read(path: Path = TABLE) -> list[PosixShm]:
     """The files of /dev/shm that are not named "sem.*", with their holders (the run's
     posixfs snapshot; `path` is the kind's directory, always /dev/shm)."""
-    found = posixfs.objects(PosixShm, posixfs.SHM_DIR, _not_sem)
+    found = posixfs.objects(PosixShm, posixfs.SHM_DIR)  # the snapshot's split: not sem.*
     remember(found)
     return found  # type: ignore[return-value]
-
-
-def _not_sem(name: str) -> bool:
-    return not name.startswith(SEM_PREFIX)
 
 
 def limits() -> dict[str, Optional[int]]:
