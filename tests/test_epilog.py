@@ -159,7 +159,7 @@ def env(tmp_path: Path) -> Env:
     # As logger(1): options, then the message as arguments or, without any, stdin.
     logger.write_text(
         "#!/bin/sh\n"
-        'tag=; while [ $# -gt 0 ]; do case $1 in -t) tag=$2; shift 2;; --) shift; break;;'
+        "tag=; while [ $# -gt 0 ]; do case $1 in -t) tag=$2; shift 2;; --) shift; break;;"
         " *) break;; esac; done\n"
         f'if [ $# -gt 0 ]; then echo "$tag: $*" >> {log}; '
         f'else sed "s/^/$tag: /" >> {log}; fi\n'
@@ -232,7 +232,10 @@ def test_the_epilog_removes_every_kind_of_the_users_leaks_and_nothing_else(
 
 @pytest.mark.parametrize("epilog", EPILOG)
 def test_while_the_user_has_another_job_nothing_is_removed_and_the_node_is_not_drained(
-    leaks: Leaks, env: Env, epilog: Callable[[Env, str], Any], started: list  # type: ignore[type-arg]
+    leaks: Leaks,
+    env: Env,
+    epilog: Callable[[Env, str], Any],
+    started: list,  # type: ignore[type-arg]
 ) -> None:
     other, _ = run_as(started, ALICE, "print('running', flush=True); import sys; sys.stdin.read()")
     before = present(env)
