@@ -1116,6 +1116,61 @@ def limits(
         limits_.plain(usage, exact_bytes, sys.stdout, bold=bold)
 
 
+@app.command(short_help="Check this machine's IPC settings and the janitor's health.")
+def doctor(
+    root: Path = typer.Option(
+        Path("/"), "--root", metavar="DIR",
+        help="Read logind.conf, the units, the config and the state directory below DIR "
+        "(systemctl is then not asked). Kernel facts are always this namespace's.",
+    ),
+    config_path: Optional[Path] = typer.Option(
+        None, "--config", "-c", metavar="PATH",
+        help="The configuration file to check. Default: /etc/shmjanitor.toml below --root.",
+    ),
+    reap_metrics: Optional[str] = typer.Option(
+        None, "--reap-metrics-file", metavar="PATH",
+        help="The metrics file reap writes, checked for freshness. Default: the one a "
+        "drop-in of shmjanitor.service names.",
+    ),
+    as_json: bool = typer.Option(False, "--json", "-J", help="Same as --format json."),
+    fmt: Format = typer.Option(
+        Format.AUTO, "--format", "-f", show_default=False,
+        help="table (wrapped, coloured), plain (CHECK SEVERITY FINDING, for grep/awk), "
+        "json, or auto (the default): table on a terminal, plain otherwise.",
+    ),
+    metrics_file: Optional[Path] = typer.Option(
+        None, "--metrics-file", metavar="PATH",
+        help="Also write shmjanitor_doctor_check{check} (0 ok, 1 warning, 2 error) to PATH.",
+    ),
+) -> None:  # fmt: skip
+    """Check what puts IPC objects at risk here and whether the janitor works: logind's
+    RemoveIPC=, kernel.shm_rmid_forced, every IPC limit and its use (above 80% a warning,
+    above 95% an error), /dev/shm against RAM, the timer and its last run, the metrics
+    file's age, the config, the quarantine's budget, /proc's hidepid.
+
+    Each finding has a severity (ok, warning, error), its evidence and what to do. Exit
+    0 when all is ok, 1 with a warning, 2 with an error.
+    """
+    from shmjanitor import doctor as doctor_
+    from shmjanitor import doctor_facts
+
+    with errors_as_exit():
+        findings = doctor_.diagnose(doctor_facts.gather(root, config_path, reap_metrics))
+        picked = _pick_format(fmt, as_json)
+        if picked is Format.JSON:
+            sys.stdout.write(doctor_.to_json(findings))
+        elif picked is Format.TABLE:
+            doctor_.table(findings, sys.stdout, _width(), use_color(sys.stdout))
+        else:
+            doctor_.plain(findings, sys.stdout)
+        if metrics_file is not None:
+            from shmjanitor import metrics
+
+            metrics.write_doctor(metrics_file, [(x.check, int(x.severity)) for x in findings],
+                                 time.time())  # fmt: skip
+    raise typer.Exit(doctor_.exit_code(findings))
+
+
 class Shell(str, Enum):
     BASH = "bash"
     ZSH = "zsh"

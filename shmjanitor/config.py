@@ -209,3 +209,9 @@ def uid_max(login_defs: Path = Path("/etc/login.defs")) -> int:
     """UID_MAX from login.defs, 60000 when absent (as systemd-logind): accounts above it,
     nobody (65534) among them, are system accounts too."""
     return _login_defs("UID_MAX", 60000, login_defs)
+
+
+def sys_uid_max(login_defs: Path = Path("/etc/login.defs")) -> int:
+    """SYS_UID_MAX from login.defs, 999 when absent: systemd's boundary of system
+    accounts (uid_is_system), which logind's RemoveIPC= spares."""
+    return _login_defs("SYS_UID_MAX", 999, login_defs)

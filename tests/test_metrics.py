@@ -73,3 +73,32 @@ def test_promtool_accepts_list_metrics(tmp_path):
     p = subprocess.run(["promtool", "check", "metrics"], input=prom.read_text(),
                        capture_output=True, text=True)  # fmt: skip
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_the_largest_posix_objects_are_named_by_escaped_path_and_no_more(tmp_path):
+    """shmjanitor_posix_largest_bytes names at most LARGEST POSIX objects, the largest
+    by bytes held; a name with a newline and a byte that is not UTF-8 is written
+    escaped, and promtool accepts the file."""
+    import os
+
+    from shmjanitor.metrics import LARGEST
+
+    for i in range(LARGEST + 3):  # i + 1 pages each: with "big", the 4 smallest are left out
+        with open(f"/dev/shm/obj{i:02d}", "wb") as f:
+            f.write(b"x" * 4096 * (i + 1))
+    odd = os.fsencode("/dev/shm/big\nname") + b"\xff"
+    with open(odd, "wb") as f:
+        f.write(b"y" * 4096 * 50)
+    prom = tmp_path / "posix.prom"
+    r = cli("list", "-M", "--metrics-file", str(prom))
+    assert r.exit_code == 0, r.output
+    named = {dict(k[1])["path"]: v for k, v in samples(prom).items()
+             if k[0] == "shmjanitor_posix_largest_bytes"}  # fmt: skip
+    assert len(named) == LARGEST
+    assert named["/dev/shm/big\\nname\\xff"] == 4096 * 50
+    assert named[f"/dev/shm/obj{LARGEST + 2:02d}"] == 4096 * (LARGEST + 3)
+    assert "/dev/shm/obj03" not in named and "/dev/shm/obj04" in named  # big + 9
+    if shutil.which("promtool"):
+        p = subprocess.run(["promtool", "check", "metrics"], input=prom.read_text(),
+                           capture_output=True, text=True)  # fmt: skip
+        assert p.returncode == 0, p.stdout + p.stderr
