@@ -24,7 +24,14 @@ import typer.core
 from click.utils import PacifyFlushWrapper
 
 from shmjanitor.classify import State
-from shmjanitor.errors import EXIT_BROKEN_PIPE, EXIT_BUG, JanitorError, MetricsError, OutputClosed
+from shmjanitor.errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_BUG,
+    EXIT_OWNER_PRESENT,
+    JanitorError,
+    MetricsError,
+    OutputClosed,
+)
 from shmjanitor.keys import parse_id, parse_key
 from shmjanitor.render import ALIASES, Format
 from shmjanitor.text import printable
@@ -529,7 +536,15 @@ def reap(
     posix_mqueue: bool = typer.Option(
         False, "--posix-mqueue", "-Q", help="POSIX message queues: /dev/mqueue (as lsipc -Q)."
     ),
-) -> None:
+    owner: Optional[str] = typer.Option(
+        None, "--owner", "-u", metavar="USER", help="Only this user's objects (name or uid)."
+    ),
+    if_owner_gone: bool = typer.Option(
+        False, "--if-owner-gone",
+        help="For job epilogs, with --owner: only if the user has no process left but this "
+        "run's own ancestry, else remove nothing and exit 75; --min-age defaults to 0.",
+    ),
+) -> None:  # fmt: skip
     """Remove orphaned IPC objects (nobody uses them, nobody who did lives) that pass
     the policy: every kind, or the kinds -m, -s, -q, -M, -S and -Q choose (combinable:
     their union).
@@ -539,19 +554,32 @@ def reap(
     object that changed since the scan. A copy of each removed object goes to the
     quarantine first (see `shmjanitor restore`).
 
+    A job epilog runs `reap --owner USER --if-owner-gone`: the user's orphans of
+    every kind, whatever their age, once the user's last job on the node has ended.
+
     Exit status: 0 all went as planned (including nothing to do), 1 some removal
-    failed, 2 usage, configuration or input error (nothing removed). With
+    failed (or, with --if-owner-gone, whether the user has a process left cannot be
+    known: nothing removed), 2 usage, configuration or input error (nothing removed),
+    75 --if-owner-gone and the user still has a process (nothing removed). With
     --metrics-file, shmjanitor_last_run_success is 1 exactly when the status is 0.
     """
     from shmjanitor import reaping, remove, report
+    from shmjanitor.accounts import uid_of
 
     only = _kinds_chosen(shm=shm, sem=sem, msg=msg) + _posix_chosen(
         posix_shm, posix_sem, posix_mqueue
     )
     with errors_as_exit(metrics_file):
-        cfg = _load_config(
-            config_path, min_age=_duration("--min-age", min_age), include_system=include_system
-        )
+        if if_owner_gone and owner is None:
+            raise usage_error("--if-owner-gone needs --owner USER")
+        try:
+            owner_uid = None if owner is None else uid_of(owner)
+        except ValueError as e:
+            raise usage_error(f"--owner: {e}") from None
+        age = _duration("--min-age", min_age)
+        if if_owner_gone and age is None:
+            age = 0  # the owner is gone: nobody is late to come back for anything
+        cfg = _load_config(config_path, min_age=age, include_system=include_system)
         # Off a terminal and without --json, each removal is logged the moment it is
         # done (journald sees it even if the run is killed); else shown at the end.
         logger = None if as_json or sys.stdout.isatty() else report.Logger(
@@ -563,7 +591,10 @@ def reap(
                 stop=stop,
             )
             outcome = reaping.reap(cfg, dry_run=dry_run, quarantine=not no_quarantine,
-                                   state_dir=state_dir, hooks=hooks, only=only)  # fmt: skip
+                                   state_dir=state_dir, hooks=hooks, only=only,
+                                   owner=owner_uid, if_owner_gone=if_owner_gone)  # fmt: skip
+        if outcome.owner_present is not None:
+            typer.echo(f"shmjanitor: {reaping.owner_present(outcome.owner_present)}", err=True)
         if logger is not None:
             logger.finish(outcome)
         else:
@@ -572,6 +603,8 @@ def reap(
             _write_reap_metrics(metrics_file, outcome)
     if outcome.interrupted:
         raise typer.Exit(128 + outcome.interrupted)  # 130 SIGINT, 143 SIGTERM, as shells say
+    if outcome.owner_present is not None and outcome.owner_present.alive:
+        raise typer.Exit(EXIT_OWNER_PRESENT)
     if not outcome.ok:
         raise typer.Exit(1)
 

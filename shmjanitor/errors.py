@@ -10,6 +10,9 @@ on stderr and one of these, never a traceback):
        /proc/sysvipc/shm, a table that cannot be parsed, standard output closed.
        Nothing is removed.
   70   a bug in shmjanitor (an exception nobody foresaw; EX_SOFTWARE of sysexits.h)
+  75   `reap --if-owner-gone`: the owner still has a process (another job), so nothing
+       was removed: not now, by design (EX_TEMPFAIL of sysexits.h: try again later; the
+       epilog of their last job will)
   141  the reader of standard output went away (`list | head -1`), as 128 + SIGPIPE
        from ipcs or lsipc
 """
@@ -17,6 +20,7 @@ on stderr and one of these, never a traceback):
 from __future__ import annotations
 
 EXIT_BUG = 70
+EXIT_OWNER_PRESENT = 75
 EXIT_BROKEN_PIPE = 141
 
 

@@ -30,7 +30,8 @@ read once (liveness.Clock), not re-read per process while the clock may be stepp
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -233,7 +234,7 @@ def users(uids: Iterable[int], proc: str = "/proc") -> dict[int, User]:
         blind = unseen_ipc_peers(proc)  # the user's processes there are not in our /proc
     found: dict[int, int] = {}
     for name in os.listdir(proc):
-        if not name.isdigit():
+        if not name.isdigit() or name in _uncounted:
             continue
         try:
             with open(f"{proc}/{name}/status", "rb") as f:
@@ -253,6 +254,40 @@ def users(uids: Iterable[int], proc: str = "/proc") -> dict[int, User]:
         else User(uid, None, None, blind) if blind else User(uid, False)
         for uid in wanted
     }  # fmt: skip
+
+
+# Pids `users` does not count (as str, as /proc lists them): see not_counting.
+_uncounted: frozenset[str] = frozenset()
+
+
+@contextmanager
+def not_counting(pids: Iterable[int]) -> Iterator[None]:
+    """While inside, `users` counts no process of `pids` as a user's: `reap
+    --if-owner-gone` leaves out its own ancestry (the epilog that runs it, and what
+    started that), which waits for it and is no job of the user's (reaping.ancestry)."""
+    global _uncounted
+    before, _uncounted = _uncounted, frozenset(map(str, pids))
+    try:
+        yield
+    finally:
+        _uncounted = before
+
+
+def ancestry(proc: str = "/proc") -> list[int]:
+    """This process and its ancestors, up to the first of our PID namespace (PPid 0),
+    from /proc/PID/status. A parent that exited leaves us to a subreaper or pid 1,
+    which is then our parent: the chain is always the current one."""
+    chain = [os.getpid()]
+    while chain[-1] > 1 and len(chain) < 4096:
+        try:
+            with open(f"{proc}/{chain[-1]}/status", "rb") as f:
+                ppid = next(int(ln.split()[1]) for ln in f if ln.startswith(b"PPid:"))
+        except (OSError, StopIteration, ValueError, IndexError):
+            break
+        if ppid <= 0:
+            break
+        chain.append(ppid)
+    return chain
 
 
 def _uids_of_live(status: bytes) -> set[int]:

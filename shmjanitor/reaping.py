@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
 from shmjanitor import config as _config
-from shmjanitor import kernel, kinds, lock, policy, remove, survey
+from shmjanitor import kernel, kinds, lock, policy, procs, remove, survey
 from shmjanitor.accounts import owner_name
 from shmjanitor.classify import State, Verdict
 from shmjanitor.errors import ConfigError, JanitorError
@@ -26,10 +26,14 @@ class Outcome(NamedTuple):
     dry_run: bool
     problems: list[str]  # things that make the exit code 1 without a result of their own
     interrupted: Optional[int] = None  # the signal (SIGINT, SIGTERM) that stopped the run
+    # --if-owner-gone: the owner as found when they were not gone (a process of theirs
+    # lives, or whether one does cannot be known), so nothing was considered.
+    owner_present: Optional[procs.User] = None
 
     @property
     def ok(self) -> bool:
-        return not self.problems and all(r.action is not Action.FAILED for r in self.results)
+        return (not self.problems and self.owner_present is None
+                and all(r.action is not Action.FAILED for r in self.results))  # fmt: skip
 
 
 class Hooks(NamedTuple):
@@ -112,16 +116,41 @@ def _locked(dry_run: bool, cfg: _config.Config, state_dir: Optional[Path],
 
 def reap(cfg: _config.Config, *, dry_run: bool, quarantine: bool, state_dir: Optional[Path],
          proc_shm: Path = survey.scan.PROC_SHM, hooks: Hooks = Hooks(),
-         only: Collection[str] = ()) -> Outcome:  # fmt: skip
+         only: Collection[str] = (), owner: Optional[int] = None,
+         if_owner_gone: bool = False) -> Outcome:  # fmt: skip
     """Remove the orphans the policy lets go; a result for every orphan considered.
-    `only`: the kinds to consider (registry names, kinds.names()); empty: every kind."""
-    with _locked(dry_run, cfg, state_dir, hooks) as held:
+    `only`: the kinds to consider (registry names, kinds.names()); empty: every kind.
+    `owner`: only objects this uid owns. `if_owner_gone` (a job epilog's mode, with
+    `owner`): only if the owner has no process left but this run's own ancestry
+    (procs.ancestry); else nothing is considered and Outcome.owner_present says why."""
+    if if_owner_gone and owner is None:
+        raise ValueError("if_owner_gone needs an owner")
+    # The epilog that runs us, and whatever started it, wait for us: they are no job of
+    # the owner's, even when they run as the owner (a TaskEpilog, a job script's last
+    # line, `runuser`). They count nowhere a user's processes are counted: not here,
+    # not in the survey (a POSIX object whose owner lives is idle), not in the re-check
+    # before each removal. A process of theirs that is a party (a creator whose pid an
+    # object names, a holder) still keeps that object: only the user is judged so.
+    skip = procs.ancestry() if if_owner_gone else ()
+    with _locked(dry_run, cfg, state_dir, hooks) as held, procs.not_counting(skip):
         # The survey is taken under the lock: a reaper that waited sees what the first
         # one left, so two reapers never both try the same object.
         sv = survey.take(proc_shm, state_dir=state_dir or cfg.state_dir, record=not dry_run)
+        if if_owner_gone:
+            # Asked after the survey, so that any process of the owner that lived while
+            # it was taken is seen (one started since is seen by each object's re-check
+            # when it is a party, and by nothing when it is not: it is not ours to wait
+            # for). One found: another job of theirs may use any of their objects,
+            # even one whose every recorded user has exited.
+            assert owner is not None
+            found = procs.users([owner])[owner]
+            if found.alive is not False:
+                return Outcome(sv, [], dry_run, [], _signal(hooks), found)
         verdicts = sv.verdicts
         if only and set(kinds.names()) - set(only):
             verdicts = [v for v in verdicts if v.obj.kind in only]
+        if owner is not None:
+            verdicts = [v for v in verdicts if v.obj.uid == owner]
         decisions = policy.plan(verdicts, cfg, caller())
         candidates = [Candidate(d.verdict, d.reason) for d in decisions if d.remove]
         done = _execute(sv, candidates, cfg, dry_run=dry_run, quarantine=quarantine,
@@ -140,6 +169,20 @@ def reap(cfg: _config.Config, *, dry_run: bool, quarantine: bool, state_dir: Opt
             hooks.on_result(r)
             results.append(r)
     return Outcome(sv, results, dry_run, [], _signal(hooks))
+
+
+def owner_present(u: procs.User) -> str:
+    """Why --if-owner-gone removed nothing, in a sentence."""
+    who = f"{owner_name(u.uid)} (uid {u.uid})"
+    if u.alive:
+        try:
+            with open(f"/proc/{u.pid}/comm", "rb") as f:
+                comm = f.read().rstrip(b"\n").decode(errors="surrogateescape")
+            name = f" ({printable(comm)})"
+        except OSError:
+            name = ""  # exited since: it was there when asked
+        return f"{who} still has a process (pid {u.pid}{name}): nothing removed"
+    return f"whether {who} has a process left cannot be known ({u.note}): nothing removed"
 
 
 def _signal(hooks: Hooks) -> Optional[int]:
