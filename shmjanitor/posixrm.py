@@ -71,11 +71,12 @@ class Now(NamedTuple):
     ctime_ns: int
     regular: bool
     key: int = 0
+    nlink: int = 1  # st_nlink: its names (hard links)
 
 
 def _now(s: os.stat_result) -> Now:
     return Now(s.st_ino, s.st_dev, s.st_mode & 0o7777, s.st_uid, s.st_gid, s.st_size,
-               s.st_blocks * 512, s.st_mtime_ns, s.st_ctime_ns, st.S_ISREG(s.st_mode))  # fmt: skip
+               s.st_blocks * 512, s.st_mtime_ns, s.st_ctime_ns, st.S_ISREG(s.st_mode), 0, s.st_nlink)  # fmt: skip
 
 
 def _gone(what: str = "gone") -> OSError:
@@ -86,6 +87,17 @@ def _gone(what: str = "gone") -> OSError:
 def _kept(why: str) -> OSError:
     # EAGAIN with the reason as its strerror: kept, said as it is (remove.py).
     return OSError(errno.EAGAIN, why)
+
+
+def _one_name(nlink: int) -> None:
+    """A file with several names (hard links: tmpfs allows them, and fs.protected_hardlinks
+    lets a user link to any file they may read and write) is kept: unlinking one name
+    frees nothing, and the name unlinked need not be the one judged -- the run finds an
+    inode's name by its number, so a user's link could make root unlink another user's
+    or a protected name (protect_paths) and record the wrong one."""
+    if nlink != 1:
+        raise _kept(f"it has {nlink} names (hard links): removing one frees nothing, and "
+                    "need not remove the name judged; kept")  # fmt: skip
 
 
 class Place:
@@ -176,6 +188,11 @@ class Place:
             s = os.fstat(fd)
             if s.st_ino != id or not st.S_ISREG(s.st_mode):
                 raise _gone()
+            _one_name(s.st_nlink)
+        except OSError:
+            os.close(fd)
+            raise
+        try:
             fcntl.fcntl(fd, F_SETLEASE, fcntl.F_WRLCK)
         except OSError as e:
             os.close(fd)
@@ -236,9 +253,10 @@ class Place:
                 if fcntl.fcntl(fd, F_GETLEASE) != fcntl.F_WRLCK:
                     raise _kept(OPENED)
             name = self.name(id)
-            # rename(2) is not stopped by a lease: the name must still be our inode.
-            if self.stat(id).id != id:
-                raise _gone()
+            # rename(2) and link(2) are not stopped by a lease: the name must still be
+            # our inode, and its only name.
+            now = self.stat(id)  # gone (EINVAL) unless the name is still our inode
+            _one_name(now.nlink)
             try:
                 os.unlink(name, dir_fd=self.fd())
             except FileNotFoundError:

@@ -1,0 +1,59 @@
+"""A hostile local user and an unlucky admin against root's janitor of POSIX objects
+(issue 10's trust rules, for issue 13's kinds). Real files in the test's own tmpfs on
+/dev/shm, through the command line as root runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from segments import cli
+from test_holders import make
+
+SHM = Path("/dev/shm")
+USER = 4321  # a uid with no process: its files are orphans
+
+
+def run_json(*args: str) -> tuple[int, dict[str, Any]]:
+    r = cli(*args, "--json")
+    return r.exit_code, json.loads(r.stdout) if r.stdout.strip() else {"output": r.output}
+
+
+# ---------------------------------------------------------------- hard links (tmpfs)
+
+
+def test_a_hard_link_cannot_make_root_unlink_a_protected_name(tmp_path):
+    """A user links a file under a second name (tmpfs allows it; fs.protected_hardlinks
+    lets anyone link a file they may read and write). Both names are one inode, and the
+    run finds a name by its inode number: root unlinked the protected name and recorded
+    the other one as removed (and restorable) though it was still there. A file with two
+    names is kept: removing one frees nothing."""
+    keep = make("keep", uid=USER)
+    keep.write_bytes(b"the protected one")
+    link = SHM / "torch_999999_x"
+    os.link(keep, link)
+    cfg = tmp_path / "shmjanitor.toml"
+    cfg.write_text('protect_paths = ["/dev/shm/keep"]\n')
+    state = str(tmp_path / "state")
+    code, doc = run_json("reap", "-M", "--min-age", "0", "--config", str(cfg),
+                         "--state-dir", state)  # fmt: skip
+    assert code == 0, doc
+    assert keep.exists() and link.exists(), doc
+    assert keep.read_bytes() == b"the protected one"
+    (r,) = [r for r in doc["results"] if r["path"] == str(link)]
+    assert r["action"] == "kept" and "2 names (hard links)" in r["reason"], r
+    code, q = run_json("quarantine", "list", "--state-dir", state)
+    assert not q.get("entries"), q  # no record of a removal that did not happen
+
+
+def test_rm_force_keeps_a_file_with_two_names(tmp_path):
+    """rm --force skips the lease, not the identity checks: a name of a file that has
+    another name is not removed, whichever name the run's map holds for its inode."""
+    a = make("a-name", uid=USER)
+    b = SHM / "b-name"
+    os.link(a, b)
+    r = cli("rm", str(a), "--force", "--no-quarantine", "--state-dir", str(tmp_path))
+    assert r.exit_code == 1 and a.exists() and b.exists(), r.output
+    assert "hard links" in r.output, r.output
