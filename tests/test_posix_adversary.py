@@ -57,3 +57,23 @@ def test_rm_force_keeps_a_file_with_two_names(tmp_path):
     r = cli("rm", str(a), "--force", "--no-quarantine", "--state-dir", str(tmp_path))
     assert r.exit_code == 1 and a.exists() and b.exists(), r.output
     assert "hard links" in r.output, r.output
+
+
+# ---------------------------------------------------------------- rm PATH: bad input
+
+
+def test_rm_path_with_dot_dot_or_outside_the_object_directories_is_a_usage_error(tmp_path):
+    """ "/dev/shm/x/../a" was collapsed to /dev/shm/a before anything was looked up, though
+    the kernel resolves ".." after the symlink x (here: /tmp/a): root removed a file the
+    admin did not name. Such a path, and one that is no file of /dev/shm or /dev/mqueue,
+    is a usage error (exit 2), one line, said as given (escaped)."""
+    a = make("a", uid=USER)
+    os.symlink("/tmp", SHM / "x")
+    for bad in ("/dev/shm/x/../a", "/dev/shm/../etc/passwd", "/etc/passwd", "/dev/shm",
+                "/dev/shm/\x1b[2Jx/y"):  # fmt: skip
+        r = cli("rm", bad, "--no-quarantine", "--state-dir", str(tmp_path))
+        assert r.exit_code == 2 and a.exists(), (bad, r.output)
+        assert "\x1b" not in r.output and "POSIX object" in r.output, r.output
+        assert "Traceback" not in r.output
+    r = cli("rm", "//dev//shm/./a", "--no-quarantine", "--state-dir", str(tmp_path))
+    assert r.exit_code == 0 and not a.exists(), r.output
