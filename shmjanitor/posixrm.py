@@ -573,29 +573,60 @@ def same(doc: Mapping[str, Any], now: Now) -> bool:
 
 
 def restore(doc: Mapping[str, Any], data: Iterator[tuple[int, bytes]]) -> int:
-    """Create the file again at its name (O_CREAT|O_EXCL|O_NOFOLLOW from the directory's
-    fd: refused while the name exists, EEXIST), its length, only the stored extents
-    written (holes stay holes), then its owner and mode: its new inode number. Whatever
-    fails after the create removes the half-made file again."""
+    """Create the file again at its name, whole: made nameless (O_TMPFILE in its
+    directory), given its length, only the stored extents (holes stay holes), its owner
+    and mode, and only then linked at its name (linkat: EEXIST while the name exists, a
+    restore never replaces a file). A restore killed halfway (SIGKILL, SIGTERM, the OOM
+    killer) leaves nothing at the name: the half-made file was root's, mode 0600, where
+    the owner's program then got EACCES, and it was kept as root's forever. Its new
+    inode number."""
     if doc["dir"] == posixfs.MQUEUE_DIR:
         return mq_restore(doc, data)
     p = place(doc["dir"])
     name = os.fsencode(doc["name"])
+    try:  # refused at once while the name exists, before any data is read
+        os.stat(name, dir_fd=p.fd(), follow_symlinks=False)
+        raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+    except FileNotFoundError:
+        pass
+    try:
+        fd = os.open(".", os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC, 0o600, dir_fd=p.fd())
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR):
+            raise
+        return _restore_by_name(p, name, doc, data)  # no O_TMPFILE on this file system
+    try:
+        _fill(fd, doc, data)
+        # /proc/self/fd/N of an O_TMPFILE file may be linked (linkat(2), AT_SYMLINK_FOLLOW):
+        # a name for it at last, or EEXIST if someone made one meanwhile.
+        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=p.fd(), follow_symlinks=True)
+        return os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
+
+
+def _fill(fd: int, doc: Mapping[str, Any], data: Iterator[tuple[int, bytes]]) -> None:
+    os.ftruncate(fd, doc["st_size"])
+    for off, chunk in data:
+        os.pwrite(fd, chunk, off)
+    os.fchown(fd, doc["uid"], doc["gid"])
+    os.fchmod(fd, doc["mode"])  # after fchown, which clears setuid and setgid
+
+
+def _restore_by_name(p: Place, name: bytes, doc: Mapping[str, Any],
+                     data: Iterator[tuple[int, bytes]]) -> int:  # fmt: skip
+    """restore where O_TMPFILE is not supported: created at its name (O_EXCL), removed
+    again if anything fails (not if we are killed)."""
     fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600, dir_fd=p.fd())  # fmt: skip
     try:
-        os.ftruncate(fd, doc["st_size"])
-        for off, chunk in data:
-            os.pwrite(fd, chunk, off)
-        os.fchown(fd, doc["uid"], doc["gid"])
-        os.fchmod(fd, doc["mode"])  # after fchown, which clears setuid and setgid
-        ino = os.fstat(fd).st_ino
+        _fill(fd, doc, data)
+        return os.fstat(fd).st_ino
     except BaseException:
         _unlink_ours(p, name, fd)
         raise
     finally:
         os.close(fd)
-    return ino
 
 
 def _unlink_ours(p: Place, name: bytes, fd: int) -> None:

@@ -77,3 +77,54 @@ def test_rm_path_with_dot_dot_or_outside_the_object_directories_is_a_usage_error
         assert "Traceback" not in r.output
     r = cli("rm", "//dev//shm/./a", "--no-quarantine", "--state-dir", str(tmp_path))
     assert r.exit_code == 0 and not a.exists(), r.output
+
+
+# ------------------------------------------------------ restore killed halfway
+
+
+# A restore whose first write waits (the delayed syscall of a slow disk, a big entry):
+# the parent kills it there.
+RESTORE_STOPPED_AT_WRITE = """
+import os, signal, sys
+real = os.pwrite
+def pwrite(fd, data, off):
+    if os.fstat(fd).st_dev == os.stat("/dev/shm").st_dev:  # the object's, not the lock's
+        print("writing", flush=True)
+        signal.pause()
+    return real(fd, data, off)
+os.pwrite = pwrite
+from shmjanitor.cli import main
+sys.argv = ["shmjanitor", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_restore_killed_halfway_leaves_nothing_at_the_name(tmp_path):
+    """restore created the file at its name first (root's, mode 0600), then wrote its
+    bytes, then gave it its owner and mode. Killed in between (SIGKILL or the default
+    SIGTERM: the OOM killer, `timeout`, a service stop), it left a root-owned 0600 file
+    at the owner's name: the owner's program got EACCES, the next restore was refused
+    ("exists now"), and reap kept it as root's. Now the name appears only whole."""
+    import signal
+    import subprocess
+    import sys
+
+    job = make("job", uid=USER)
+    job.write_bytes(b"user data")
+    os.chmod(job, 0o640)
+    state = str(tmp_path / "state")
+    code, doc = run_json("reap", "-M", "--min-age", "0", "--state-dir", state)
+    assert code == 0 and not job.exists(), doc
+    for sig in (signal.SIGKILL, signal.SIGTERM):
+        p = subprocess.Popen([sys.executable, "-c", RESTORE_STOPPED_AT_WRITE, "restore",
+                              str(job), "--state-dir", state],
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "writing"
+        p.send_signal(sig)
+        p.wait()
+        assert not job.exists(), f"{sig.name}: {os.stat(job)}"
+    r = cli("restore", str(job), "--state-dir", state)
+    assert r.exit_code == 0, r.output
+    s = os.stat(job)
+    assert (s.st_uid, s.st_mode & 0o7777, job.read_bytes()) == (USER, 0o640, b"user data")
