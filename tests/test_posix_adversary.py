@@ -128,3 +128,26 @@ def test_a_restore_killed_halfway_leaves_nothing_at_the_name(tmp_path):
     assert r.exit_code == 0, r.output
     s = os.stat(job)
     assert (s.st_uid, s.st_mode & 0o7777, job.read_bytes()) == (USER, 0o640, b"user data")
+
+
+# ------------------------------------------------------------- a tampered index
+
+
+def test_an_index_with_more_than_permission_bits_in_a_mode_is_damaged(tmp_path):
+    """Entries record the permission bits alone. An index saying more (written by hand,
+    a bit flipped) made restore create a setuid file (04777), or end in "internal error"
+    (exit 70) for a mode fchmod cannot take; it is damaged: set aside, nothing made."""
+    state = tmp_path / "state"
+    for mode in (0o4777, 1 << 40):
+        job = make("job", uid=USER)
+        code, doc = run_json("reap", "-M", "--min-age", "0", "--state-dir", str(state))
+        assert code == 0 and not job.exists(), doc
+        (index,) = (state / "quarantine").glob("*.json")
+        d = json.loads(index.read_text())
+        d["entries"][0]["mode"] = mode
+        index.write_text(json.dumps(d))
+        r = cli("restore", str(job), "--state-dir", str(state))
+        assert r.exit_code == 1 and not job.exists(), (oct(mode), r.output)
+        assert "internal error" not in r.output
+        for p in (state / "quarantine").iterdir():  # the next round starts empty
+            p.unlink()
