@@ -151,3 +151,28 @@ def test_an_index_with_more_than_permission_bits_in_a_mode_is_damaged(tmp_path):
         assert "internal error" not in r.output
         for p in (state / "quarantine").iterdir():  # the next round starts empty
             p.unlink()
+
+
+# ------------------------------------------------- the quarantine against a user's file
+
+
+def test_a_file_in_too_many_pieces_is_kept_not_copied(tmp_path):
+    """One page written in two of a sparse file: a piece (extent) per page, each held in
+    the reaper's memory until the last instant and written into the index (~13 MB of
+    memory per 256 MiB file: a few dozen would take the reaper past its MemoryMax before it
+    removed anything). More than MAX_PIECES pieces: kept, with the way to remove it."""
+    from shmjanitor.posixrm import MAX_PIECES
+
+    frag, few = make("frag", uid=USER), make("few", uid=USER)
+    for path, pieces in ((frag, MAX_PIECES + 1), (few, MAX_PIECES)):
+        with open(path, "r+b") as f:
+            for i in range(pieces):
+                f.seek(i * 8192)
+                f.write(b"x")
+    state = str(tmp_path / "state")
+    code, doc = run_json("reap", "-M", "--min-age", "0", "--state-dir", state)
+    got = {r["path"]: r for r in doc["results"]}
+    assert code == 0 and frag.exists() and not few.exists(), doc
+    assert got[str(frag)]["action"] == "kept", got
+    assert f"more than {MAX_PIECES} pieces" in got[str(frag)]["reason"]
+    assert "--no-quarantine" in got[str(frag)]["reason"]
