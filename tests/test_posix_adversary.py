@@ -176,3 +176,40 @@ def test_a_file_in_too_many_pieces_is_kept_not_copied(tmp_path):
     assert got[str(frag)]["action"] == "kept", got
     assert f"more than {MAX_PIECES} pieces" in got[str(frag)]["reason"]
     assert "--no-quarantine" in got[str(frag)]["reason"]
+
+
+# ------------------------------------------- the quarantine's truth, killed at a step
+
+# rm, killed (SIGKILL) right after a removal and before its journal line is written.
+RM_KILLED_BEFORE_THE_JOURNAL = """
+import os, signal, sys
+from shmjanitor import quarantine
+def removed(self, n):
+    os.kill(os.getpid(), signal.SIGKILL)
+quarantine.Batch.removed = removed
+from shmjanitor.cli import main
+sys.argv = ["shmjanitor", *sys.argv[1:]]
+main()
+"""
+
+
+def test_rm_force_killed_between_removal_and_journal_keeps_its_copy(tmp_path):
+    """rm --force wrote no lock note (it locks nothing), so the next run, settling the
+    killed run's pending entry, found the file gone, no journal line and no note: it
+    said "removed by another process, not by shmjanitor" and dropped the only copy. The
+    note is written under --force too: the copy stays, restorable."""
+    import subprocess
+    import sys
+
+    state = str(tmp_path / "state")
+    for force in ((), ("--force",)):
+        job = make("job", uid=USER)
+        job.write_bytes(b"user data")
+        p = subprocess.run([sys.executable, "-c", RM_KILLED_BEFORE_THE_JOURNAL, "rm",
+                            str(job), "--state-dir", state, *force])  # fmt: skip
+        assert p.returncode == -9 and not job.exists(), force
+        r = cli("reap", "-M", "--min-age", "0", "--state-dir", state)  # settles it
+        assert r.exit_code == 0 and "not by shmjanitor" not in r.output, r.output
+        r = cli("restore", str(job), "--state-dir", state)
+        assert r.exit_code == 0 and job.read_bytes() == b"user data", (force, r.output)
+        job.unlink()
