@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from segments import cli
-from test_holders import make
+from test_holders import make, spawn  # noqa: F401 (spawn: a fixture)
 
 SHM = Path("/dev/shm")
 USER = 4321  # a uid with no process: its files are orphans
@@ -213,3 +213,19 @@ def test_rm_force_killed_between_removal_and_journal_keeps_its_copy(tmp_path):
         r = cli("restore", str(job), "--state-dir", state)
         assert r.exit_code == 0 and job.read_bytes() == b"user data", (force, r.output)
         job.unlink()
+
+
+# ------------------------------------------------------------------ messages
+
+
+def test_a_path_in_a_problem_is_escaped_once(tmp_path, spawn):  # noqa: F811
+    """Problems were escaped when made and again when said: a name with ESC read
+    "\\\\x1b" on stderr (a backslash too many), and JSON carried the escaped text."""
+    held = make("held\x1bx", uid=USER)
+    spawn(held, "map")
+    r = cli("rm", str(held), "/dev/shm/gone\x1by", "--state-dir", str(tmp_path))
+    assert r.exit_code == 1 and held.exists(), r.output
+    assert "no POSIX object at /dev/shm/gone\\x1by\n" in r.output, r.output
+    assert "POSIX shared memory object /dev/shm/held\\x1bx: refused" in r.output, r.output
+    code, doc = run_json("rm", "/dev/shm/gone\x1by", "--state-dir", str(tmp_path))
+    assert doc["summary"]["problems"] == ["no POSIX object at /dev/shm/gone\x1by"], doc
