@@ -730,7 +730,10 @@ class _MqAttr(ctypes.Structure):
 
 def mq_restore(doc: Mapping[str, Any], data: Iterator[tuple[int, bytes]]) -> int:
     """mq_open(O_CREAT|O_EXCL) with its maxmsg and msgsize (EEXIST while the name
-    exists), then its owner and mode (an mqd_t is an fd on Linux): its new inode."""
+    exists), made with its owner and mode at once: our fsuid and fsgid are the owner's
+    and the umask 0 for that one call (ipc/mqueue.c, mqueue_get_inode: the new queue is
+    current_fsuid()'s, with mode & ~umask). A restore killed between an mq_open as root
+    and its fchown left root's 0600 queue at the owner's name. Its new inode."""
     for _ in data:
         raise OSError(errno.EINVAL, "a queue's entry holds no data")
     libc = ctypes.CDLL(None, use_errno=True)
@@ -739,15 +742,28 @@ def mq_restore(doc: Mapping[str, Any], data: Iterator[tuple[int, bytes]]) -> int
     mq_open.restype = ctypes.c_int
     mq_open.argtypes = (ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.POINTER(_MqAttr))
     name = b"/" + os.fsencode(doc["name"])
-    fd = mq_open(name, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
-                 ctypes.byref(attr))  # fmt: skip
-    if fd < 0:
+    umask = os.umask(0)
+    # setfsuid/setfsgid act on this thread alone (and change nothing but file access);
+    # gid first: with fsuid no longer 0 we could not choose it.
+    libc.setfsgid(doc["gid"])
+    libc.setfsuid(doc["uid"])
+    try:
+        fd = mq_open(name, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, doc["mode"],
+                     ctypes.byref(attr))  # fmt: skip
         e = ctypes.get_errno()
+    finally:
+        libc.setfsuid(os.geteuid())
+        libc.setfsgid(os.getegid())
+        os.umask(umask)
+    if fd < 0:
         raise OSError(e, os.strerror(e))
     try:
-        os.fchown(fd, doc["uid"], doc["gid"])
-        os.fchmod(fd, doc["mode"])
-        ino = os.fstat(fd).st_ino
+        s = os.fstat(fd)
+        if (s.st_uid, s.st_gid) != (doc["uid"], doc["gid"]):  # fsuid not ours to set
+            os.fchown(fd, doc["uid"], doc["gid"])
+        if s.st_mode & 0o7777 != doc["mode"]:
+            os.fchmod(fd, doc["mode"])
+        ino = s.st_ino
     except BaseException:
         libc.mq_unlink(name)
         raise

@@ -9,11 +9,23 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 from segments import cli
 from test_holders import make, spawn  # noqa: F401 (spawn: a fixture)
 
 SHM = Path("/dev/shm")
 USER = 4321  # a uid with no process: its files are orphans
+
+
+@pytest.fixture(autouse=True)
+def fresh_places() -> None:
+    """posixrm keeps each directory's fd for the process: an in-process run of one test
+    would otherwise look in the /dev/shm of an earlier test (its own tmpfs, kept alive
+    by that fd) before it reads the directory again."""
+    from shmjanitor import posixrm
+
+    posixrm.SHM.reset()
+    posixrm.MQUEUE.reset()
 
 
 def run_json(*args: str) -> tuple[int, dict[str, Any]]:
@@ -229,3 +241,54 @@ def test_a_path_in_a_problem_is_escaped_once(tmp_path, spawn):  # noqa: F811
     assert "POSIX shared memory object /dev/shm/held\\x1bx: refused" in r.output, r.output
     code, doc = run_json("rm", "/dev/shm/gone\x1by", "--state-dir", str(tmp_path))
     assert doc["summary"]["problems"] == ["no POSIX object at /dev/shm/gone\x1by"], doc
+
+
+# A restore that stops at its first fchown or fstat of a queue (right after mq_open).
+RESTORE_STOPPED_AFTER_MQ_OPEN = """
+import os, signal, sys
+real_fstat, real_fchown = os.fstat, os.fchown
+def stop_on_queue(fd):
+    if real_fstat(fd).st_dev == os.stat("/dev/mqueue").st_dev:
+        print("made", flush=True)
+        signal.pause()
+def fstat(fd):
+    stop_on_queue(fd)
+    return real_fstat(fd)
+def fchown(fd, uid, gid):
+    stop_on_queue(fd)
+    return real_fchown(fd, uid, gid)
+os.fstat, os.fchown = fstat, fchown
+from shmjanitor.cli import main
+sys.argv = ["shmjanitor", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_queue_restore_killed_after_mq_open_leaves_it_as_its_owners(tmp_path):
+    """mq_open as root made root's 0600 queue, and fchown and fchmod followed: killed in
+    between, the owner's name held root's queue. It is made with its owner and mode in
+    the one mq_open (fsuid, fsgid, umask 0)."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import MQUEUE
+    from test_posix_remove import mq_make
+
+    if not MQUEUE.is_dir():
+        pytest.skip("needs /dev/mqueue (the suite's conftest mounts one when it can)")
+    os.close(mq_make("jobs", 0))
+    q = MQUEUE / "jobs"
+    os.chown(q, USER, USER)
+    os.chmod(q, 0o640)
+    state = str(tmp_path / "state")
+    code, doc = run_json("reap", "-Q", "--min-age", "0", "--state-dir", state)
+    assert code == 0 and not q.exists(), doc
+    p = subprocess.Popen([sys.executable, "-c", RESTORE_STOPPED_AFTER_MQ_OPEN, "restore",
+                          str(q), "--state-dir", state], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert p.stdout is not None
+    assert p.stdout.readline().strip() == "made"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    s = os.stat(q)
+    assert (s.st_uid, s.st_gid, s.st_mode & 0o7777) == (USER, USER, 0o640)
