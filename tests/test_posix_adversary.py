@@ -315,3 +315,41 @@ def test_a_link_made_at_the_last_instant_is_said(tmp_path, monkeypatch):
     (r,) = doc["results"]
     assert (SHM / "later").exists() and not job.exists()
     assert r["action"] != "removed" or "another name" in r["reason"], r
+
+
+# ------------------------------------------------ the shipped unit's capabilities
+
+UNIT = Path(__file__).resolve().parent.parent / "systemd" / "shmjanitor.service"
+
+
+def unit_caps() -> list[str]:
+    for line in UNIT.read_text().splitlines():
+        if line.startswith("CapabilityBoundingSet="):
+            return [c.lower().removeprefix("cap_") for c in line.split("=", 1)[1].split()]
+    raise AssertionError("no CapabilityBoundingSet= in the unit")
+
+
+@pytest.mark.xfail(strict=True, reason="the unit's CapabilityBoundingSet has no CAP_LEASE "
+                   "(no write lease on another user's file: 'unknown' whenever the pass is "
+                   "incomplete) and no CAP_DAC_READ_SEARCH (a 0600 file, as Python's psm_ "
+                   "and sem.mp- are, cannot be opened to copy it); not changed here: the "
+                   "unit's exposure test (tests/systemd) must judge it")  # fmt: skip
+def test_the_units_capabilities_reap_a_users_0600_orphan(tmp_path):
+    """reap as the timer's service runs it: root with the unit's capability bounding set
+    (setpriv), on an orphan psm_ file of a user without processes, mode 0600."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux)")
+    leak = make("psm_leak", uid=USER)
+    os.chmod(leak, 0o600)
+    bounding = ",".join(["-all", *(f"+{c}" for c in unit_caps())])
+    p = subprocess.run(["setpriv", "--bounding-set", bounding, sys.executable, "-m",
+                        "shmjanitor", "reap", "-M", "--min-age", "0", "--json",
+                        "--state-dir", str(tmp_path / "s")],
+                       capture_output=True, text=True)  # fmt: skip
+    doc = json.loads(p.stdout) if p.stdout.strip() else {}
+    said = [(r["action"], r["reason"]) for r in doc.get("results", [])]
+    assert not leak.exists(), (p.returncode, said, p.stderr)
