@@ -665,11 +665,29 @@ def _noun(kind: str) -> str:
     return kinds.of(kind).NOUN if kind in kinds.names() else f"{kind} object"
 
 
+def _posix_path(text: str) -> str:
+    """An absolute path naming a file directly in /dev/shm or /dev/mqueue, with "//" and
+    "/./" collapsed. ".." is refused rather than collapsed: the kernel resolves it after
+    a symlink, normpath before, so "/dev/shm/x/../y" need not mean /dev/shm/y (and
+    "/dev/shm/../etc/passwd" is no POSIX object)."""
+    from shmjanitor import posixfs
+
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    where = f"{posixfs.SHM_DIR}/NAME or {posixfs.MQUEUE_DIR}/NAME"
+    if ".." in parts:
+        raise ValueError(f"{printable(text)}: a path with '..' is refused; name the POSIX object "
+                         f"as {where}")  # fmt: skip
+    path = "/" + "/".join(parts)
+    if os.path.dirname(path) not in (posixfs.SHM_DIR, posixfs.MQUEUE_DIR):
+        raise ValueError(f"{printable(text)} is not the path of a POSIX object ({where})")
+    return path
+
+
 def _id_or_path(text: str) -> str:
     """rm's operand: a segment id (decimal, as before there were POSIX objects) or the
     path of a POSIX object (/dev/shm/NAME, /dev/mqueue/NAME)."""
     if text.startswith("/"):
-        return os.path.normpath(text)
+        return _posix_path(text)
     try:
         return str(parse_id(text))
     except ValueError as e:

@@ -42,6 +42,7 @@ import signal
 import stat as st
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
+from itertools import islice
 from typing import Any, Callable, NamedTuple, Optional
 
 from shmjanitor import holders, posixfs
@@ -71,11 +72,12 @@ class Now(NamedTuple):
     ctime_ns: int
     regular: bool
     key: int = 0
+    nlink: int = 1  # st_nlink: its names (hard links)
 
 
 def _now(s: os.stat_result) -> Now:
     return Now(s.st_ino, s.st_dev, s.st_mode & 0o7777, s.st_uid, s.st_gid, s.st_size,
-               s.st_blocks * 512, s.st_mtime_ns, s.st_ctime_ns, st.S_ISREG(s.st_mode))  # fmt: skip
+               s.st_blocks * 512, s.st_mtime_ns, s.st_ctime_ns, st.S_ISREG(s.st_mode), 0, s.st_nlink)  # fmt: skip
 
 
 def _gone(what: str = "gone") -> OSError:
@@ -86,6 +88,17 @@ def _gone(what: str = "gone") -> OSError:
 def _kept(why: str) -> OSError:
     # EAGAIN with the reason as its strerror: kept, said as it is (remove.py).
     return OSError(errno.EAGAIN, why)
+
+
+def _one_name(nlink: int) -> None:
+    """A file with several names (hard links: tmpfs allows them, and fs.protected_hardlinks
+    lets a user link to any file they may read and write) is kept: unlinking one name
+    frees nothing, and the name unlinked need not be the one judged -- the run finds an
+    inode's name by its number, so a user's link could make root unlink another user's
+    or a protected name (protect_paths) and record the wrong one."""
+    if nlink != 1:
+        raise _kept(f"it has {nlink} names (hard links): removing one frees nothing, and "
+                    "need not remove the name judged; kept")  # fmt: skip
 
 
 class Place:
@@ -176,6 +189,11 @@ class Place:
             s = os.fstat(fd)
             if s.st_ino != id or not st.S_ISREG(s.st_mode):
                 raise _gone()
+            _one_name(s.st_nlink)
+        except OSError:
+            os.close(fd)
+            raise
+        try:
             fcntl.fcntl(fd, F_SETLEASE, fcntl.F_WRLCK)
         except OSError as e:
             os.close(fd)
@@ -236,9 +254,10 @@ class Place:
                 if fcntl.fcntl(fd, F_GETLEASE) != fcntl.F_WRLCK:
                     raise _kept(OPENED)
             name = self.name(id)
-            # rename(2) is not stopped by a lease: the name must still be our inode.
-            if self.stat(id).id != id:
-                raise _gone()
+            # rename(2) and link(2) are not stopped by a lease: the name must still be
+            # our inode, and its only name.
+            now = self.stat(id)  # gone (EINVAL) unless the name is still our inode
+            _one_name(now.nlink)
             try:
                 os.unlink(name, dir_fd=self.fd())
             except FileNotFoundError:
@@ -431,6 +450,16 @@ def data_size(doc: Mapping[str, Any]) -> int:
 _copies: dict[tuple[str, int], tuple[list[tuple[int, int]], int]] = {}
 
 
+# The most pieces (data extents) a copy may have. A user who writes one page in two of a
+# sparse file makes a piece per page: 65,535 within quarantine_max_bytes, each a tuple
+# held until the last instant and a record of the index. Measured: a reap of 4 such
+# files peaked at 81 MB of memory against 27 MB for one small file (~13 MB a file), and
+# every later run loaded their index again; some 36 of them (9 GiB of a 12 GiB
+# /dev/shm) would pass the unit's MemoryMax=512M before anything is removed, on every
+# run. The pieces are counted no further than this.
+MAX_PIECES = 1024
+
+
 def _extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
     """(offset, length) of the data of a file: SEEK_DATA/SEEK_HOLE, so a hole is never
     read (tmpfs: shmem_file_llseek walks the page cache; a read of a hole would not
@@ -468,7 +497,7 @@ def _digest(fd: int, extents: list[tuple[int, int]]) -> tuple[list[tuple[int, in
     # The file's data extents now must be those read: a page written since is a new
     # extent (or a longer one), even when it is all zeros.
     size = os.fstat(fd).st_size
-    return list(_extents(fd, size)), crc
+    return list(islice(_extents(fd, size), MAX_PIECES + 1)), crc
 
 
 def save(o: Any, write: Callable[[bytes], None]) -> list[tuple[int, int]]:
@@ -497,7 +526,12 @@ def save(o: Any, write: Callable[[bytes], None]) -> list[tuple[int, int]]:
             s = os.fstat(fd)
             if s.st_ino != o.id:
                 raise _gone()
-            extents = list(_extents(fd, s.st_size))
+            extents = list(islice(_extents(fd, s.st_size), MAX_PIECES + 1))
+            if len(extents) > MAX_PIECES:
+                raise _kept(f"its data is in more than {MAX_PIECES} pieces (a sparse file "
+                            "written here and there), each a record of the copy held in "
+                            "memory and in the quarantine's index; kept (--no-quarantine "
+                            "removes it without a copy)")  # fmt: skip
             crc = 0
             for b in _read(fd, extents):
                 crc = zlib.crc32(b, crc)
@@ -555,29 +589,60 @@ def same(doc: Mapping[str, Any], now: Now) -> bool:
 
 
 def restore(doc: Mapping[str, Any], data: Iterator[tuple[int, bytes]]) -> int:
-    """Create the file again at its name (O_CREAT|O_EXCL|O_NOFOLLOW from the directory's
-    fd: refused while the name exists, EEXIST), its length, only the stored extents
-    written (holes stay holes), then its owner and mode: its new inode number. Whatever
-    fails after the create removes the half-made file again."""
+    """Create the file again at its name, whole: made nameless (O_TMPFILE in its
+    directory), given its length, only the stored extents (holes stay holes), its owner
+    and mode, and only then linked at its name (linkat: EEXIST while the name exists, a
+    restore never replaces a file). A restore killed halfway (SIGKILL, SIGTERM, the OOM
+    killer) leaves nothing at the name: the half-made file was root's, mode 0600, where
+    the owner's program then got EACCES, and it was kept as root's forever. Its new
+    inode number."""
     if doc["dir"] == posixfs.MQUEUE_DIR:
         return mq_restore(doc, data)
     p = place(doc["dir"])
     name = os.fsencode(doc["name"])
+    try:  # refused at once while the name exists, before any data is read
+        os.stat(name, dir_fd=p.fd(), follow_symlinks=False)
+        raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+    except FileNotFoundError:
+        pass
+    try:
+        fd = os.open(".", os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC, 0o600, dir_fd=p.fd())
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR):
+            raise
+        return _restore_by_name(p, name, doc, data)  # no O_TMPFILE on this file system
+    try:
+        _fill(fd, doc, data)
+        # /proc/self/fd/N of an O_TMPFILE file may be linked (linkat(2), AT_SYMLINK_FOLLOW):
+        # a name for it at last, or EEXIST if someone made one meanwhile.
+        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=p.fd(), follow_symlinks=True)
+        return os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
+
+
+def _fill(fd: int, doc: Mapping[str, Any], data: Iterator[tuple[int, bytes]]) -> None:
+    os.ftruncate(fd, doc["st_size"])
+    for off, chunk in data:
+        os.pwrite(fd, chunk, off)
+    os.fchown(fd, doc["uid"], doc["gid"])
+    os.fchmod(fd, doc["mode"])  # after fchown, which clears setuid and setgid
+
+
+def _restore_by_name(p: Place, name: bytes, doc: Mapping[str, Any],
+                     data: Iterator[tuple[int, bytes]]) -> int:  # fmt: skip
+    """restore where O_TMPFILE is not supported: created at its name (O_EXCL), removed
+    again if anything fails (not if we are killed)."""
     fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600, dir_fd=p.fd())  # fmt: skip
     try:
-        os.ftruncate(fd, doc["st_size"])
-        for off, chunk in data:
-            os.pwrite(fd, chunk, off)
-        os.fchown(fd, doc["uid"], doc["gid"])
-        os.fchmod(fd, doc["mode"])  # after fchown, which clears setuid and setgid
-        ino = os.fstat(fd).st_ino
+        _fill(fd, doc, data)
+        return os.fstat(fd).st_ino
     except BaseException:
         _unlink_ours(p, name, fd)
         raise
     finally:
         os.close(fd)
-    return ino
 
 
 def _unlink_ours(p: Place, name: bytes, fd: int) -> None:
@@ -665,7 +730,10 @@ class _MqAttr(ctypes.Structure):
 
 def mq_restore(doc: Mapping[str, Any], data: Iterator[tuple[int, bytes]]) -> int:
     """mq_open(O_CREAT|O_EXCL) with its maxmsg and msgsize (EEXIST while the name
-    exists), then its owner and mode (an mqd_t is an fd on Linux): its new inode."""
+    exists), made with its owner and mode at once: our fsuid and fsgid are the owner's
+    and the umask 0 for that one call (ipc/mqueue.c, mqueue_get_inode: the new queue is
+    current_fsuid()'s, with mode & ~umask). A restore killed between an mq_open as root
+    and its fchown left root's 0600 queue at the owner's name. Its new inode."""
     for _ in data:
         raise OSError(errno.EINVAL, "a queue's entry holds no data")
     libc = ctypes.CDLL(None, use_errno=True)
@@ -674,15 +742,28 @@ def mq_restore(doc: Mapping[str, Any], data: Iterator[tuple[int, bytes]]) -> int
     mq_open.restype = ctypes.c_int
     mq_open.argtypes = (ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.POINTER(_MqAttr))
     name = b"/" + os.fsencode(doc["name"])
-    fd = mq_open(name, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
-                 ctypes.byref(attr))  # fmt: skip
-    if fd < 0:
+    umask = os.umask(0)
+    # setfsuid/setfsgid act on this thread alone (and change nothing but file access);
+    # gid first: with fsuid no longer 0 we could not choose it.
+    libc.setfsgid(doc["gid"])
+    libc.setfsuid(doc["uid"])
+    try:
+        fd = mq_open(name, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, doc["mode"],
+                     ctypes.byref(attr))  # fmt: skip
         e = ctypes.get_errno()
+    finally:
+        libc.setfsuid(os.geteuid())
+        libc.setfsgid(os.getegid())
+        os.umask(umask)
+    if fd < 0:
         raise OSError(e, os.strerror(e))
     try:
-        os.fchown(fd, doc["uid"], doc["gid"])
-        os.fchmod(fd, doc["mode"])
-        ino = os.fstat(fd).st_ino
+        s = os.fstat(fd)
+        if (s.st_uid, s.st_gid) != (doc["uid"], doc["gid"]):  # fsuid not ours to set
+            os.fchown(fd, doc["uid"], doc["gid"])
+        if s.st_mode & 0o7777 != doc["mode"]:
+            os.fchmod(fd, doc["mode"])
+        ino = s.st_ino
     except BaseException:
         libc.mq_unlink(name)
         raise

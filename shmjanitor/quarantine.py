@@ -204,6 +204,10 @@ def _check_entry(e: Any, version: int) -> None:
     for name in _U32_FIELDS:
         if e[name] > 0xFFFFFFFF:
             raise Damaged(f"entry {e['n']}: {name} {e[name]} does not fit the kernel's 32 bits")
+    # Every kind records its permission bits alone (_entry_head: perms): more would be a
+    # setuid, setgid or sticky bit restore would set (or a number fchmod cannot take).
+    if e["mode"] > 0o777:
+        raise Damaged(f"entry {e['n']}: mode {e['mode']:o} is more than permission bits")
     kind = e.get("kind", LEGACY_KIND)
     if kind not in kinds.names() or (version == 1 and kind != LEGACY_KIND):
         raise Damaged(f"entry {e['n']}: unknown kind {kind!r}")

@@ -246,7 +246,7 @@ def rm(named: Sequence[Named], cfg: _config.Config, *, force: bool, dry_run: boo
                 found = [(v.obj.kind, v.obj.id) for v in sv.verdicts
                          if getattr(v.obj, "path", None) == n.path]  # fmt: skip
                 if not found:
-                    problems.append(f"no POSIX object at {printable(n.path)}")
+                    problems.append(f"no POSIX object at {n.path}")  # escaped when said
                 wanted.extend(found)
                 continue
             noun = kinds.of(n.kind).NOUN
@@ -282,16 +282,17 @@ def rm(named: Sequence[Named], cfg: _config.Config, *, force: bool, dry_run: boo
     # larger than quarantine_max_bytes, changed since the scan) leaves the job undone,
     # exit 1. One "gone" is done: someone else removed it first.
     results = refused + done
-    problems.extend(f"{said(r.verdict)}: {r.reason}" for r in results
+    problems.extend(f"{said(r.verdict, escape=False)}: {r.reason}" for r in results
                     if r.action is Action.KEPT)  # fmt: skip
     return Outcome(sv, results, dry_run, problems, _signal(hooks))
 
 
-def said(v: Verdict) -> str:
+def said(v: Verdict, escape: bool = True) -> str:
     """The object of a verdict in a message: "segment 7", "semaphore set 3", a POSIX
-    object by its path (escaped)."""
+    object by its path (escaped, unless the message is escaped as a whole when said:
+    Outcome.problems, which JSON carries as they are)."""
     o = v.obj
     path = getattr(o, "path", None)
     if path is not None:
-        return f"{kinds.kind_of(o).NOUN} {printable(path)}"
+        return f"{kinds.kind_of(o).NOUN} {printable(path) if escape else path}"
     return f"{kinds.kind_of(o).NOUN} {o.id}"

@@ -254,10 +254,13 @@ def _last_instant(v: Verdict, reason: str, forced: bool, *, copied: bool = False
         why = users_back(v, seen_dead, gone_users=gone_users)
         if why:
             return Result(v, Action.KEPT, why)
-    if not forced:
-        # Said before the lock: a run killed between IPC_SET and IPC_RMID leaves the
-        # object locked, and the next holder of the reaper lock puts the mode back.
-        lock_note(note % (id, o.key, o.perms))
+    # Said before the lock: a run killed between IPC_SET and IPC_RMID leaves the object
+    # locked, and the next holder of the reaper lock puts the mode back. Said under
+    # rm --force too, which locks nothing: the note is also how the next run knows that
+    # this object, gone, was removed by us (quarantine.settle) -- a run killed between
+    # its removal and the journal line would have its copy dropped as "removed by another
+    # process". (undo_left_lock leaves a mode that is not the lock's alone.)
+    lock_note(note % (id, o.key, o.perms))
     try:
         before = k.stat(id)
     except OSError as e:
