@@ -329,11 +329,6 @@ def unit_caps() -> list[str]:
     raise AssertionError("no CapabilityBoundingSet= in the unit")
 
 
-@pytest.mark.xfail(strict=True, reason="the unit's CapabilityBoundingSet has no CAP_LEASE "
-                   "(no write lease on another user's file: 'unknown' whenever the pass is "
-                   "incomplete) and no CAP_DAC_READ_SEARCH (a 0600 file, as Python's psm_ "
-                   "and sem.mp- are, cannot be opened to copy it); not changed here: the "
-                   "unit's exposure test (tests/systemd) must judge it")  # fmt: skip
 def test_the_units_capabilities_reap_a_users_0600_orphan(tmp_path):
     """reap as the timer's service runs it: root with the unit's capability bounding set
     (setpriv), on an orphan psm_ file of a user without processes, mode 0600."""

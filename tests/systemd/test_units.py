@@ -139,8 +139,11 @@ def test_no_option_that_blinds_the_janitor() -> None:
 def test_capabilities_are_exactly_what_reaping_needs() -> None:
     svc = directives(service_text(), "Service")
     caps = " ".join(svc["CapabilityBoundingSet"]).split()
-    # CAP_SYS_PTRACE: to see every process through a /proc mounted with hidepid.
-    assert sorted(caps) == ["CAP_IPC_OWNER", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]
+    # CAP_SYS_PTRACE: to see every process through a /proc mounted with hidepid;
+    # CAP_DAC_READ_SEARCH and CAP_LEASE: to open another user's 0600 POSIX object and
+    # take the write lease on it (tests/test_posix_adversary.py runs a reap with them).
+    assert sorted(caps) == ["CAP_DAC_READ_SEARCH", "CAP_IPC_OWNER", "CAP_LEASE",
+                            "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]  # fmt: skip
     assert svc["NoNewPrivileges"] == ["yes"]
 
 
