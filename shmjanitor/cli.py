@@ -401,7 +401,23 @@ def list_(
         view = listing.View(columns, not noheadings, notruncate, use_color(sys.stdout))
         listing.run(states=set(state or ()), owner=owner, sort=sort, exact_bytes=exact_bytes,
                     fmt=picked, metrics_file=metrics_file, out=sys.stdout, view=view,
-                    kinds=chosen)  # fmt: skip
+                    kinds=chosen, history=_history_of(None, None))  # fmt: skip
+
+
+def _history_of(config_path: Optional[Path], state_dir: Optional[Path]):  # type: ignore[no-untyped-def]
+    """Where list records history: --state-dir, config state_dir, else the default
+    (paths.py). A config file list cannot read costs the history, not the listing."""
+    from shmjanitor import config, listing
+    from shmjanitor.errors import ConfigError
+    from shmjanitor.paths import default_state_dir
+
+    try:
+        cfg = config.load(config_path)
+    except ConfigError as e:
+        _note(f"history not recorded: {e}")
+        return None
+    return listing.History(state_dir or cfg.state_dir or default_state_dir(),
+                           cfg.history_max_age, _note)  # fmt: skip
 
 
 CONFIG_OPT = typer.Option(
