@@ -20,10 +20,11 @@ unchanged objects costs one SELECT and no writes):
            its creator and its last user as seen alive, its removal (when, by which
            run, quarantined or not) and restoration
 
-Its "creator" is the kind's creator field where the kernel keeps one (a segment's cpid);
-for the other kinds, whose tables keep no creator (a set's sempid, a queue's lspid, a
-POSIX file's holders), the first live party or holder seen whose process started before
-the object was first seen: the best witness there is, said as "made by" all the same.
+Its "creator" is the kind's creator field where the kernel keeps one (a segment's cpid,
+recorded whenever it is seen alive); for the other kinds, whose tables keep no creator
+(a set's sempid, a queue's lspid, a POSIX file's holders), the first live party or
+holder at the run that first saw the object, never a later one (a later party is a
+user, not its maker): the best witness there is, said as "made by" all the same.
 
 Concurrency: WAL (readers never wait for the writer) and a busy timeout; each run writes
 in one BEGIN IMMEDIATE transaction, so two runs at once take turns and lose nothing.
@@ -133,9 +134,6 @@ class ProcFacts(NamedTuple):
     unit: Optional[str]
 
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
 def start_ticks(pid: int, proc: str = "/proc") -> Optional[int]:
     """Field 22 of /proc/PID/stat (after the command name, which may hold spaces and
     parentheses: split after the last ')'); None when the process is gone."""
@@ -205,12 +203,6 @@ def _namespace() -> str:
         return os.readlink("/proc/self/ns/ipc")
     except OSError:
         return "?"
-
-
-def _btime() -> float:
-    from shmjanitor.procs import boot_time
-
-    return boot_time() or 0.0
 
 
 def witnesses(v: Verdict) -> tuple[list[int], list[int]]:
@@ -364,6 +356,8 @@ def record(verdicts: Sequence[Verdict], kinds: Iterable[str], command: str,
     return seen
 
 
+_INSERT = ("INSERT INTO objects(ns, kind, objid, key, path, size, uid, first_seen, orphan_at)"
+           " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")  # fmt: skip
 _LIVE = """SELECT o.id, o.kind, o.objid, o.key, o.path, o.size, o.uid, o.orphan_at,
     o.first_seen, o.creator, lu.pid, c.command, c.exe, c.user, c.unit, c.seen_at
     FROM objects o LEFT JOIN procs c ON c.id = o.creator
@@ -384,7 +378,7 @@ def _record(db: sqlite3.Connection, verdicts: Sequence[Verdict], kinds: tuple[st
     new: list[tuple[Any, ...]] = []
     changed: list[tuple[Any, ...]] = []
     orphaned: list[tuple[float, int]] = []
-    wanted: list[tuple[Verdict, Optional[tuple[Any, ...]], list[int], list[int]]] = []
+    wanted: list[tuple[int, list[int], list[int]]] = []
     for v in verdicts:
         o = v.segment
         key = ident(o)
@@ -392,9 +386,13 @@ def _record(db: sqlite3.Connection, verdicts: Sequence[Verdict], kinds: tuple[st
         orphan = v.state is State.ORPHAN
         if row is None:
             c, lu = witnesses(v)
-            new.append((ns, o.kind, o.id, o.key, key[3], o.size, o.uid, at, at if orphan else None))
-            if c or lu:
-                wanted.append((v, None, c, lu))
+            values = (ns, o.kind, o.id, o.key, key[3], o.size, o.uid, at, at if orphan else None)
+            if c or lu:  # its row id is needed: inserted alone
+                oid = db.execute(_INSERT, values).lastrowid
+                assert oid is not None
+                wanted.append((oid, c, lu))
+            else:
+                new.append(values)
             continue
         if row[5] != o.size or row[6] != o.uid:
             changed.append((o.size, o.uid, row[0]))
@@ -402,18 +400,19 @@ def _record(db: sqlite3.Connection, verdicts: Sequence[Verdict], kinds: tuple[st
             orphaned.append((at, row[0]))
         if v.state is not State.ORPHAN and v.state is not State.UNKNOWN:
             c, lu = witnesses(v)
-            if (c and row[9] is None) or (lu and lu[0] != row[10]):
-                wanted.append((v, row, c if row[9] is None else [], lu))
-    db.executemany(
-        "INSERT INTO objects(ns, kind, objid, key, path, size, uid, first_seen, orphan_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", new)  # fmt: skip
+            # Seen before without a creator: only a segment's cpid may still name it
+            # (a later party of another kind is a user, not its maker).
+            c = c if row[9] is None and o.kind == "shm" else []
+            if c or (lu and lu[0] != row[10]):
+                wanted.append((row[0], c, lu))
+    db.executemany(_INSERT, new)
     db.executemany("UPDATE objects SET size = ?, uid = ? WHERE id = ?", changed)
     db.executemany("UPDATE objects SET orphan_at = ? WHERE id = ?", orphaned)
     if stored:  # not in this survey of their kinds: gone since the previous run
         db.executemany("UPDATE objects SET gone_at = ?, last_seen = ? WHERE id = ?",
                        [(at, prev, row[0]) for row in stored.values()])  # fmt: skip
     if wanted:
-        _witness(db, ns, kinds, wanted, at)
+        _witness(db, wanted, at)
     if max_age > 0:
         _prune(db, at, max_age)
     made: dict[Ident, MadeBy] = {}
@@ -425,58 +424,45 @@ def _record(db: sqlite3.Connection, verdicts: Sequence[Verdict], kinds: tuple[st
     return Seen(made, run)
 
 
-def _witness(db: sqlite3.Connection, ns: str, kinds: tuple[str, ...],
-             wanted: list[tuple[Verdict, Optional[tuple[Any, ...]], list[int], list[int]]],
+def _witness(db: sqlite3.Connection, wanted: list[tuple[int, list[int], list[int]]],
              at: float) -> None:  # fmt: skip
-    """Record the live creators and last users of `wanted`: each pid read once."""
-    boot = _boot_id()
-    btime = _btime()
-    ids: dict[int, Optional[tuple[int, float]]] = {}  # pid -> (procs.id, started)
+    """Record the live creators and last users of objects (row id, creator pids, last
+    user pids): each pid read and looked up once."""
+    from shmjanitor.accounts import owner_name
 
-    def proc_id(pid: int) -> Optional[tuple[int, float]]:
+    boot = _boot_id()
+    ids: dict[int, Optional[int]] = {}  # pid -> procs.id (None: gone meanwhile)
+
+    def proc_id(pid: int) -> Optional[int]:
         if pid in ids:
             return ids[pid]
         facts = read_proc(pid)
-        found: Optional[tuple[int, float]] = None
+        found: Optional[int] = None
         if facts is not None:
             row = db.execute("SELECT id FROM procs WHERE boot = ? AND pid = ? AND start = ?",
                              (boot, pid, facts.start)).fetchone()  # fmt: skip
-            if row is None:
-                from shmjanitor.accounts import owner_name
-
+            if row is not None:
+                found = row[0]
+            else:
                 user = None if facts.uid is None else owner_name(facts.uid)
-                rid = db.execute(
+                found = db.execute(
                     "INSERT INTO procs(boot, pid, start, command, exe, uid, user, unit, "
                     "seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (boot, pid, facts.start, facts.command, facts.exe, facts.uid, user,
                      facts.unit, at)).lastrowid  # fmt: skip
-                assert rid is not None
-                row = (rid,)
-            found = (row[0], btime + facts.start / _TICK)
         ids[pid] = found
         return found
 
-    for v, row, creators, users in wanted:
-        o = v.segment
-        if row is None:
-            got = db.execute(
-                "SELECT id, first_seen FROM objects WHERE ns = ? AND kind = ? AND objid = ?"
-                " AND key = ? AND path IS ? AND gone_at IS NULL",
-                (ns, o.kind, o.id, o.key, getattr(o, "path", None))).fetchone()  # fmt: skip
-            oid, first = got
-        else:
-            oid, first = row[0], row[8]
+    for oid, creators, users in wanted:
         for pid in creators:
             p = proc_id(pid)
-            # Where the kernel keeps no creator, a witness is only one that lived when
-            # the object was first seen (started before; a second of slack for ticks).
-            if p is not None and (o.kind == "shm" or p[1] <= first + 1):
+            if p is not None:
                 db.execute("UPDATE objects SET creator = ? WHERE id = ? AND creator IS NULL",
-                           (p[0], oid))  # fmt: skip
+                           (p, oid))  # fmt: skip
         for pid in users:
             p = proc_id(pid)
             if p is not None:
-                db.execute("UPDATE objects SET last_user = ? WHERE id = ?", (p[0], oid))
+                db.execute("UPDATE objects SET last_user = ? WHERE id = ?", (p, oid))
 
 
 def _prune(db: sqlite3.Connection, at: float, max_age: int) -> None:
