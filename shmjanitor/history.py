@@ -38,6 +38,7 @@ tests that script a week in seconds. Nothing else reads it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import sqlite3
@@ -63,7 +64,7 @@ CREATE TABLE IF NOT EXISTS procs(id INTEGER PRIMARY KEY, boot TEXT NOT NULL,
     pid INTEGER NOT NULL, start INTEGER NOT NULL, command TEXT, exe TEXT, uid INTEGER,
     user TEXT, unit TEXT, seen_at REAL NOT NULL, UNIQUE(boot, pid, start));
 CREATE TABLE IF NOT EXISTS objects(id INTEGER PRIMARY KEY, ns TEXT NOT NULL,
-    kind TEXT NOT NULL, objid INTEGER NOT NULL, key INTEGER NOT NULL, path TEXT,
+    kind TEXT NOT NULL, objid INTEGER NOT NULL, key INTEGER NOT NULL, path BLOB,
     size INTEGER NOT NULL, uid INTEGER NOT NULL, first_seen REAL NOT NULL,
     last_seen REAL, gone_at REAL, orphan_at REAL, creator INTEGER REFERENCES procs,
     last_user INTEGER REFERENCES procs, removed_at REAL, removed_run INTEGER,
@@ -112,7 +113,7 @@ class MadeBy(NamedTuple):
         return text
 
 
-Ident = tuple[str, int, int, Optional[str]]  # kind, id, key, path (POSIX) or None
+Ident = tuple[str, int, int, Optional[bytes]]  # kind, id, key, path (POSIX) or None
 
 
 def ident(o: Any) -> Ident:
@@ -120,7 +121,10 @@ def ident(o: Any) -> Ident:
     key and, for a POSIX object, its path (a file made again under a name is another
     inode). An id the kernel hands out again later is a new object: a row is matched
     only among objects not yet gone."""
-    return (o.kind, o.id, o.key, getattr(o, "path", None))
+    path = getattr(o, "path", None)
+    # bytes, as the file system has them: a name is any bytes (a str of them holds
+    # surrogates, which sqlite cannot store as text)
+    return (o.kind, o.id, o.key, None if path is None else os.fsencode(path))
 
 
 # --------------------------------------------------------------- process facts
@@ -167,13 +171,14 @@ def read_proc(pid: int, proc: str = "/proc") -> Optional[ProcFacts]:
     """What to remember of a live process; None when it is gone. Start read first and
     again last: if it changed, the pid was reused while we read, and nothing is kept."""
     from shmjanitor.listing import cmdline
+    from shmjanitor.text import printable
 
     start = start_ticks(pid, proc)
     if start is None:
         return None
     base = f"{proc}/{pid}"
     try:
-        exe: Optional[str] = os.readlink(f"{base}/exe")
+        exe: Optional[str] = printable(os.readlink(f"{base}/exe"))
     except OSError:
         exe = None  # another user's without CAP_SYS_PTRACE, a kernel thread
     try:
@@ -242,8 +247,13 @@ def _connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(str(path), timeout=BUSY_MS / 1000, isolation_level=None)
     try:
         db.execute(f"PRAGMA busy_timeout={BUSY_MS}")
-        if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
-            raise sqlite3.OperationalError("cannot use WAL")
+        if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            # A new file: its switch to WAL writes the header under a rollback journal
+            # kept in memory, not a -journal file made and unlinked (a reap's unlinks
+            # are its own: tests stop it at its first).
+            db.execute("PRAGMA journal_mode=MEMORY")
+            if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
+                raise sqlite3.OperationalError("cannot use WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
         db.executescript(_SCHEMA)
     except BaseException:
@@ -287,6 +297,17 @@ def _writable(state_dir: Path) -> None:
         raise Unusable(f"{path_for(state_dir)}: {e.strerror}") from None
 
 
+_open: dict[Path, sqlite3.Connection] = {}  # this process's connections, by file
+
+
+def forget() -> None:
+    """Close this process's connections to the store. Kept open until then (or exit):
+    closing the last connection checkpoints the WAL and deletes it, an unlink in the
+    middle of a reap's own file operations; once, at exit, is enough."""
+    while _open:
+        _open.popitem()[1].close()
+
+
 def _write(state_dir: Path, note: Callable[[str], None], at: float,
            work: Callable[[sqlite3.Connection], Any]) -> Any:  # fmt: skip
     """Run `work` in one transaction of the store in `state_dir`, made if need be. A
@@ -295,15 +316,20 @@ def _write(state_dir: Path, note: Callable[[str], None], at: float,
     _writable(state_dir)
     path = path_for(state_dir)
     for attempt in (1, 2):
+        db = _open.pop(path, None)
         try:
-            db = _connect(path)
-            try:
-                with db:
-                    db.execute("BEGIN IMMEDIATE")  # one writer at a time: others wait
-                    return work(db)
-            finally:
-                db.close()
+            if db is None:
+                db = _connect(path)
+            with db:
+                db.execute("BEGIN IMMEDIATE")  # one writer at a time: others wait
+                done = work(db)
+            if not _open:
+                atexit.register(forget)
+            _open[path] = db
+            return done
         except sqlite3.DatabaseError as e:
+            if db is not None:
+                db.close()
             if not corrupt(e) or attempt == 2:
                 raise Unusable(f"{path}: {e}") from None
             try:
@@ -330,6 +356,12 @@ def made_by(obj: Any) -> Optional[dict[str, Any]]:
     {"command", "exe", "user", "unit", "seen_at"}, or None (never seen alive)."""
     m = _last.get(ident(obj))
     return None if m is None else m.as_json()
+
+
+def nothing() -> Seen:
+    """A run that records nothing (a dry run): no maker known, not even a past run's."""
+    _last.clear()
+    return Seen({}, None)
 
 
 def said(obj: Any) -> Optional[str]:
@@ -508,7 +540,8 @@ def restored(kind: str, objid: int, key: int, path: Optional[str], state_dir: Pa
         "restored_at IS NULL ORDER BY removed_at DESC LIMIT 1)"
     )
     try:
-        _write(state_dir, note, at, lambda db: db.execute(sql, (at, kind, objid, key, path)))
+        name = None if path is None else os.fsencode(path)
+        _write(state_dir, note, at, lambda db: db.execute(sql, (at, kind, objid, key, name)))
     except Unusable as e:
         note(f"history not recorded: {e}")
 

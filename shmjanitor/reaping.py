@@ -136,7 +136,7 @@ def reap(cfg: _config.Config, *, dry_run: bool, quarantine: bool, state_dir: Opt
         # The survey is taken under the lock: a reaper that waited sees what the first
         # one left, so two reapers never both try the same object.
         sv = survey.take(proc_shm, state_dir=state_dir or cfg.state_dir, record=not dry_run)
-        seen = _history(sv, cfg, state_dir, hooks)
+        seen = _history(sv, cfg, state_dir, hooks, dry_run)
         if if_owner_gone:
             # Asked after the survey, so that any process of the owner that lived while
             # it was taken is seen (one started since is seen by each object's re-check
@@ -181,10 +181,14 @@ def _history_dir(cfg: _config.Config, state_dir: Optional[Path]) -> Path:
 
 
 def _history(sv: survey.Survey, cfg: _config.Config, state_dir: Optional[Path],
-             hooks: Hooks) -> Any:  # fmt: skip
+             hooks: Hooks, dry_run: bool) -> Any:  # fmt: skip
     """Record the survey in the history store (history.py), which then knows each
-    object's maker for the reasons, log lines and JSON of this run."""
+    object's maker for the reasons, log lines and JSON of this run. Not a dry run's:
+    it writes nothing, not even a state directory."""
     from shmjanitor import history
+
+    if dry_run:
+        return history.nothing()
 
     return history.record(sv.verdicts, sv.kinds, "reap", _history_dir(cfg, state_dir),
                           hooks.on_note, cfg.history_max_age)  # fmt: skip
@@ -264,7 +268,7 @@ def rm(named: Sequence[Named], cfg: _config.Config, *, force: bool, dry_run: boo
     """Remove the named objects, refusing any that is in use unless `force`."""
     with _locked(dry_run, cfg, state_dir, hooks) as held:
         sv = survey.take(proc_shm, state_dir=state_dir or cfg.state_dir, record=not dry_run)
-        seen = _history(sv, cfg, state_dir, hooks)
+        seen = _history(sv, cfg, state_dir, hooks, dry_run)
         # Ids and keys are per kind: a segment and a semaphore set may share both.
         by_id = {(v.obj.kind, v.obj.id): v for v in sv.verdicts}
         problems: list[str] = []
