@@ -190,6 +190,26 @@ def test_an_unwritable_state_directory_costs_the_history_not_the_list(tmp_path, 
     assert len(notes) == 1, r.output  # said once
 
 
+def test_an_object_gone_between_runs_is_marked_gone(state):
+    """Unchanged objects are not read back (history._digest): one removed by somebody
+    else, and one made by a live process, are still seen."""
+    import sysv_ipc
+
+    ids = orphans(3)
+    listed()
+    listed()  # nothing changed: the digest matches
+    sysv_ipc.remove_shared_memory(ids[0])
+    listed()
+    gone = rows(state, "SELECT objid FROM objects WHERE gone_at IS NOT NULL")
+    assert gone == [(ids[0],)]
+    p = start([sys.executable, "-c", LEAKER, "late", "1", "4096"])
+    try:
+        made = [o for o in listed() if o["made_by"] is not None]
+        assert [o["made_by"]["command"].split()[-3:] for o in made] == [["late", "1", "4096"]]
+    finally:
+        kill(p)
+
+
 def test_two_runs_at_once_lose_no_rows(state):
     orphans(400)  # long enough a transaction that the runs overlap
     env = {**os.environ}
