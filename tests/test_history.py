@@ -139,6 +139,20 @@ def test_reap_log_line_says_who_made_it(state):
     assert 'made_by="made by `' in line and "leaky-job 1 4096` (root" in line, line
 
 
+def test_a_restored_object_is_counted_restored(state):
+    p = start([sys.executable, "-c", LEAKER, "leaky-job", "2", "4096"])
+    listed()
+    kill(p)
+    r = cli("reap", "--min-age", "0", "--include-system", "--json")  # copies to state/
+    (first, _) = sorted(x["id"] for x in json.loads(r.stdout)["results"])
+    r = cli("restore", "--id", str(first))
+    assert r.exit_code == 0, r.output
+    r = cli("leaks", "--json")
+    (row,) = json.loads(r.stdout)["leaks"]
+    assert row["command"].endswith("leaky-job 2 4096"), row
+    assert (row["leaked"], row["removed"], row["restored"]) == (2, 2, 1), row
+
+
 def test_a_maker_never_seen_alive_is_null(state):
     orphans(1)
     (o,) = listed()
