@@ -3,7 +3,7 @@
 
     python benchmarks/bench.py            # N = 32,000 and 4,096; updates docs/benchmarks.md
     python benchmarks/bench.py --quick    # a small N, a few runs, docs left alone
-    python benchmarks/bench.py --only sem,msg   # some rows only (shm, sem, msg, posix)
+    python benchmarks/bench.py --only sem,msg   # some rows only (shm, sem, msg, posix, history)
 
 Everything happens in private IPC namespaces: the script re-executes itself under
 `unshare --ipc` unless it already runs in one, and keeps each data set (32,000 orphans
@@ -380,7 +380,8 @@ def ratio_figure(name: str, a: str, b: str, pair: Pair, limit: Optional[float],
 # --- the benchmark ----------------------------------------------------------------------
 
 
-KINDS = ("shm", "sem", "msg", "posix")  # the benchmark's rows, by kind of object
+# the benchmark's rows: by kind of object, and the cost of the history store (issue 15)
+KINDS = ("shm", "sem", "msg", "posix", "history")
 
 
 class Options(NamedTuple):
@@ -407,6 +408,9 @@ def benchmark(opt: Options, say: Callable[[str], None]) -> tuple[list[Figure], d
     figures: list[Figure] = []
     tmp = Path(tempfile.mkdtemp(prefix="shmjanitor-bench-"))
     out = tmp / "out"
+    # Every list and reap records history (and reap its clock) in the default state
+    # directory unless told: the run's own, never the machine's /var/lib/shmjanitor.
+    os.environ["STATE_DIRECTORY"] = str(tmp / "state")
     n, small, runs = opt.n, opt.small_n, opt.runs
     shmmni = max(n, small) + 16
 
@@ -424,6 +428,8 @@ def benchmark(opt: Options, say: Callable[[str], None]) -> tuple[list[Figure], d
                     figures += kind_figures(kind, flag, opt, sj, tmp, say)
             if "posix" in opt.only:
                 figures += posix_figures(opt, sj, tmp, say)
+            if "history" in opt.only:
+                figures += history_figures(opt, sj, tmp, say)
             return figures, notes
         # Start-up: an empty namespace, shmjanitor vs the interpreter doing nothing.
         empty = Namespace(shmmni)
@@ -564,6 +570,8 @@ def benchmark(opt: Options, say: Callable[[str], None]) -> tuple[list[Figure], d
                 figures += kind_figures(kind, flag, opt, sj, tmp, say)
         if "posix" in opt.only:
             figures += posix_figures(opt, sj, tmp, say)
+        if "history" in opt.only:
+            figures += history_figures(opt, sj, tmp, say)
         empty.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -676,6 +684,53 @@ while got < P:
 print("ready", flush=True)
 signal.pause()
 """
+
+
+def history_figures(opt: Options, sj: list[str], tmp: Path,
+                    say: Callable[[str], None]) -> list[Figure]:  # fmt: skip
+    """Issue 15's row: what recording history costs `list --json` at n segments, once
+    the store knows them (every hourly run after the first: no row changes), against
+    the same list without a store ($STATE_DIRECTORY a path that cannot be a directory:
+    history.record gives up before opening SQLite). And, for information, the first
+    run, which inserts a row per segment."""
+    n, runs = opt.n, opt.runs
+    out = tmp / "out-history"
+    ns = Namespace(n + 16)
+    with ns:
+        orphans(n)
+        assert len(table_rows()) == n
+    store = tmp / "history-state"
+    without = str(tmp / "out-history-none" / "x")  # under a regular file: ENOTDIR
+    Path(without).parent.write_text("")
+    cmd = [*sj, "list", "--json"]
+
+    def listed(state: Callable[[], str]) -> Callable[[], float]:
+        def go() -> float:
+            old = os.environ.get("STATE_DIRECTORY")
+            os.environ["STATE_DIRECTORY"] = state()
+            try:
+                with ns:
+                    return run(cmd, out)
+            finally:
+                if old is not None:
+                    os.environ["STATE_DIRECTORY"] = old
+
+        return go
+
+    def first_store() -> str:
+        return tempfile.mkdtemp(dir=tmp, prefix="history-first-")
+
+    say(f"history: list --json recording, {n:,} segments, vs without a store ...")
+    listed(lambda: str(store))()  # the store learns the segments: later runs change nothing
+    pair = alternate(runs, listed(lambda: str(store)), listed(lambda: without))
+    figures = [ratio_figure(f"history: list --json recording, {n:,} segments known",
+                            "with history", "without", pair, 1.2)]  # fmt: skip
+    say("history: the first list --json, a row per segment inserted ...")
+    pair = alternate(runs, listed(first_store), listed(lambda: without))
+    figures.append(ratio_figure(f"history: first list --json, {n:,} new rows",
+                                "with history", "without", pair, None))  # fmt: skip
+    ns.close()
+    return figures
 
 
 class HolderFarm:
@@ -894,7 +949,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help=f"write the results here (default: {DOCS.relative_to(ROOT)}, "
                     "only for a full run at the default N)")  # fmt: skip
     ap.add_argument("--only", default=",".join(KINDS), metavar="KINDS",
-                    help="the rows to run: of shm, sem, msg, posix, separated by commas (default: "
+                    help="the rows to run: of shm, sem, msg, posix, history, separated by commas (default: "
                     "all; docs are written only for all)")  # fmt: skip
     args = ap.parse_args(argv)
     if args.quick:
@@ -904,7 +959,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     small = args.small_n or (SMALL_N if args.n >= SMALL_N * 2 else max(1, args.n // 8))
     only = tuple(k for k in KINDS if k in args.only.split(","))
     if not only or set(args.only.split(",")) - set(only):
-        ap.error("--only takes shm, sem, msg, posix, separated by commas")
+        ap.error("--only takes shm, sem, msg, posix, history, separated by commas")
     every = len(only) == len(KINDS)
     docs = args.docs or (DOCS if args.n == MAX_N and args.runs >= 5 and every else None)
     opt = Options(args.n, small, args.runs, args.workers, docs, only)

@@ -401,7 +401,23 @@ def list_(
         view = listing.View(columns, not noheadings, notruncate, use_color(sys.stdout))
         listing.run(states=set(state or ()), owner=owner, sort=sort, exact_bytes=exact_bytes,
                     fmt=picked, metrics_file=metrics_file, out=sys.stdout, view=view,
-                    kinds=chosen)  # fmt: skip
+                    kinds=chosen, history=_history_of(None, None))  # fmt: skip
+
+
+def _history_of(config_path: Optional[Path], state_dir: Optional[Path]):  # type: ignore[no-untyped-def]
+    """Where list records history: --state-dir, config state_dir, else the default
+    (paths.py). A config file list cannot read costs the history, not the listing."""
+    from shmjanitor import config, listing
+    from shmjanitor.errors import ConfigError
+    from shmjanitor.paths import default_state_dir
+
+    try:
+        cfg = config.load(config_path)
+    except ConfigError as e:
+        _note(f"history not recorded: {e}")
+        return None
+    return listing.History(state_dir or cfg.state_dir or default_state_dir(),
+                           cfg.history_max_age, _note)  # fmt: skip
 
 
 CONFIG_OPT = typer.Option(
@@ -1013,8 +1029,12 @@ def restore(
         except _Interrupted as stop:
             typer.echo(f"shmjanitor: interrupted by {stop.name}: nothing restored", err=True)
             raise typer.Exit(128 + stop.signum) from None
-        path = quarantine.entry_path(store.find(which if isinstance(which, str)
-                                                else which.name).doc)  # fmt: skip
+        doc = store.find(which if isinstance(which, str) else which.name).doc
+        path = quarantine.entry_path(doc)
+        from shmjanitor import history
+
+        history.restored(doc.get("kind", "shm"), doc["id"], doc.get("key", 0), path,
+                         store.state_dir, _note)  # fmt: skip
         if as_json:
             typer.echo(json.dumps({"id": new_id, "key": k, **({"path": path} if path else {})}))
         else:
@@ -1132,6 +1152,57 @@ def limits(
     else:
         bold = chosen is Format.TABLE and "NO_COLOR" not in os.environ
         limits_.plain(usage, exact_bytes, sys.stdout, bold=bold)
+
+
+class By(str, Enum):
+    COMMAND = "command"
+    USER = "user"
+    UNIT = "unit"
+
+
+@app.command(short_help="The programs, users or units that leak most (from the history).")
+def leaks(
+    since: str = typer.Option("7d", "--since", metavar="DURATION",
+                              help="The period: leaks of the last DURATION (1h, 7d)."),
+    by: By = typer.Option(By.COMMAND, "--by", help="Group by command line, user or "
+                          "systemd unit (or container)."),
+    exact_bytes: bool = typer.Option(False, "--bytes", "-b", help="Sizes in bytes."),
+    config_path: Optional[Path] = CONFIG_OPT,
+    state_dir: Optional[Path] = STATE_DIR_OPT,
+    as_json: bool = typer.Option(False, "--json", "-J", help="Same as --format json."),
+    fmt: Format = typer.Option(
+        Format.AUTO, "--format", "-f",
+        help="table (bold header), plain (aligned columns for grep/awk), json, or auto: "
+        "table on a terminal, plain otherwise.",
+    ),
+) -> None:  # fmt: skip
+    """Rank the makers of leaked objects over a period, from the history that list and
+    reap record: per command line (or user, or unit), the objects found orphaned and
+    their bytes, those removed and the bytes freed, those restored. A maker is known
+    when list or reap saw it alive with its object; the rest are one row, "-".
+
+    Exit status: 0, 2 usage or configuration error, 1 no history to read.
+    """
+    from shmjanitor import history
+    from shmjanitor import leaks as leaks_
+    from shmjanitor.paths import default_state_dir
+
+    seconds = _duration("--since", since)
+    assert seconds is not None
+    with errors_as_exit():
+        cfg = _load_config(config_path)
+        where = state_dir or cfg.state_dir or default_state_dir()
+        until = history.now()  # $SHMJANITOR_NOW in tests (history.py)
+        try:
+            rows = history.leaks(where, until - seconds, by.value, until)
+        except history.Unusable as e:
+            raise fail(str(e), 1) from None
+        chosen = _pick_format(fmt, as_json)
+        if chosen is Format.JSON:
+            sys.stdout.write(leaks_.to_json(rows, by.value, until - seconds, until))
+        else:
+            bold = chosen is Format.TABLE and "NO_COLOR" not in os.environ
+            leaks_.plain(rows, by.value, exact_bytes, sys.stdout, bold=bold)
 
 
 @app.command(short_help="Check this machine's IPC settings and the janitor's health.")

@@ -41,6 +41,9 @@ class Config:
     # an idle POSIX object (nobody holds it, its owner lives) idle this long is reaped
     # too; None (the default): never, only orphans are
     posix_idle_after: Optional[int] = None
+    # rows of the history store (history.py) about objects gone longer ago than this
+    # are pruned; 0: never pruned
+    history_max_age: int = 90 * 86400
 
     def with_overrides(self, **flags: Any) -> Config:
         """Flags given on the command line (not None) win over the file."""
@@ -114,6 +117,7 @@ _KEYS = {
     "lock_timeout": (_size, False, "a number of seconds"),
     "protect_paths": (_pattern, True, 'a list of glob patterns such as "/dev/shm/PostgreSQL.*"'),
     "posix_idle_after": (_duration, False, 'a duration such as "7d"'),
+    "history_max_age": (_duration, False, 'a duration such as "90d" (0: keep every row)'),
 }
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, NamedTuple, Optional
+from typing import IO, Any, Callable, NamedTuple, Optional
 
 from shmjanitor import kinds as registry
 from shmjanitor import render, shapes, survey
@@ -76,8 +76,10 @@ def run(
     view: View = View(),
     proc_shm: Path = survey.scan.PROC_SHM,
     kinds: Optional[Iterable[str]] = None,
+    history: Optional[History] = None,
 ) -> None:
-    """`kinds`: those chosen (-m, -s, -q); None or empty: every registered kind."""
+    """`kinds`: those chosen (-m, -s, -q); None or empty: every registered kind.
+    `history`: where to record what was seen (history.py); None: nowhere."""
     try:
         uid = None if owner is None else uid_of(owner)
     except ValueError as e:
@@ -86,6 +88,14 @@ def run(
     if not chosen and view.columns is not None and fmt is not render.Format.JSON:
         chosen = (kind_of_columns(view.columns),)
     sv = survey.take(proc_shm, kinds=chosen or None)
+    made: dict[Any, Any] = {}
+    if history is not None:
+        from shmjanitor import history as _history
+
+        made = _history.record(sv.verdicts, sv.kinds, "list", history.state_dir,
+                               history.note, history.max_age).made_by  # fmt: skip
+        if made:
+            sv = sv._replace(verdicts=attributed(sv.verdicts, made, _history.now()))
     by_kind = {name: select(sv.of(name), states, uid) for name in sv.kinds}
     if fmt is not render.Format.JSON:
         by_kind = _shown(by_kind, bool(chosen), view.columns)
@@ -99,7 +109,7 @@ def run(
         # where a reused slot puts a new id (slot + n * 32768) before older, smaller ones.
         shapes.of(name).sort(shown, sort, cmds)
     if fmt is render.Format.JSON:
-        out.writelines(shapes.json_chunks(sv, by_kind))
+        out.writelines(shapes.json_chunks(sv, by_kind, made_by=made))
     elif fmt is render.Format.TABLE:
         width = None if view.notruncate else view.width or shutil.get_terminal_size().columns
         shapes.table(sv, by_kind, exact_bytes, out, width, view.color, columns,
@@ -110,6 +120,30 @@ def run(
         from shmjanitor import metrics
 
         metrics.write(metrics_file, sv.verdicts, run=None, now=sv.taken_at)
+
+
+class History(NamedTuple):
+    """Where `list` records what it saw (history.record)."""
+
+    state_dir: Path
+    max_age: int
+    note: Callable[[str], None]
+
+
+def attributed(verdicts: list[Verdict], made: Mapping[Any, Any], at: float) -> list[Verdict]:
+    """Each verdict nobody alive keeps (orphan, unknown) whose maker was recorded while
+    it lived, its reason followed by "made by `cmd` (user, unit), first seen ...": the
+    pid the kernel keeps names nobody now."""
+    from shmjanitor.history import ident
+
+    out = []
+    for v in verdicts:
+        if v.state is State.ORPHAN or v.state is State.UNKNOWN:
+            m = made.get(ident(v.segment))
+            if m is not None:
+                v = v._replace(reason=f"{v.reason}; {m.said(at)}")
+        out.append(v)
+    return out
 
 
 def kind_of_columns(output: shapes.Output) -> str:

@@ -8,7 +8,7 @@ import os
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from shmjanitor import config as _config
 from shmjanitor import kernel, kinds, lock, policy, procs, remove, survey
@@ -136,6 +136,7 @@ def reap(cfg: _config.Config, *, dry_run: bool, quarantine: bool, state_dir: Opt
         # The survey is taken under the lock: a reaper that waited sees what the first
         # one left, so two reapers never both try the same object.
         sv = survey.take(proc_shm, state_dir=state_dir or cfg.state_dir, record=not dry_run)
+        seen = _history(sv, cfg, state_dir, hooks, dry_run)
         if if_owner_gone:
             # Asked after the survey, so that any process of the owner that lived while
             # it was taken is seen (one started since is seen by each object's re-check
@@ -157,6 +158,8 @@ def reap(cfg: _config.Config, *, dry_run: bool, quarantine: bool, state_dir: Opt
                         state_dir=state_dir, hooks=hooks, held=held)  # fmt: skip
     # execute gives a result per candidate, in order; candidates are the decisions to
     # remove, in order: walk both (no dict of 32,000 ids to build and look up).
+    if not dry_run:
+        _removed(done, quarantine, seen, cfg, state_dir, hooks)
     done_in_order = iter(done)
     results = []
     for d in decisions:
@@ -169,6 +172,34 @@ def reap(cfg: _config.Config, *, dry_run: bool, quarantine: bool, state_dir: Opt
             hooks.on_result(r)
             results.append(r)
     return Outcome(sv, results, dry_run, [], _signal(hooks))
+
+
+def _history_dir(cfg: _config.Config, state_dir: Optional[Path]) -> Path:
+    from shmjanitor.paths import default_state_dir
+
+    return state_dir or cfg.state_dir or default_state_dir()
+
+
+def _history(sv: survey.Survey, cfg: _config.Config, state_dir: Optional[Path],
+             hooks: Hooks, dry_run: bool) -> Any:  # fmt: skip
+    """Record the survey in the history store (history.py), which then knows each
+    object's maker for the reasons, log lines and JSON of this run. Not a dry run's:
+    it writes nothing, not even a state directory."""
+    from shmjanitor import history
+
+    if dry_run:
+        return history.nothing()
+
+    return history.record(sv.verdicts, sv.kinds, "reap", _history_dir(cfg, state_dir),
+                          hooks.on_note, cfg.history_max_age)  # fmt: skip
+
+
+def _removed(done: Sequence[Result], quarantine: bool, seen: Any, cfg: _config.Config,
+             state_dir: Optional[Path], hooks: Hooks) -> None:  # fmt: skip
+    from shmjanitor import history
+
+    gone = [(r.verdict.obj, quarantine) for r in done if r.action is Action.REMOVED]
+    history.removed(gone, seen.run, _history_dir(cfg, state_dir), hooks.on_note)
 
 
 def owner_present(u: procs.User) -> str:
@@ -237,6 +268,7 @@ def rm(named: Sequence[Named], cfg: _config.Config, *, force: bool, dry_run: boo
     """Remove the named objects, refusing any that is in use unless `force`."""
     with _locked(dry_run, cfg, state_dir, hooks) as held:
         sv = survey.take(proc_shm, state_dir=state_dir or cfg.state_dir, record=not dry_run)
+        seen = _history(sv, cfg, state_dir, hooks, dry_run)
         # Ids and keys are per kind: a segment and a semaphore set may share both.
         by_id = {(v.obj.kind, v.obj.id): v for v in sv.verdicts}
         problems: list[str] = []
@@ -282,6 +314,8 @@ def rm(named: Sequence[Named], cfg: _config.Config, *, force: bool, dry_run: boo
     # larger than quarantine_max_bytes, changed since the scan) leaves the job undone,
     # exit 1. One "gone" is done: someone else removed it first.
     results = refused + done
+    if not dry_run:
+        _removed(done, quarantine, seen, cfg, state_dir, hooks)
     problems.extend(f"{said(r.verdict, escape=False)}: {r.reason}" for r in results
                     if r.action is Action.KEPT)  # fmt: skip
     return Outcome(sv, results, dry_run, problems, _signal(hooks))

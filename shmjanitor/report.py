@@ -14,6 +14,7 @@ import signal
 from functools import lru_cache
 from typing import IO, Any, Optional
 
+from shmjanitor import history
 from shmjanitor.accounts import owner_name
 from shmjanitor.classify import Verdict
 from shmjanitor.durations import format_age, format_size
@@ -67,6 +68,7 @@ def result_json(r: Result) -> dict[str, Any]:
         "owner": owner_name(s.uid), "cpid": _cpid(r.verdict), "idle_seconds": r.verdict.idle_for,
         "state": r.verdict.state.value, "action": r.action.value, "reason": r.reason,
         **({} if _path(s) is None else {"path": _path(s)}),
+        "made_by": history.made_by(s),
     }  # fmt: skip
 
 
@@ -101,12 +103,14 @@ def log_line(r: Result) -> str:
     s = v.obj
     cpid = _cpid(v)
     path = _path(s)
+    made = history.said(s)  # "made by `cmd` (user, unit), first seen 3d ago": recorded
     # Built from cached pieces in one f-string: a big reap logs 32,000 of these.
     return (
         f"action={r.action.value} id={s.id} kind={s.kind}"
         f"{'' if path is None else f' path={_quote(path)}'} key=0x{s.key:08x} size={s.size} "
         f"{_owner_uid(s.uid)}{'' if cpid is None else f' cpid={cpid}'} "
         f"idle={format_age(v.idle_for)} reason={_quote(r.reason)}"
+        f"{'' if made is None else f' made_by={_quote(made)}'}"
     )
 
 

@@ -542,10 +542,14 @@ def all_columns() -> dict[str, Column]:
 
 
 def json_chunks(sv: _survey.Survey, shown: Mapping[str, list[Verdict]],
-                rows: int = 4096) -> Iterator[str]:  # fmt: skip
+                rows: int = 4096, made_by: Optional[Mapping[Any, Any]] = None,
+                ) -> Iterator[str]:  # fmt: skip
     """{"segments": [...], "semaphores": [...], ..., "posix": [...], "summary": {...}} in
     pieces of `rows` objects, an array for each kind in `shown` (empty ones too; the
-    POSIX kinds share one), so the whole text of 32,000 objects never exists at once."""
+    POSIX kinds share one), so the whole text of 32,000 objects never exists at once.
+
+    `made_by` (history.record's: ident -> MadeBy): each object ends with "made_by",
+    its maker as recorded or null; None: no "made_by" at all (no history asked)."""
     summary: dict[str, Any] = {}
     sep = "{"
     array = None
@@ -553,6 +557,8 @@ def json_chunks(sv: _survey.Survey, shown: Mapping[str, list[Verdict]],
     for name, verdicts in shown.items():
         shape = of(name)
         encode = shape.encoder()
+        if made_by is not None:
+            encode = _with_made_by(encode, made_by)
         if shape.array != array:
             if array is not None:
                 yield "]"
@@ -567,6 +573,22 @@ def json_chunks(sv: _survey.Survey, shown: Mapping[str, list[Verdict]],
     if array is not None:
         yield "]"
     yield f'{sep}"summary":' + _encode(summary) + "}\n"
+
+
+def _with_made_by(encode: Callable[[Verdict], str],
+                  made: Mapping[Any, Any]) -> Callable[[Verdict], str]:  # fmt: skip
+    """`encode` with a last member "made_by" (an added key: the documented members are
+    unchanged): null for nearly every object, looked up only when something is known."""
+    if not made:
+        return lambda v: encode(v)[:-1] + ',"made_by":null}'
+    from shmjanitor.history import ident
+
+    def with_it(v: Verdict) -> str:
+        m = made.get(ident(v.segment))
+        tail = "null" if m is None else _encode(m.as_json())
+        return f'{encode(v)[:-1]},"made_by":{tail}}}'
+
+    return with_it
 
 
 def title(name: str) -> str:

@@ -104,16 +104,20 @@ def _private_run() -> None:
     enough to make the overlay: overlayfs keeps a private clone of its upper mount."""
     _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700")
     _ours.add("/dev/shm")
-    st = os.stat("/run")
-    for d in ("upper", "work"):
-        os.mkdir(f"/dev/shm/{d}", 0o700)
-    os.chmod("/dev/shm/upper", stat.S_IMODE(st.st_mode))
-    opts = "lowerdir=/run,upperdir=/dev/shm/upper,workdir=/dev/shm/work"
-    if REAL_ROOT:
-        os.chown("/dev/shm/upper", st.st_uid, st.st_gid)
-    else:  # root of a user namespace: the merged /run is ours, so the reaper can lock
-        opts += ",userxattr"  # no trusted.* xattrs here (Linux >= 5.11)
-    _mount("overlay", "/run", "overlay", 0, opts)
+    # /var/lib too: `list` and `reap` write their history (and reap its quarantine) in
+    # the default state directory, /var/lib/shmjanitor for root, when a test's own
+    # environment names none; here that lands in the tmpfs, not on the machine.
+    for target, name in (("/run", "run"), ("/var/lib", "varlib")):
+        st = os.stat(target)
+        for d in ("upper", "work"):
+            os.mkdir(f"/dev/shm/{name}-{d}", 0o700)
+        os.chmod(f"/dev/shm/{name}-upper", stat.S_IMODE(st.st_mode))
+        opts = f"lowerdir={target},upperdir=/dev/shm/{name}-upper,workdir=/dev/shm/{name}-work"
+        if REAL_ROOT:
+            os.chown(f"/dev/shm/{name}-upper", st.st_uid, st.st_gid)
+        else:  # root of a user namespace: the merged /run is ours, so the reaper can lock
+            opts += ",userxattr"  # no trusted.* xattrs here (Linux >= 5.11)
+        _mount("overlay", target, "overlay", 0, opts)
     SUITE_RUN.mkdir(mode=0o755)
 
 

@@ -30,6 +30,7 @@ FIGURES = (
     "msg: list --json, 40 orphans",
     "msg: reap --no-quarantine, 40 orphans",
     "posix: list --json, 400 objects x 10 holders",
+    "history: list --json recording, 40 segments known",
 )
 INFORMATION = (  # shown with no target
     "floor: python, typer, read and int(), 40 rows",
@@ -44,6 +45,7 @@ INFORMATION = (  # shown with no target
     "posix: list --json, 400 objects x 40 holders",
     "posix scaling: x10 objects (400 vs 40, 10 holders)",
     "posix scaling: x4 holders (40 vs 10, 400 objects)",
+    "history: first list --json, 40 new rows",
 )
 
 

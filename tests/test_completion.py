@@ -56,7 +56,7 @@ def bash_complete(script: Path, *words: str) -> list[str]:
     "words,offered",
     [
         (("shmjanitor", "lis"), ["list"]),
-        (("shmjanitor", "l"), ["limits", "list"]),
+        (("shmjanitor", "l"), ["leaks", "limits", "list"]),
         (("shmjanitor", "list", "--st"), ["--state"]),
         (("shmjanitor", "list", "--state", "o"), ["orphan"]),
         # --state has no -s since issue 12: -s chooses semaphore sets, as in ipcs and lsipc.
