@@ -114,6 +114,8 @@ class Facts:
     state_usage: Optional[int] = None  # bytes of the quarantine; None: no quarantine yet
     budget: int = 0
     proc_options: str = ""  # the super options of the /proc mount
+    history: Optional[str] = None  # PRAGMA quick_check's answer; None: no store yet
+    history_aside: tuple[str, ...] = ()  # corrupt stores set aside (their file names)
 
 
 # --- pure helpers ----------------------------------------------------------------------
@@ -404,6 +406,29 @@ def check_state_dir(f: Facts) -> list[Finding]:
     return [Finding(name, sev, found, todo)]
 
 
+def check_history(f: Facts) -> list[Finding]:
+    """The history store (history.sqlite3 in the state directory): SQLite's own
+    quick_check, and the corrupt stores earlier runs set aside. A damaged store never
+    stops list or reap (they set it aside and start a new one), but who made a leak is
+    then forgotten."""
+    name = "history"
+    store = f"{f.state_dir}/history.sqlite3"
+    aside = f"; {len(f.history_aside)} damaged store(s) set aside: " \
+            f"{', '.join(f.history_aside[:3])}" if f.history_aside else ""  # fmt: skip
+    if f.history is None and not f.history_aside:
+        return [Finding(name, Severity.OK, f"{store}: no history yet")]
+    if f.history is not None and f.history != "ok":
+        return [Finding(name, Severity.WARNING, f"{store}: SQLite's quick_check says "
+                        f"{f.history!r}{aside}", "nothing: the next list or reap sets it "
+                        "aside and starts a new one; look at the disk if it recurs")]  # fmt: skip
+    if f.history_aside:
+        now = "no history since" if f.history is None else "healthy"
+        return [Finding(name, Severity.WARNING, f"{store}: {now}{aside}",
+                        "remove the set-aside files once looked at; look at the disk if "
+                        "it recurs")]  # fmt: skip
+    return [Finding(name, Severity.OK, f"{store} is healthy (quick_check ok)")]
+
+
 def check_hidepid(f: Facts) -> list[Finding]:
     """/proc mounted with hidepid hides other users' processes unless the reader has
     CAP_SYS_PTRACE or is in the mount's gid= group; the janitor then sees their objects
@@ -455,7 +480,8 @@ def has_ptrace(service_files: Sequence[tuple[str, str]]) -> bool:
 
 
 CHECKS = (check_logind, check_rmid_forced, check_limits, check_dev_shm_size, check_timer,
-          check_last_run, check_metrics, check_config, check_state_dir, check_hidepid)  # fmt: skip
+          check_last_run, check_metrics, check_config, check_state_dir, check_history,
+          check_hidepid)  # fmt: skip
 
 
 def diagnose(f: Facts) -> list[Finding]:

@@ -302,7 +302,29 @@ def gather(root: Path = Path("/"), config_path: Optional[Path] = None,
         state_usage=store.usage() if store.dir.is_dir() else None,
         budget=cfg.quarantine_budget_bytes,
         proc_options=proc_options(),
+        history=history_check(state),
+        history_aside=tuple(sorted(p.name for p in state.glob("history.sqlite3.corrupt-*"))),
     )  # fmt: skip
+
+
+def history_check(state: Path) -> Optional[str]:
+    """SQLite's PRAGMA quick_check of the history store, opened read-only (doctor
+    writes nothing); None when there is none. A file SQLite cannot open as a database
+    answers with its error."""
+    import sqlite3
+
+    path = state / "history.sqlite3"
+    if not path.is_file():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = db.execute("PRAGMA quick_check").fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        return str(e)
+    return "; ".join(str(r[0]) for r in rows) or "no answer"
 
 
 def _fs_size(path: str) -> Optional[int]:

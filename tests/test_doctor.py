@@ -29,7 +29,7 @@ SYSCTL = Path("/proc/sys")
 CHECKS = {
     "logind_remove_ipc", "shm_rmid_forced", "limit_shmmni", "limit_semmni", "limit_semmns",
     "limit_msgmni", "limit_dev_shm_bytes", "limit_dev_shm_inodes", "dev_shm_size", "timer",
-    "last_run", "metrics_fresh", "config", "state_dir", "proc_hidepid",
+    "last_run", "metrics_fresh", "config", "state_dir", "history", "proc_hidepid",
 }  # fmt: skip
 MQUEUE_CHECK = "limit_mqueue_queues"  # only where an mqueue file system is mounted
 MS_REMOUNT = 32
@@ -434,6 +434,39 @@ def test_valid_config_and_state_dir_within_budget(root: Path) -> None:
     assert found["state_dir"]["severity"] == "error" and code == 2
     assert "990B of its budget of 1000B (99.0%)" in found["state_dir"]["found"]
     assert "purge" in found["state_dir"]["todo"]
+
+
+def test_the_history_store_healthy_damaged_and_set_aside(root: Path) -> None:
+    """A store a real reap wrote is healthy; one whose pages are overwritten fails
+    SQLite's quick_check (a warning: the next run sets it aside); a store set aside by
+    an earlier run is a warning until removed."""
+    write(root, "/etc/shmjanitor.toml", 'state_dir = "/srv/sj"\n')
+    state = root / "srv/sj"
+    _, found = run(root)
+    assert found["history"]["severity"] == "ok" and "no history yet" in found["history"]["found"]
+    make(Spec(size=100))
+    r = cli("reap", "--min-age", "1d", "--state-dir", str(state))  # records, removes nothing
+    assert r.exit_code == 0, r.output
+    db = state / "history.sqlite3"
+    assert db.is_file()
+    code, found = run(root)
+    assert found["history"]["severity"] == "ok" and code == 0, found["history"]
+    assert "quick_check ok" in found["history"]["found"]
+    from shmjanitor import history
+
+    history.forget()  # let go of this process's connection before damaging the file
+    for leftover in state.glob("history.sqlite3-*"):
+        leftover.unlink()  # the WAL and its index: the damage must be in the file read
+    data = bytearray(db.read_bytes())
+    data[4096:] = b"\xa5" * (len(data) - 4096)  # every page after the first overwritten
+    db.write_bytes(bytes(data))
+    code, found = run(root)
+    assert found["history"]["severity"] == "warning" and code == 1, found["history"]
+    assert "quick_check" in found["history"]["found"]
+    db.rename(state / "history.sqlite3.corrupt-20261129T120000")
+    _, found = run(root)
+    f = found["history"]
+    assert f["severity"] == "warning" and "history.sqlite3.corrupt-20261129T120000" in f["found"]
 
 
 def test_config_given_with_option(root: Path, tmp_path: Path) -> None:
