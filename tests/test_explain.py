@@ -72,7 +72,7 @@ def _attach_in_another_ipc_namespace(key: int) -> int:
 
     def body() -> list[int]:
         assert libc.unshare(0x08000000) == 0  # CLONE_NEWIPC
-        seg = sysv_ipc.SharedMemory(key or None, sysv_ipc.IPC_CREX, size=4096)
+        seg = sysv_ipc.SharedMemory(key, sysv_ipc.IPC_CREX, size=4096)  # attached
         _hold.append(seg)
         return [seg.id]
 
@@ -90,7 +90,7 @@ def test_explain_lists_exactly_the_attached_pids():
     decoy = make(Spec()).ids[0]
     attached = {attach(target).pid for _ in range(3)}
     attach(decoy)
-    foreign = _attach_in_another_ipc_namespace(0)
+    foreign = _attach_in_another_ipc_namespace(sysv_ipc.IPC_PRIVATE)
     assert foreign == target, "the other namespace's first segment has our target's id"
     doc = explain("-m", str(target))
     assert {u["pid"] for u in doc["users"]} == attached
