@@ -276,7 +276,7 @@ def test_json_fields_of_a_sparse_file():
         "size": 1 << 20, "used_bytes": 4096, "uid": 0, "gid": 0, "owner": "root",
         "mode": 0o640, "mtime": int(st.st_mtime), "ctime": int(st.st_ctime),
         "atime": int(st.st_atime), "idle_seconds": o["idle_seconds"], "program": None,
-        "name_pid": None, "holders": [], "state": "idle", "reason": o["reason"],
+        "name_pid": None, "holders": [], "state": "idle", "reason": o["reason"], "rule": "owner-alive",
     }  # fmt: skip
     doc = json.loads(cli("list", "--json", "-M").stdout)
     summary = doc["summary"]["posix-shm"]
