@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from sys import intern
 from typing import Any, Callable, NamedTuple, Optional
 
-from shmjanitor import kinds
+from shmjanitor import kinds, procs, rules
 from shmjanitor.liveness import NO_EVIDENCE, Clock, judge_party
 from shmjanitor.model import Creator, IpcObject, Party, State
 from shmjanitor.procs import Proc, User
@@ -38,6 +38,7 @@ class Verdict(NamedTuple):
     creator: Creator  # the first party as judged (a segment's creator)
     idle_for: int  # seconds since the object was last used (its last_used)
     last_user: Optional[Creator] = None  # the second party (a segment's lpid); None: none
+    rule: str = ""  # the stable code of the rule that decided the state (rules.py)
 
     @property
     def obj(self) -> Any:
@@ -51,28 +52,65 @@ NOBODY = Creator(0, None, None)  # the first party of an object whose table name
 # What an object's parties say, worked out once per distinct tuple of parties: (the
 # first party as judged, the second, the reason up to the quiet clause when a party
 # lives (else None), the parties' clauses (a repeated pid with the same answer said
-# once), whether a party's liveness cannot be known). A plain tuple: unpacked per object.
-Said = tuple[Creator, Optional[Creator], Optional[str], str, bool]
+# once), whether a party's liveness cannot be known, the rule code the parties decide:
+# the live party's when one lives, else the first unknown one's, else the first dead
+# one's). A plain tuple: unpacked per object.
+Said = tuple[Creator, Optional[Creator], Optional[str], str, bool, str]
 
 
-def _parties(judged: Sequence[tuple[Party, Creator, str]], verb: str) -> Said:
+def _parties(judged: Sequence[tuple[Party, Creator, str]], verb: str,
+             facts: Mapping[int, Proc], users: Mapping[int, User]) -> Said:  # fmt: skip
     creator = judged[0][1] if judged else NOBODY
     last_user = judged[1][1] if len(judged) > 1 else None
     said: list[str] = []
     seen: set[tuple[int, Optional[int], Optional[bool]]] = set()
-    unknown = False
+    unknown: Optional[str] = None
     for p, c, clause in judged:
         if c.alive:
             # The first live party keeps it idle: a worker that attaches now and then
             # outlives the process that made the segment (ipcmk, a parent that exited).
             idle = "; ".join([f"{clause}, may {verb} again", *said])
-            return creator, last_user, idle, "", False
-        unknown = unknown or c.alive is None
+            return creator, last_user, idle, "", False, party_rule(p, c, facts, users)
+        if c.alive is None and unknown is None:
+            unknown = party_rule(p, c, facts, users)
         answer = (p.pid, p.uid, c.alive)
         if answer not in seen:  # the creator's pid as last user, say: said once
             seen.add(answer)
             said.append(clause)
-    return creator, last_user, None, "; ".join(said), unknown
+    if unknown is not None:
+        return creator, last_user, None, "; ".join(said), True, unknown
+    rule = party_rule(judged[0][0], judged[0][1], facts, users) if judged else rules.NEVER_USED
+    return creator, last_user, None, "; ".join(said), False, rule
+
+
+_CREATOR_FIELDS = frozenset({"cpid", "name"})  # a creator's pid: shm's cpid, a POSIX name's
+
+
+def party_rule(p: Party, c: Creator, facts: Mapping[int, Proc], users: Mapping[int, User]
+               ) -> str:  # fmt: skip
+    """The rule code (rules.py) of a party as judged: why it is alive, dead, or cannot
+    be known (liveness.judge_party's answer, named; the evidence it read decides)."""
+    if c.alive is None:
+        if p.uid is not None:
+            u = users.get(p.uid)
+            note = u.note if u is not None else None
+            if u is not None and u.alive:
+                return rules.USER_HAS_PROCESSES
+        elif p.pid == 0:
+            return rules.PID_UNSEEN
+        else:
+            f = facts.get(p.pid)
+            if f is not None and f.alive:
+                return rules.CLOCK_STEP  # alive, but started after its moment by a step
+            note = f.note if f is not None else None
+        return {procs.HIDDEN: rules.PROC_HIDDEN, procs.FOREIGN: rules.PROC_FOREIGN}.get(
+            note or "", rules.CANNOT_KNOW
+        )
+    if p.uid is not None:
+        return rules.OWNER_ALIVE if c.alive else rules.USER_GONE
+    if p.field in _CREATOR_FIELDS:
+        return rules.CREATOR_ALIVE if c.alive else rules.CREATOR_DEAD
+    return rules.LAST_USER_ALIVE if c.alive else rules.LAST_USER_DEAD
 
 
 def classify(o: IpcObject, facts: Mapping[int, Proc], now: float, clock: Clock = NO_EVIDENCE,
@@ -116,8 +154,9 @@ def classify_all(
         if part is None:
             if len(ps) == 1:  # the common case (nobody ever attached): said directly
                 c, clause = judge_party(ps[0], facts, users, clock)
-                part = (c, None, f"{clause}, may {k.verb} again", "", False) if c.alive \
-                    else (c, None, None, clause, c.alive is None)  # fmt: skip
+                rule = party_rule(ps[0], c, facts, users)
+                part = (c, None, f"{clause}, may {k.verb} again", "", False, rule) \
+                    if c.alive else (c, None, None, clause, c.alive is None, rule)  # fmt: skip
             else:
                 js = []
                 for p in ps:
@@ -125,20 +164,20 @@ def classify_all(
                     if j is None:
                         j = judged[p] = (p, *judge_party(p, facts, users, clock))
                     js.append(j)
-                part = _parties(js, k.verb)
+                part = _parties(js, k.verb, facts, users)
             k.said[ps] = part
         last_ps, last_k, last_part = ps, k, part
-        creator, user, idle, clauses, unknown = part
+        creator, user, idle, clauses, unknown, rule = part
         # The rules, in the module docstring's order. (Verdicts are made with
         # tuple.__new__, as Verdict(...) would without a Python-level call: 32,000.)
         idle_for = max(0, int(now - o.last_used))
         why = k.removing(o)
         if why is not None:
-            append(_new(Verdict, (o, REMOVING, why, creator, idle_for, user)))
+            append(_new(Verdict, (o, REMOVING, why, creator, idle_for, user, rules.REMOVING)))
             continue
         why = k.in_use(o, name_of)
         if why is not None:
-            append(_new(Verdict, (o, ATTACHED, why, creator, idle_for, user)))
+            append(_new(Verdict, (o, ATTACHED, why, creator, idle_for, user, k.in_use_rule)))
             continue
         quiet = k.quiet(o, now)
         # Interned: a leak is often thousands of objects with one and the same reason.
@@ -148,10 +187,10 @@ def classify_all(
             said = f"{clauses}; {quiet}" if clauses else quiet
             why = k.unknowable(o)
             if why is not None:
-                state, reason = UNKNOWN, intern(f"{why}; {said}")
+                state, reason, rule = UNKNOWN, intern(f"{why}; {said}"), rules.EVIDENCE_UNREADABLE
             else:
                 state, reason = UNKNOWN if unknown else ORPHAN, intern(said)
-        append(_new(Verdict, (o, state, reason, creator, idle_for, user)))
+        append(_new(Verdict, (o, state, reason, creator, idle_for, user, rule)))
     return verdicts
 
 
@@ -171,6 +210,7 @@ class _Kind:
         self.quiet = k.quiet
         self.unknowable = k.unknowable
         self.verb = k.VERB
+        self.in_use_rule: str = k.IN_USE_RULE
         self.said: dict[tuple[Party, ...], Said] = {}
 
 

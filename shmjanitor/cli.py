@@ -805,6 +805,83 @@ def rm(
         raise typer.Exit(1)
 
 
+@app.command(short_help="Everything known of one object: users, parties, rules, reap.")
+def explain(
+    object_: Optional[str] = typer.Argument(
+        None, metavar="[OBJECT]", parser=_id_or_path,
+        help="A segment id (shmid), in decimal; or the path of a POSIX object.",
+    ),
+    shmem_id: Optional[int] = typer.Option(
+        None, "--shm", "-m", metavar="ID", parser=_ids("shm"), help="A segment id."
+    ),
+    sem_id: Optional[int] = typer.Option(
+        None, "--sem", "-s", metavar="ID", parser=_ids("sem"), help="A semaphore set id."
+    ),
+    msg_id: Optional[int] = typer.Option(
+        None, "--msg", "-q", metavar="ID", parser=_ids("msg"), help="A message queue id."
+    ),
+    key: Optional[int] = typer.Option(
+        None, "--key", "-k", metavar="KEY", parser=_keys("shm"),
+        help="A segment's key, written as rm's --key.",
+    ),
+    sem_key: Optional[int] = typer.Option(
+        None, "--sem-key", metavar="KEY", parser=_keys("sem"), help="A semaphore set's key."
+    ),
+    msg_key: Optional[int] = typer.Option(
+        None, "--msg-key", metavar="KEY", parser=_keys("msg"), help="A message queue's key."
+    ),
+    min_age: Optional[str] = typer.Option(
+        None, "--min-age", metavar="DURATION", help="As reap's: the policy reap would apply."
+    ),
+    include_system: Optional[bool] = typer.Option(
+        None, "--include-system/--no-include-system", help="As reap's."
+    ),
+    config_path: Optional[Path] = CONFIG_OPT,
+    state_dir: Optional[Path] = STATE_DIR_OPT,
+    as_json: bool = typer.Option(False, "--json", "-J", help="Same as --format json."),
+    fmt: Format = typer.Option(
+        Format.AUTO, "--format", "-f",
+        help="table (bold headings), plain, json, or auto: table on a terminal, plain "
+        "otherwise.",
+    ),
+) -> None:  # fmt: skip
+    """Explain one object: its kernel facts, the processes using it now (a segment's
+    attached processes, from their maps; a POSIX object's holders; a queue's blocked
+    tasks; a set's counted waiters), the parties whose life decides its state, each
+    rule in order with its answer, what reap would do and why, and the rm command that
+    removes it anyway. Reads only. Exit status: 0, 1 no such object, 2 usage error.
+    """
+    import json
+
+    from shmjanitor import explain as explain_
+    from shmjanitor import reaping
+
+    named = [
+        *(reaping.Named("posix", 0, path=object_) for _ in [0] if object_ and object_[0] == "/"),
+        *(reaping.Named("shm", int(object_)) for _ in [0] if object_ and object_[0] != "/"),
+        *(reaping.Named(kind, i) for kind, i in (("shm", shmem_id), ("sem", sem_id),
+                                                  ("msg", msg_id)) if i is not None),
+        *(reaping.Named(kind, k, by_key=True) for kind, k in (("shm", key), ("sem", sem_key),
+                                                             ("msg", msg_key)) if k is not None),
+    ]  # fmt: skip
+    if len(named) != 1:
+        raise usage_error("name exactly one object: an id (OBJECT, -m, -s or -q ID), a key "
+                          "(--key, --sem-key or --msg-key KEY) or a POSIX object's path")  # fmt: skip
+    for kind in ("sem", "msg"):
+        if named[0].kind == kind:
+            _known_kind(kind, _KIND_FLAGS[kind][1])
+    with errors_as_exit():
+        cfg = _load_config(config_path, min_age=_duration("--min-age", min_age),
+                           include_system=include_system)  # fmt: skip
+        v = explain_.find(named[0], state_dir or cfg.state_dir)
+        e = explain_.explain(v, cfg, reaping.caller(), state_dir or cfg.state_dir)
+        chosen = _pick_format(fmt, as_json)
+        if chosen is Format.JSON:
+            sys.stdout.write(json.dumps(explain_.to_json(e), separators=(",", ":")) + "\n")
+        else:
+            explain_.write(e, sys.stdout, bold=chosen is Format.TABLE and use_color(sys.stdout))
+
+
 quarantine_app = typer.Typer(
     help="Copies of removed objects: list them, purge them (see also restore).",
     short_help="The copies of removed objects: list, purge.",

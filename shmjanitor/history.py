@@ -366,6 +366,25 @@ def made_by(obj: Any) -> Optional[dict[str, Any]]:
     return None if m is None else m.as_json()
 
 
+def look_up(obj: Any, state_dir: Path) -> Optional[MadeBy]:
+    """Who made `obj`, read from the store without writing to it (explain writes
+    nothing): None when the store is absent or unusable, or its maker was never seen."""
+    path = path_for(state_dir)
+    if not path.is_file():
+        return None
+    kind, objid, key, where = ident(obj)
+    query = _MADE + " AND o.objid = ? AND o.key = ? AND o.path IS ?"
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_MS / 1000)
+        try:
+            r = db.execute(query, (_namespace(), kind, objid, key, where)).fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None  # a damaged store: list and reap set it aside; explain only reads
+    return None if r is None else MadeBy(r[3], r[4], r[5], r[6], r[7], r[8], r[9])
+
+
 def nothing() -> Seen:
     """A run that records nothing (a dry run): no maker known, not even a past run's."""
     _last.clear()

@@ -9,8 +9,9 @@ manner of systemd's clean-ipc.c). Only `orphan` verdicts are ever considered.
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
+from shmjanitor import rules
 from shmjanitor.accounts import owner_name
 from shmjanitor.classify import State, Verdict
 from shmjanitor.config import Config
@@ -31,6 +32,7 @@ class Decision(NamedTuple):
     verdict: Verdict
     remove: bool
     reason: str  # why it is removed, or why it is kept
+    rule: str = ""  # the code of the rule that decided (rules.py)
 
 
 def decide(v: Verdict, cfg: Config, caller: Caller) -> Optional[Decision]:
@@ -55,14 +57,14 @@ def _decide_idle(v: Verdict, cfg: Config, caller: Caller, after: int) -> Optiona
     at the last instant that nobody holds it. Other idle objects: not considered."""
     if _posix_path(v) is None:
         return None
-    if v.idle_for < after:
-        return Decision(v, False, (
-            f"idle {format_age(v.idle_for)}, younger than posix_idle_after {format_age(after)}"
-        ))  # fmt: skip
+    why = _young_idle(v, cfg, caller)
+    if why is not None:
+        return Decision(v, False, why, rules.YOUNGER_THAN_POSIX_IDLE_AFTER)
     d = _decide_orphan(v, cfg, caller)
     if not d.remove:
         return d
-    return Decision(v, True, f"{v.reason}; idle longer than posix_idle_after {format_age(after)}")
+    return Decision(v, True, f"{v.reason}; idle longer than posix_idle_after {format_age(after)}",
+                    rules.POSIX_IDLE_AFTER)  # fmt: skip
 
 
 def system_account(uid: int, cuid: int, caller: Caller) -> Optional[str]:
@@ -87,37 +89,112 @@ def system_account(uid: int, cuid: int, caller: Caller) -> Optional[str]:
     return f"{who} {owner_name(u)} (uid {u} {limit})"
 
 
+# The rules, each a function of (verdict, config, caller): why it keeps the object, or
+# None. _decide_orphan asks them in RULES' order, the first that keeps decides; explain
+# lists every one's answer (`verdicts`).
+Rule = Callable[[Verdict, Config, Caller], Optional[str]]
+
+
+def _protected_key(v: Verdict, cfg: Config, caller: Caller) -> Optional[str]:
+    key = v.obj.key
+    if key in cfg.protect_keys:
+        return f"protected key 0x{key:08x} (protect_keys)"
+    return None
+
+
+def _protected_path(v: Verdict, cfg: Config, caller: Caller) -> Optional[str]:
+    path = _posix_path(v)
+    if path is not None:
+        for pattern in sorted(cfg.protect_paths):
+            if fnmatchcase(path, pattern):
+                return f"protected path {pattern} (protect_paths)"
+    return None
+
+
+def _protected_owner(v: Verdict, cfg: Config, caller: Caller) -> Optional[str]:
+    for u in (v.obj.uid, v.obj.cuid):
+        if u in cfg.protect_owners:
+            return f"protected owner {owner_name(u)} (protect_owners)"
+    return None
+
+
+def _system(v: Verdict, cfg: Config, caller: Caller) -> Optional[str]:
+    # As systemd-logind's RemoveIPC: system accounts (databases such as PostgreSQL
+    # among them) manage their own objects and may come back for them.
+    if cfg.include_system:
+        return None
+    why = system_account(v.obj.uid, v.obj.cuid, caller)
+    return None if why is None else f"{why}; --include-system to reap"
+
+
+def _young(v: Verdict, cfg: Config, caller: Caller) -> Optional[str]:
+    if v.idle_for < cfg.min_age:
+        return f"idle {format_age(v.idle_for)}, younger than min-age {format_age(cfg.min_age)}"
+    return None
+
+
+def _not_ours(v: Verdict, cfg: Config, caller: Caller) -> Optional[str]:
+    uid = v.obj.uid
+    if not caller.cap_sys_admin and caller.euid != uid and caller.euid != v.obj.cuid:
+        return f"owned by {owner_name(uid)}: needs root (CAP_SYS_ADMIN)"
+    return None
+
+
+def _young_idle(v: Verdict, cfg: Config, caller: Caller) -> Optional[str]:
+    """Only for an idle POSIX object under posix_idle_after (_decide_idle)."""
+    after = cfg.posix_idle_after
+    if after is not None and v.idle_for < after:
+        return (f"idle {format_age(v.idle_for)}, younger than posix_idle_after "
+                f"{format_age(after)}")  # fmt: skip
+    return None
+
+
+RULES: tuple[tuple[str, Rule], ...] = (
+    (rules.PROTECTED_KEY, _protected_key),
+    (rules.PROTECTED_PATH, _protected_path),
+    (rules.PROTECTED_OWNER, _protected_owner),
+    (rules.SYSTEM_ACCOUNT, _system),
+    (rules.YOUNGER_THAN_MIN_AGE, _young),
+    (rules.NEEDS_ROOT, _not_ours),
+)
+
+
+def verdicts(v: Verdict, cfg: Config, caller: Caller) -> list[tuple[str, Optional[str]]]:
+    """Every rule's answer for `v`, in order: (its code, why it keeps `v` or None). For
+    `explain`; reap asks them through _decide_orphan, which stops at the first that
+    keeps. An idle POSIX object under posix_idle_after is first asked its own age."""
+    out = [(code, rule(v, cfg, caller)) for code, rule in RULES]
+    if v.state is State.IDLE and cfg.posix_idle_after is not None and _posix_path(v):
+        out.insert(0, (rules.YOUNGER_THAN_POSIX_IDLE_AFTER, _young_idle(v, cfg, caller)))
+    return out
+
+
 def _decide_orphan(v: Verdict, cfg: Config, caller: Caller) -> Decision:
     s = v.obj
     uid, cuid = s.uid, s.cuid
     # Each `if` first asks the cheap question that is almost always "no" (empty set, both
     # uids ordinary ones), then the rule in full: plan() runs this 32,000 times.
     if cfg.protect_keys and s.key in cfg.protect_keys:
-        return Decision(v, False, f"protected key 0x{s.key:08x} (protect_keys)")
-    if cfg.protect_paths:
-        path = _posix_path(v)
-        if path is not None:
-            for pattern in sorted(cfg.protect_paths):
-                if fnmatchcase(path, pattern):
-                    return Decision(v, False, f"protected path {pattern} (protect_paths)")
-    if cfg.protect_owners:
-        for u in (uid, cuid):
-            if u in cfg.protect_owners:
-                return Decision(v, False, f"protected owner {owner_name(u)} (protect_owners)")
+        return _kept(v, cfg, caller, rules.PROTECTED_KEY, _protected_key)
+    if cfg.protect_paths and _protected_path(v, cfg, caller) is not None:
+        return _kept(v, cfg, caller, rules.PROTECTED_PATH, _protected_path)
+    if cfg.protect_owners and _protected_owner(v, cfg, caller) is not None:
+        return _kept(v, cfg, caller, rules.PROTECTED_OWNER, _protected_owner)
     lo, hi = caller.uid_min, caller.uid_max
-    if not cfg.include_system and not (lo <= uid <= hi and lo <= cuid <= hi):
-        # As systemd-logind's RemoveIPC: system accounts (databases such as PostgreSQL
-        # among them) manage their own objects and may come back for them.
-        why = system_account(uid, cuid, caller)
-        if why is not None:
-            return Decision(v, False, f"{why}; --include-system to reap")
+    ordinary = lo <= uid <= hi and lo <= cuid <= hi
+    if not cfg.include_system and not ordinary and _system(v, cfg, caller) is not None:
+        return _kept(v, cfg, caller, rules.SYSTEM_ACCOUNT, _system)
     if v.idle_for < cfg.min_age:
-        return Decision(v, False, (
-            f"idle {format_age(v.idle_for)}, younger than min-age {format_age(cfg.min_age)}"
-        ))  # fmt: skip
+        return _kept(v, cfg, caller, rules.YOUNGER_THAN_MIN_AGE, _young)
     if not caller.cap_sys_admin and caller.euid != uid and caller.euid != cuid:
-        return Decision(v, False, f"owned by {owner_name(uid)}: needs root (CAP_SYS_ADMIN)")
-    return Decision(v, True, v.reason)
+        return _kept(v, cfg, caller, rules.NEEDS_ROOT, _not_ours)
+    return Decision(v, True, v.reason, v.rule)
+
+
+def _kept(v: Verdict, cfg: Config, caller: Caller, code: str, rule: Rule) -> Decision:
+    why = rule(v, cfg, caller)
+    assert why is not None
+    return Decision(v, False, why, code)
 
 
 def plan(verdicts: list[Verdict], cfg: Config, caller: Caller) -> list[Decision]:

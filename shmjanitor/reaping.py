@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
 from shmjanitor import config as _config
-from shmjanitor import kernel, kinds, lock, policy, procs, remove, survey
+from shmjanitor import kernel, kinds, lock, policy, procs, remove, rules, survey
 from shmjanitor.accounts import owner_name
 from shmjanitor.classify import State, Verdict
 from shmjanitor.errors import ConfigError, JanitorError
@@ -66,7 +66,9 @@ def _execute(sv: survey.Survey, candidates: Sequence[Candidate], cfg: _config.Co
         batch = store_for(cfg, state_dir, note=hooks.on_note).open_batch(sv.taken_at)
     except (JanitorError, OSError) as e:
         why = f"not removed: quarantine unusable ({e}); fix it or use --no-quarantine"
-        failed = [Result(c.verdict, Action.FAILED, why) for c in candidates]
+        failed = [
+            Result(c.verdict, Action.FAILED, why, rules.QUARANTINE_FAILED) for c in candidates
+        ]
         for r in failed:
             hooks.on_result(r)
         return failed
@@ -153,7 +155,7 @@ def reap(cfg: _config.Config, *, dry_run: bool, quarantine: bool, state_dir: Opt
         if owner is not None:
             verdicts = [v for v in verdicts if v.obj.uid == owner]
         decisions = policy.plan(verdicts, cfg, caller())
-        candidates = [Candidate(d.verdict, d.reason) for d in decisions if d.remove]
+        candidates = [Candidate(d.verdict, d.reason, d.rule) for d in decisions if d.remove]
         done = _execute(sv, candidates, cfg, dry_run=dry_run, quarantine=quarantine,
                         state_dir=state_dir, hooks=hooks, held=held)  # fmt: skip
     # execute gives a result per candidate, in order; candidates are the decisions to
@@ -168,7 +170,7 @@ def reap(cfg: _config.Config, *, dry_run: bool, quarantine: bool, state_dir: Opt
             assert r.verdict is d.verdict, "execute must answer every candidate, in order"
             results.append(r)
         else:
-            r = Result(d.verdict, Action.KEPT, d.reason)
+            r = Result(d.verdict, Action.KEPT, d.reason, d.rule)
             hooks.on_result(r)
             results.append(r)
     return Outcome(sv, results, dry_run, [], _signal(hooks))
@@ -299,15 +301,17 @@ def rm(named: Sequence[Named], cfg: _config.Config, *, force: bool, dry_run: boo
             v = by_id[one]
             why = not_yours(v.obj, who)
             if why is not None:  # the kernel would say EPERM, or EACCES to the re-check
-                refused.append(Result(v, Action.KEPT, why))
+                refused.append(Result(v, Action.KEPT, why, rules.NOT_PERMITTED))
                 continue
             if v.state in _IN_USE and not force:
                 refused.append(Result(v, Action.KEPT, (
                     f"refused: {_IN_USE[v.state]}: {v.reason}; --force to remove anyway"
-                )))  # fmt: skip
+                ), v.rule))  # fmt: skip
                 continue
+            forced = v.state in _IN_USE
             candidates.append(Candidate(v, "named on the command line"
-                                        + (" (--force)" if v.state in _IN_USE else "")))  # fmt: skip
+                                        + (" (--force)" if forced else ""),
+                                        rules.FORCED if forced else rules.NAMED))  # fmt: skip
         done = _execute(sv, candidates, cfg, dry_run=dry_run, quarantine=quarantine,
                         state_dir=state_dir, hooks=hooks, held=held, forced=force)  # fmt: skip
     # Every object named was asked for: one kept for any reason (refused as in use,

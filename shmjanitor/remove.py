@@ -42,7 +42,7 @@ from contextlib import contextmanager, suppress
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
-from shmjanitor import kernel, kinds
+from shmjanitor import kernel, kinds, rules
 from shmjanitor.classify import Verdict
 from shmjanitor.durations import format_size
 from shmjanitor.errors import SaveFailed
@@ -58,6 +58,7 @@ class Result(NamedTuple):
     verdict: Verdict
     action: Action
     reason: str
+    rule: str = ""  # the code of the rule that decided (rules.py)
 
 
 # tuple.__new__ directly for the one result every removal makes: a NamedTuple's own
@@ -70,6 +71,7 @@ class Candidate(NamedTuple):
 
     verdict: Verdict
     reason: str
+    rule: str = ""  # the code of the rule that lets it go (rules.py)
 
 
 class Stop:
@@ -117,6 +119,11 @@ def _meaning(e: OSError) -> str:
     return _ERRNO_MEANING.get(e.errno or 0, e.strerror or str(e))
 
 
+def _failed(e: OSError) -> str:
+    """The rule code of a failed call: permission-denied (EPERM, EACCES) or error."""
+    return rules.PERMISSION_DENIED if e.errno in _ERRNO_MEANING else rules.ERROR
+
+
 def changed_since_scan(v: Verdict, now: Any, forced: bool, k: Optional[Kind] = None
                        ) -> Optional[str]:  # fmt: skip
     """Why the object is no longer what we judged (None when it is the same): its kind's
@@ -139,12 +146,14 @@ def _stat_failed(v: Verdict, e: OSError) -> Result:
     Any other error is: we meant to remove it and cannot even look at it (e.g. EACCES
     without CAP_IPC_OWNER), so it is kept and the run says so."""
     if e.errno in _GONE:
-        return Result(v, Action.GONE, "already gone")
+        return Result(v, Action.GONE, "already gone", rules.GONE)
     if e.errno == errno.EAGAIN:  # in use, said by its kind (a POSIX file's lease refused)
-        return Result(v, Action.KEPT, e.strerror or str(e))
+        return Result(v, Action.KEPT, e.strerror or str(e), rules.HELD)
     if e.errno == errno.EACCES:
-        return Result(v, Action.FAILED, f"not removed: cannot re-check it: {_meaning(e)}")
-    return Result(v, Action.FAILED, f"not removed: {_meaning(e)}")
+        return Result(
+            v, Action.FAILED, f"not removed: cannot re-check it: {_meaning(e)}", _failed(e)
+        )
+    return Result(v, Action.FAILED, f"not removed: {_meaning(e)}", _failed(e))
 
 
 def _recheck(v: Verdict, forced: bool, seen_dead: Optional[set[int]], k: Kind,
@@ -154,12 +163,12 @@ def _recheck(v: Verdict, forced: bool, seen_dead: Optional[set[int]], k: Kind,
         now = k.stat(v.obj.id)
     except OSError as e:
         if e.errno in _GONE:
-            return Result(v, Action.GONE, "already gone")
-        return Result(v, Action.FAILED, f"not removed: {_meaning(e)}")
+            return Result(v, Action.GONE, "already gone", rules.GONE)
+        return Result(v, Action.FAILED, f"not removed: {_meaning(e)}", _failed(e))
     why = changed_since_scan(v, now, forced, k)
     if why is None and not forced and v.state is State.ORPHAN:
         why = users_back(v, seen_dead, gone_users=gone_users)
-    return Result(v, Action.KEPT, why) if why else None
+    return Result(v, Action.KEPT, why, rules.CHANGED_SINCE_SCAN) if why else None
 
 
 @lru_cache(maxsize=1)
@@ -236,7 +245,8 @@ def _last_instant(v: Verdict, reason: str, forced: bool, *, copied: bool = False
                   zero: bool = False, seen_dead: Optional[set[int]] = None,
                   lock_note: Callable[[bytes], None] = lambda _t: None,
                   k: Optional[Kind] = None, note: Optional[bytes] = None,
-                  gone_users: Optional[dict[int, float]] = None) -> Result:  # fmt: skip
+                  gone_users: Optional[dict[int, float]] = None, rule: str = ""
+                  ) -> Result:  # fmt: skip
     """Check, lock, check, remove, and check the kernel's answer (module docstring, 4).
     `k` is the object's kind and `note` its lock note's format (b"shm %d %d %o"), as
     execute found them once for the run; found here when not given."""
@@ -253,7 +263,7 @@ def _last_instant(v: Verdict, reason: str, forced: bool, *, copied: bool = False
         # pure comparison stands between the IPC_STAT below and the IPC_SET that locks.
         why = users_back(v, seen_dead, gone_users=gone_users)
         if why:
-            return Result(v, Action.KEPT, why)
+            return Result(v, Action.KEPT, why, rules.CHANGED_SINCE_SCAN)
     # Said before the lock: a run killed between IPC_SET and IPC_RMID leaves the object
     # locked, and the next holder of the reaper lock puts the mode back. Said under
     # rm --force too, which locks nothing: the note is also how the next run knows that
@@ -270,7 +280,7 @@ def _last_instant(v: Verdict, reason: str, forced: bool, *, copied: bool = False
     else:
         why = changed_since_scan(v, before, forced, k)
     if why:
-        return Result(v, Action.KEPT, why)
+        return Result(v, Action.KEPT, why, rules.CHANGED_SINCE_SCAN)
     if not forced:
         # From here on only a process with CAP_IPC_OWNER can use it (ipcperms): the
         # window between our last look and IPC_RMID is closed for everyone else (for a
@@ -287,28 +297,28 @@ def _last_instant(v: Verdict, reason: str, forced: bool, *, copied: bool = False
         why = k.changed_while_locked(before, locked) or k.busy_now(id)
         if why:
             _put_mode_back(k, id, before.mode)
-            return Result(v, Action.KEPT, f"{why}; its mode was put back")
+            return Result(v, Action.KEPT, f"{why}; its mode was put back", rules.CHANGED_SINCE_SCAN)
     try:
         k.rmid(id)
     except OSError as e:
         if not forced or e.errno == errno.EAGAIN:
             _put_mode_back(k, id, before.mode)
         if e.errno in _GONE:
-            return Result(v, Action.GONE, "already gone")
+            return Result(v, Action.GONE, "already gone", rules.GONE)
         if e.errno == errno.EAGAIN:  # a POSIX file opened at the last instant: kept
-            return Result(v, Action.KEPT, e.strerror or str(e))
-        return Result(v, Action.FAILED, f"not removed: IPC_RMID: {_meaning(e)}")
+            return Result(v, Action.KEPT, e.strerror or str(e), rules.HELD)
+        return Result(v, Action.FAILED, f"not removed: IPC_RMID: {_meaning(e)}", _failed(e))
     # Only a segment outlives IPC_RMID, while attached (kinds.Kind.users_after_rmid);
     # after our lock only a privileged process could have attached.
     users = k.users_after_rmid(id)
     if forced or not users:
-        return _new_result(Result, (v, Action.REMOVED, reason))
+        return _new_result(Result, (v, Action.REMOVED, reason, rule))
     return Result(v, Action.REMOVED, (
         f"{reason}; removed while {users} attached: a process got to it at the last "
         "instant (a privileged process's attach, or an open of a POSIX file already under "
         "way); it keeps it until it lets go"
         + ("; the quarantine copy may miss its last writes" if copied else "")
-    ))  # fmt: skip
+    ), rule)  # fmt: skip
 
 
 def known_zero(v: Verdict, forced: bool) -> bool:
@@ -342,25 +352,27 @@ def copy_out(v: Verdict, forced: bool, batch: Batch, reason: str,
             extents = kind.save(o, write)
         except OSError as e:
             if e.errno in _GONE:
-                raise _Abandon(Result(v, Action.GONE, "already gone")) from None
+                raise _Abandon(Result(v, Action.GONE, "already gone", rules.GONE)) from None
             if e.errno == errno.EAGAIN:  # used while it was copied (kinds.Kind.save)
-                raise _Abandon(Result(v, Action.KEPT, e.strerror or str(e))) from None
+                raise _Abandon(
+                    Result(v, Action.KEPT, e.strerror or str(e), rules.CHANGED_SINCE_SCAN)
+                ) from None
             raise _Abandon(Result(v, Action.FAILED, f"not removed: cannot copy it: "
-                                  f"{_meaning(e)}")) from None  # fmt: skip
+                                  f"{_meaning(e)}", _failed(e))) from None  # fmt: skip
         try:
             now = kind.stat(o.id)
         except OSError as e:
             raise _Abandon(_stat_failed(v, e)) from None
         why = untouched_since_copy(v, now, False, forced, kind)
         if why:
-            raise _Abandon(Result(v, Action.KEPT, why))
+            raise _Abandon(Result(v, Action.KEPT, why, rules.CHANGED_SINCE_SCAN))
         return extents
 
     try:
         refused = batch.save(v, reason, copier)
     except _Abandon as a:
         return a.result
-    return Result(v, Action.KEPT, refused) if refused else None
+    return Result(v, Action.KEPT, refused, rules.QUARANTINE_REFUSED) if refused else None
 
 
 def _save_failed(candidates: Sequence[Candidate], results: list[Optional[Result]],
@@ -371,7 +383,7 @@ def _save_failed(candidates: Sequence[Candidate], results: list[Optional[Result]
     out = []
     for c, r in zip(candidates, results):
         if r is None:
-            r = Result(c.verdict, Action.FAILED, why)
+            r = Result(c.verdict, Action.FAILED, why, rules.QUARANTINE_FAILED)
             on_result(r)
         out.append(r)
     return out
@@ -407,7 +419,7 @@ def execute(
         on_result(r)
 
     def interrupted(v: Verdict) -> Result:
-        return Result(v, Action.KEPT, f"not removed: interrupted by {stop.name}")
+        return Result(v, Action.KEPT, f"not removed: interrupted by {stop.name}", rules.INTERRUPTED)
 
     copied: list[tuple[int, Kind, bytes, bool, int]] = []  # saved as zeros, entry number
     seen_dead: set[int] = set()  # pids found free in this pass (liveness.users_back)
@@ -421,7 +433,7 @@ def execute(
         k, note = kind(v.segment)
         if straight:
             r = _last_instant(v, c.reason, forced, seen_dead=seen_dead, lock_note=lock_note,
-                              k=k, note=note, gone_users=gone_users)  # fmt: skip
+                              k=k, note=note, gone_users=gone_users, rule=c.rule)  # fmt: skip
             results[i] = r  # done(i, r), inlined: this is the loop of a big reap
             on_result(r)
             continue
@@ -434,22 +446,24 @@ def execute(
             done(i, Result(v, Action.KEPT, (
                 f"larger than quarantine_max_bytes ({format_size(size)} > "
                 f"{format_size(max_copy)}); --no-quarantine removes without a copy"
-            )))  # fmt: skip
+            ), rules.LARGER_THAN_QUARANTINE_MAX))  # fmt: skip
             continue
         if dry_run or batch is None:
-            done(i, Result(v, Action.WOULD_REMOVE, c.reason))
+            done(i, Result(v, Action.WOULD_REMOVE, c.reason, c.rule))
             continue
         zero = known_zero(v, forced)
         n = batch.count
         try:
             if zero:
                 refused = batch.save(v, c.reason, None)
-                stopped = Result(v, Action.KEPT, refused) if refused else None
+                stopped = (
+                    Result(v, Action.KEPT, refused, rules.QUARANTINE_REFUSED) if refused else None
+                )
             else:
                 stopped = copy_out(v, forced, batch, c.reason, k)
         except SaveFailed as e:  # this copy only: the data file was cut back
             stopped = Result(v, Action.FAILED, f"not removed: quarantine copy could not be "
-                             f"saved ({e.strerror or e})")  # fmt: skip
+                             f"saved ({e.strerror or e})", rules.QUARANTINE_FAILED)  # fmt: skip
         except OSError as e:
             return _save_failed(candidates, results, batch, e, on_result)
         if stopped is not None:
@@ -472,7 +486,7 @@ def execute(
                 done(i, interrupted(c.verdict))
                 continue
             r = _last_instant(c.verdict, c.reason, forced, copied=True, zero=zero,
-                              lock_note=lock_note, k=k, note=note)  # fmt: skip
+                              lock_note=lock_note, k=k, note=note, rule=c.rule)  # fmt: skip
             if r.action is Action.REMOVED:
                 batch.removed(n)  # journalled at once, before the log line
             done(i, r)

@@ -243,7 +243,7 @@ class Cells(_Shared):
         return self.row(v)
 
     def _default(self, v: Verdict) -> tuple[str, ...]:
-        s, vstate, vreason, vcreator, idle_for, _ = v  # unpacked at once, as SegmentJson
+        s, vstate, vreason, vcreator, idle_for, _, _ = v  # unpacked at once, as SegmentJson
         key, id_, mode, size, cpid, lpid, nattch, uid = s[:8]
         k = (uid, mode)
         owner, perms = self._who.get(k) or self._learn(self._who, k, (
@@ -356,6 +356,7 @@ def segment_json(v: Verdict) -> dict[str, Any]:
         "idle_seconds": v.idle_for,
         "state": v.state.value,
         "reason": v.reason,
+        "rule": v.rule,
         "creator": {"pid": c.pid, "alive": c.alive, "name": c.name},
         "last_user": None if u is None else {"pid": u.pid, "alive": u.alive, "name": u.name},
     }
@@ -414,11 +415,11 @@ class SegmentJson(_Shared):
     def __init__(self, keep: int = 4096) -> None:
         super().__init__(keep)
         self._who: dict[tuple[int, int, int, int, int], str] = {}
-        self._verdict: dict[tuple[State, str, Creator, Optional[Creator]], str] = {}
+        self._verdict: dict[tuple[State, str, Creator, Optional[Creator], str], str] = {}
 
     def __call__(self, v: Verdict) -> str:
         # Unpacked at once: a field of a NamedTuple read by name is a call each.
-        s, state, reason, c, idle_for, u = v
+        s, state, reason, c, idle_for, u, rule = v
         key, id_, mode, size, cpid, lpid, nattch, uid, gid, cuid, cgid, atime, dtime, ctime, \
             rss, swap = s  # fmt: skip
         k = (uid, gid, cuid, cgid, mode)
@@ -427,12 +428,12 @@ class SegmentJson(_Shared):
             f'"cuid":{cuid},"cgid":{cgid},"perms":{s.perms},'
             f'"dest":{_LITERAL[s.dest]},"locked":{_LITERAL[s.locked]}'
         ))  # fmt: skip
-        kv = (state, reason, c, u)
+        kv = (state, reason, c, u, rule)
         # The reason's text is encoded here, not through json_string's cache: this
         # cache is the one for it (a leak of as many creators misses both every time).
         verdict = self._verdict.get(kv) or self._learn(self._verdict, kv, (
             f'"state":"{state.value}","reason":{encode_basestring_ascii(reason)},'
-            f'"creator":{_process(c)},"last_user":{_process(u)}'
+            f'"rule":"{rule}","creator":{_process(c)},"last_user":{_process(u)}'
         ))  # fmt: skip
         return (
             f'{{"id":{id_},"key":{key},{who},"size":{size},"nattch":{nattch},'

@@ -67,6 +67,7 @@ def result_json(r: Result) -> dict[str, Any]:
         "kind": s.kind, "id": s.id, "key": s.key, "size": s.size, "uid": s.uid,
         "owner": owner_name(s.uid), "cpid": _cpid(r.verdict), "idle_seconds": r.verdict.idle_for,
         "state": r.verdict.state.value, "action": r.action.value, "reason": r.reason,
+        "rule": r.rule,
         **({} if _path(s) is None else {"path": _path(s)}),
         "made_by": history.made_by(s),
     }  # fmt: skip

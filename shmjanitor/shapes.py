@@ -311,7 +311,7 @@ def facts_json(kind: kinds.Kind, v: Verdict) -> dict[str, Any]:
         "kind": kind.NAME, "id": o.id, "key": o.key, "owner": owner_name(o.uid),
         "uid": o.uid, "gid": o.gid, "cuid": o.cuid, "cgid": o.cgid, "perms": o.perms,
         "ctime": o.ctime, **{f.json: f.get(o) for f in kind.FACTS},
-        "state": v.state.value, "reason": v.reason,
+        "state": v.state.value, "reason": v.reason, "rule": v.rule,
     }  # fmt: skip
 
 
@@ -328,7 +328,7 @@ class FactsJson(_Shared):
         # json_facts), as this loop would: a call per fact is 100 ms at 32,000 queues.
         self._own: Optional[Callable[[Any], str]] = getattr(kind, "json_facts", None)
         self._who: dict[tuple[int, int, int, int, int], str] = {}
-        self._verdict: dict[tuple[State, str], str] = {}
+        self._verdict: dict[tuple[State, str, str], str] = {}
 
     def __call__(self, v: Verdict) -> str:
         o = v.segment
@@ -342,9 +342,9 @@ class FactsJson(_Shared):
             facts = own(o)
         else:
             facts = "".join([f"{name}:{_json_value(get(o))}," for name, get in self._facts])
-        kv = (v.state, v.reason)
+        kv = (v.state, v.reason, v.rule)
         verdict = self._verdict.get(kv) or self._learn(self._verdict, kv, (
-            f'"state":"{v.state.value}","reason":{json_string(v.reason)}}}'
+            f'"state":"{v.state.value}","reason":{json_string(v.reason)},"rule":"{v.rule}"}}'
         ))  # fmt: skip
         return f'{self._head}"id":{o.id},"key":{o.key},{who}"ctime":{o.ctime},{facts}{verdict}'
 
@@ -467,7 +467,7 @@ def posix_json(kind: kinds.Kind, v: Verdict) -> dict[str, Any]:
         "holders": [{"pid": h.pid, "how": h.how, "command": h.comm,
                      "user": None if h.uid is None else owner_name(h.uid)} for h in o.holders],
         **{f.json: f.get(o) for f in kind.FACTS},
-        "state": v.state.value, "reason": v.reason,
+        "state": v.state.value, "reason": v.reason, "rule": v.rule,
     }  # fmt: skip
 
 
@@ -480,7 +480,7 @@ class PosixJson(_Shared):
         self._head = f'{{"kind":{json_string(kind.NAME)},'
         self._facts = [(json_string(f.json), f.get) for f in kind.FACTS]
         self._who: dict[tuple[int, int, int], str] = {}
-        self._verdict: dict[tuple[State, str], str] = {}
+        self._verdict: dict[tuple[State, str, str], str] = {}
         self._dirs: dict[str, str] = {}  # '"/dev/shm/': a path's JSON up to its name
 
     def __call__(self, v: Verdict) -> str:
@@ -496,9 +496,9 @@ class PosixJson(_Shared):
         held = ",".join([_holder_json(h) for h in o.holders]) if o.holders else ""
         facts = "".join([f"{key}:{_json_value(get(o))}," for key, get in self._facts]) \
             if self._facts else ""  # fmt: skip
-        kv = (v.state, v.reason)
+        kv = (v.state, v.reason, v.rule)
         verdict = self._verdict.get(kv) or self._learn(self._verdict, kv, (
-            f'"state":"{v.state.value}","reason":{json_string(v.reason)}}}'
+            f'"state":"{v.state.value}","reason":{json_string(v.reason)},"rule":"{v.rule}"}}'
         ))  # fmt: skip
         pid = "null" if o.name_pid is None else o.name_pid
         program = "null" if o.program is None else json_string(o.program)

@@ -46,6 +46,7 @@ class Thing(NamedTuple):
 PROBE = SimpleNamespace(
     NAME="probe",
     VERB="use it",
+    IN_USE_RULE="attached",
     parties=lambda o: o.parties,
     in_use=lambda o, name_of: o.busy,
     unknowable=lambda o: o.unknowable,

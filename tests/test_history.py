@@ -88,7 +88,9 @@ def rows(state: Path, sql: str) -> list[tuple[Any, ...]]:
         db.close()
 
 
-def test_a_killed_program_is_named_by_its_command_line_in_list_reap_and_leaks(state, mqueue_dir):
+def test_a_killed_program_is_named_by_its_command_line_in_list_explain_reap_and_leaks(
+    state, mqueue_dir
+):
     script = SUITE_RUN / "train.py"  # readable by alice (the suite's /run)
     script.write_text(TRAIN)
     p = start([*python_as(ALICE), str(script), "--epochs", "10"])
@@ -106,6 +108,16 @@ def test_a_killed_program_is_named_by_its_command_line_in_list_reap_and_leaks(st
         assert made["command"].endswith(f"{script} --epochs 10"), made
         assert made["user"] == "alice" and made["exe"], made
         assert "made by `" in o["reason"] and "train.py --epochs 10` (alice" in o["reason"], o
+    for o in after:  # explain reads the store (without writing to it) for each kind
+        flag = {"shm": "-m", "sem": "-s", "msg": "-q"}.get(o["kind"])
+        what = [flag, str(o["id"])] if flag else [o["path"]]
+        r = cli("explain", *what, "--json")
+        assert r.exit_code == 0, r.output
+        made = json.loads(r.stdout)["made_by"]
+        assert made is not None and made["command"].endswith(f"{script} --epochs 10"), made
+        assert "made by `" in made["said"] and made["user"] == "alice", made
+        r = cli("explain", *what, "--format", "plain")
+        assert "train.py --epochs 10` (alice" in r.stdout, r.stdout
     r = cli("leaks", "--json", "--since", "1h")
     assert r.exit_code == 0, r.output
     (row,) = json.loads(r.stdout)["leaks"]

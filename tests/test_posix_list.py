@@ -277,6 +277,7 @@ def test_json_fields_of_a_sparse_file():
         "mode": 0o640, "mtime": int(st.st_mtime), "ctime": int(st.st_ctime),
         "atime": int(st.st_atime), "idle_seconds": o["idle_seconds"], "program": None,
         "name_pid": None, "holders": [], "state": "idle", "reason": o["reason"],
+        "rule": "owner-alive",
         "made_by": None,  # issue 15: its maker was never seen alive
     }  # fmt: skip
     doc = json.loads(cli("list", "--json", "-M").stdout)

@@ -36,6 +36,7 @@ class Kind(Protocol):
     PLURAL: str  # its JSON array and section: "segments", "semaphores", "queues"
     NOUN: str  # one object in a sentence: "segment", "semaphore set", "message queue"
     VERB: str  # what a user does with it, for "may ... again": "attach", "operate on it"
+    IN_USE_RULE: str  # the rule code (rules.py) when in_use says so: "attached", ...
     TABLE: Path  # /proc/sysvipc/<NAME>
     FACTS: tuple[Fact, ...]  # its own columns and JSON fields, beyond the shared ones
 

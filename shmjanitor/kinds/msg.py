@@ -48,6 +48,7 @@ NAME = "msg"
 PLURAL = "queues"
 NOUN = "message queue"
 VERB = "send or receive"  # "last sender 4242 (x) alive, may send or receive again"
+IN_USE_RULE = "blocked"  # the rule code (rules.py) of in_use
 TABLE = PROC_MSG
 
 COLUMNS = ("key", "msqid", "perms", "cbytes", "qnum", "lspid", "lrpid",

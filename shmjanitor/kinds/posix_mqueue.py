@@ -21,6 +21,7 @@ NAME = "posix-mqueue"
 PLURAL = "POSIX queues"
 NOUN = "POSIX message queue"
 VERB = "open it"  # "owner alice (1000) has processes (pid 4242, ...), may open it again"
+IN_USE_RULE = "held"  # the rule code (rules.py) of in_use
 TABLE = Path(posixfs.MQUEUE_DIR)
 # Its own columns beside those every POSIX kind has (shapes.Posix); None: not readable.
 FACTS = (

@@ -21,6 +21,7 @@ NAME = "posix-sem"
 PLURAL = "POSIX semaphores"
 NOUN = "POSIX semaphore"
 VERB = "open it"  # "owner alice (1000) has processes (pid 4242, ...), may open it again"
+IN_USE_RULE = "held"  # the rule code (rules.py) of in_use
 TABLE = Path(posixfs.SHM_DIR)
 FACTS: tuple[Fact, ...] = ()  # its columns are those every POSIX kind has (shapes.Posix)
 IDLE_AFTER_KEY = "posix_idle_after"  # the config key that lets idle ones go (policy)

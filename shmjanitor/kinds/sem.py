@@ -41,6 +41,7 @@ NAME = "sem"
 PLURAL = "semaphores"  # lsipc -s --json calls its array "semaphores"
 NOUN = "semaphore set"
 VERB = "operate on it"  # "last operator 4242 (postgres) alive, may operate on it again"
+IN_USE_RULE = "waiting"  # the rule code (rules.py) of in_use
 TABLE = PROC_SEM
 
 COLUMNS = ("key", "semid", "perms", "nsems", "uid", "gid", "cuid", "cgid", "otime", "ctime")

@@ -31,6 +31,7 @@ NAME = "shm"
 PLURAL = "segments"
 NOUN = "segment"
 VERB = "attach"
+IN_USE_RULE = "attached"  # the rule code (rules.py) of in_use
 TABLE = PROC_SHM
 
 SHM_DEST = 0o1000
