@@ -307,7 +307,7 @@ def test_every_rule_code_is_in_the_readme_table_and_back():
     (["-s", "5"], 1, "no semaphore set with id 5"),
     (["--key", "0x77"], 1, "no segment with key 0x00000077"),
     (["/dev/shm/none"], 1, "no POSIX object at /dev/shm/none"),
-    (["/etc/passwd"], 1, "is not a POSIX object's path"),
+    (["/etc/passwd"], 2, "is not the path of a POSIX object"),  # as rm: a usage error
     (["abc"], 2, "is not a segment id"),
     ([], 2, "name exactly one object"),
     (["1", "-s", "2"], 2, "name exactly one object"),
