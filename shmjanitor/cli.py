@@ -1085,6 +1085,12 @@ def install_units(
         "--enable/--no-enable",
         help="Run systemctl daemon-reload and enable --now shmjanitor.timer afterwards.",
     ),
+    watch: bool = typer.Option(
+        False,
+        "--watch",
+        help="Also install shmjanitor-watch.service (shmjanitor watch, off by default) "
+        "and, with --enable, enable --now it.",
+    ),
 ) -> None:
     """Install the hardened systemd service and timer for this shmjanitor.
 
@@ -1105,18 +1111,23 @@ def install_units(
     with errors_as_exit():
         exec_path = units.find_exec_path()
         units.check_trusted(exec_path)  # root's service must not run what others can change
-        for path in units.install_units(dest, exec_path):
+        for path in units.install_units(dest, exec_path, watch):
             typer.echo(f"wrote {printable(str(path))}")
     if not enable:
         return
     systemctl = shutil.which("systemctl")
     if systemctl is None:
         raise fail("systemctl not found: enable shmjanitor.timer yourself, or use --no-enable", 1)
-    for args in (["daemon-reload"], ["enable", "--now", units.TIMER]):
+    todo = [["daemon-reload"], ["enable", "--now", units.TIMER]]
+    if watch:
+        todo.append(["enable", "--now", units.WATCH])
+    for args in todo:
         done = subprocess.run([systemctl, *args], capture_output=True, text=True)
         if done.returncode != 0:
             raise fail(f"systemctl {' '.join(args)} failed: {done.stderr.strip()}", 1)
     typer.echo(f"enabled and started {units.TIMER}")
+    if watch:
+        typer.echo(f"enabled and started {units.WATCH}")
 
 
 @app.command(short_help="The kernel's limits and their use, as lsipc -g, ipcs -l/-u.")
