@@ -1162,6 +1162,12 @@ def install_units(
         "--enable/--no-enable",
         help="Run systemctl daemon-reload and enable --now shmjanitor.timer afterwards.",
     ),
+    watch: bool = typer.Option(
+        False,
+        "--watch",
+        help="Also install shmjanitor-watch.service (shmjanitor watch, off by default) "
+        "and, with --enable, enable --now it.",
+    ),
 ) -> None:
     """Install the hardened systemd service and timer for this shmjanitor.
 
@@ -1182,18 +1188,23 @@ def install_units(
     with errors_as_exit():
         exec_path = units.find_exec_path()
         units.check_trusted(exec_path)  # root's service must not run what others can change
-        for path in units.install_units(dest, exec_path):
+        for path in units.install_units(dest, exec_path, watch):
             typer.echo(f"wrote {printable(str(path))}")
     if not enable:
         return
     systemctl = shutil.which("systemctl")
     if systemctl is None:
         raise fail("systemctl not found: enable shmjanitor.timer yourself, or use --no-enable", 1)
-    for args in (["daemon-reload"], ["enable", "--now", units.TIMER]):
+    todo = [["daemon-reload"], ["enable", "--now", units.TIMER]]
+    if watch:
+        todo.append(["enable", "--now", units.WATCH])
+    for args in todo:
         done = subprocess.run([systemctl, *args], capture_output=True, text=True)
         if done.returncode != 0:
             raise fail(f"systemctl {' '.join(args)} failed: {done.stderr.strip()}", 1)
     typer.echo(f"enabled and started {units.TIMER}")
+    if watch:
+        typer.echo(f"enabled and started {units.WATCH}")
 
 
 @app.command(short_help="The kernel's limits and their use, as lsipc -g, ipcs -l/-u.")
@@ -1280,6 +1291,34 @@ def leaks(
         else:
             bold = chosen is Format.TABLE and "NO_COLOR" not in os.environ
             leaks_.plain(rows, by.value, exact_bytes, sys.stdout, bold=bold)
+
+
+@app.command(short_help="Record the makers of new objects while they live (a service).")
+def watch(
+    interval: str = typer.Option("5s", "--interval", metavar="INTERVAL",
+                                 help="Time between polls (5s, 0.5s, 500ms, 1m)."),
+    config_path: Optional[Path] = CONFIG_OPT,
+    state_dir: Optional[Path] = STATE_DIR_OPT,
+) -> None:  # fmt: skip
+    """Poll the kernel's tables (/proc/sysvipc, /dev/shm, /dev/mqueue) every INTERVAL and
+    record in the history the creator and last user of each object new since the last
+    poll, while they are alive: short-lived programs that leak between two timer runs are
+    then named by list, reap and leaks. Meant to run as shmjanitor-watch.service (off by
+    default). Removes nothing.
+
+    Exit status: 0 when stopped by SIGTERM or SIGINT, 2 usage or configuration error.
+    """
+    from shmjanitor import watch as watch_
+    from shmjanitor.paths import default_state_dir
+
+    try:
+        seconds = watch_.parse_interval(interval)
+    except ValueError as e:
+        raise usage_error(f"--interval: {e}") from None
+    with errors_as_exit():
+        cfg = _load_config(config_path)
+        where = state_dir or cfg.state_dir or default_state_dir()
+        raise typer.Exit(watch_.run(where, seconds, _note))
 
 
 @app.command(short_help="Check this machine's IPC settings and the janitor's health.")

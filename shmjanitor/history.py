@@ -573,6 +573,53 @@ def _witness(db: sqlite3.Connection, wanted: list[tuple[int, list[int], list[int
                 db.execute("UPDATE objects SET last_user = ? WHERE id = ?", (p, oid))
 
 
+def watched(new: Sequence[tuple[Any, list[int], list[int]]], gone: Sequence[Ident],
+            last_seen: Optional[float], state_dir: Path,
+            note: Callable[[str], None]) -> None:  # fmt: skip
+    """What one poll of `watch` found: objects new since its last poll, each with the
+    pids to record as its creator and as its last user (recorded only if alive now), and
+    the idents of those gone since (`last_seen`: that last poll). Nothing to write, no
+    transaction. Never raises for a store it cannot use (says so with `note`)."""
+    if not new and not gone:
+        return
+    at = now()
+    try:
+        _write(state_dir, note, at, lambda db: _watched(db, new, gone, at, last_seen))
+    except Unusable as e:
+        note(f"history not recorded: {e}")
+
+
+def _watched(db: sqlite3.Connection, new: Sequence[tuple[Any, list[int], list[int]]],
+             gone: Sequence[Ident], at: float, last_seen: Optional[float]) -> None:  # fmt: skip
+    ns = _namespace()
+    # The live rows of the kinds concerned, read once (objects_live): a poll that finds
+    # 32,000 new objects must not look each one up by a scan of the others.
+    kinds = {o.kind for o, _, _ in new} | {g[0] for g in gone}
+    live: dict[Ident, tuple[int, Optional[int]]] = {}
+    for kind in kinds:
+        for r in db.execute("SELECT id, objid, key, path, creator FROM objects WHERE ns = ?"
+                            " AND kind = ? AND gone_at IS NULL", (ns, kind)):  # fmt: skip
+            live[(kind, r[1], r[2], r[3])] = (r[0], r[4])
+    wanted: list[tuple[int, list[int], list[int]]] = []
+    for o, c, lu in new:
+        key = ident(o)
+        row = live.get(key)
+        if row is None:
+            oid = db.execute(_INSERT, (ns, *key, o.size, o.uid, at, None)).lastrowid
+            assert oid is not None
+        else:
+            # Known to a run before: as _record, only a segment's cpid may still name
+            # its maker (another kind's party seen later is a user, not its maker).
+            oid = row[0]
+            c = c if row[1] is None and o.kind == "shm" else []
+        if c or lu:
+            wanted.append((oid, c, lu))
+    if wanted:
+        _witness(db, wanted, at)
+    ended = [(at, last_seen, live[g][0]) for g in gone if g in live]
+    db.executemany("UPDATE objects SET gone_at = ?, last_seen = ? WHERE id = ?", ended)
+
+
 def _prune(db: sqlite3.Connection, at: float, max_age: int) -> None:
     """Rows of objects gone more than `max_age` ago, runs as old, and processes no
     object names any more: at most once per PRUNE_EVERY (a scan of the tables)."""

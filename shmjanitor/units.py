@@ -27,6 +27,8 @@ from shmjanitor.errors import JanitorError
 
 UNIT_NAMES = ("shmjanitor.service", "shmjanitor.timer")
 TIMER = "shmjanitor.timer"
+# `shmjanitor watch` as a service: off by default, written only when asked (--watch).
+WATCH = "shmjanitor-watch.service"
 DEFAULT_DEST = Path("/etc/systemd/system")
 
 # The service runs with ProtectHome=yes: a program below these is invisible to it.
@@ -47,13 +49,13 @@ class UnitsError(JanitorError):
     """The units cannot be rendered or installed; the message says what to do."""
 
 
-def unit_texts() -> dict[str, str]:
+def unit_texts(names: tuple[str, ...] = UNIT_NAMES) -> dict[str, str]:
     """The canonical unit files as shipped, keyed by file name."""
     from importlib import resources
 
     # files() is 3.9+; the directory is a package so that it installs like one.
     base = resources.files("shmjanitor.systemd_units")
-    return {name: base.joinpath(name).read_text(encoding="utf-8") for name in UNIT_NAMES}
+    return {name: base.joinpath(name).read_text(encoding="utf-8") for name in names}
 
 
 def check_exec_path(exec_path: str) -> None:
@@ -190,15 +192,18 @@ def check_trusted(exec_path: str, package_dir: Optional[str] = None) -> None:
             _check_root_only("the shmjanitor package", package, os.path.join(top, name))
 
 
-def render_units(exec_path: str) -> dict[str, str]:
-    """The unit texts with ExecStart= running `exec_path`; keyed by file name. Pure."""
+def render_units(exec_path: str, watch: bool = False) -> dict[str, str]:
+    """The unit texts with ExecStart= running `exec_path`; keyed by file name. Pure.
+    `watch`: shmjanitor-watch.service too (off by default)."""
     check_exec_path(exec_path)
-    texts = unit_texts()
-    service = texts["shmjanitor.service"]
-    service, n = _EXEC_START.subn(lambda _m: f"ExecStart={exec_path}", service)
-    if n != 1:  # pragma: no cover - guards the shipped file, tested in tests/systemd
-        raise UnitsError(f"the shipped shmjanitor.service has {n} ExecStart= lines, not 1")
-    texts["shmjanitor.service"] = service
+    texts = unit_texts(UNIT_NAMES + ((WATCH,) if watch else ()))
+    for name in ("shmjanitor.service", WATCH):
+        if name not in texts:
+            continue
+        service, n = _EXEC_START.subn(lambda _m: f"ExecStart={exec_path}", texts[name])
+        if n != 1:  # pragma: no cover - guards the shipped file, tested in tests/systemd
+            raise UnitsError(f"the shipped {name} has {n} ExecStart= lines, not 1")
+        texts[name] = service
     return texts
 
 
@@ -226,13 +231,14 @@ def find_exec_path(argv0: Optional[str] = None) -> str:
     )
 
 
-def install_units(dest: Path, exec_path: str) -> list[Path]:
-    """Write shmjanitor.service and shmjanitor.timer into `dest`; return their paths.
+def install_units(dest: Path, exec_path: str, watch: bool = False) -> list[Path]:
+    """Write shmjanitor.service and shmjanitor.timer (and with `watch`,
+    shmjanitor-watch.service) into `dest`; return their paths.
 
     ExecStart= is rewritten to `exec_path` (absolute). Each file is replaced
     atomically, mode 0644, so re-running is safe. Does not run systemctl.
     """
-    texts = render_units(exec_path)
+    texts = render_units(exec_path, watch)
     if not (os.path.isfile(exec_path) and os.access(exec_path, os.X_OK)):
         raise UnitsError(f"{exec_path} is not an executable file; the service would fail to start")
     dest = Path(dest)

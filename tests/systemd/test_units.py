@@ -264,3 +264,39 @@ def test_find_exec_path_gives_an_absolute_path(
 ) -> None:
     monkeypatch.chdir(Path(fake_exec).parent.parent)
     assert units.find_exec_path("bin/shmjanitor") == fake_exec
+
+
+# -- shmjanitor-watch.service (issue 15 item 5): off unless asked, hardened as the reaper
+
+
+def test_the_watch_unit_is_written_only_when_asked(tmp_path: Path, fake_exec: str) -> None:
+    dest = tmp_path / "system"
+    dest.mkdir()
+    units.install_units(dest, fake_exec)
+    assert units.WATCH not in os.listdir(dest)
+    paths = units.install_units(dest, fake_exec, watch=True)
+    assert dest / units.WATCH in paths
+    svc = directives((dest / units.WATCH).read_text(), "Service")
+    assert svc["ExecStart"] == [f"{fake_exec} watch $SHMJANITOR_WATCH_ARGS"]
+    assert svc["Type"] == ["simple"] and svc["Nice"] == ["19"]
+    assert "RuntimeDirectory" not in svc  # it takes no lock
+    assert (REPO / "systemd" / units.WATCH).read_text() == units.unit_texts((units.WATCH,))[
+        units.WATCH
+    ]
+
+
+def test_the_watch_unit_keeps_every_hardening_line_of_the_reaper() -> None:
+    texts = units.unit_texts((*units.UNIT_NAMES, units.WATCH))
+    reaper = directives(texts["shmjanitor.service"], "Service")
+    watch = directives(texts[units.WATCH], "Service")
+    # What differs on purpose: how it runs, its capabilities (fewer: it removes and
+    # locks nothing), its memory bound, and the runtime directory of the reaper's lock.
+    own = {"Type", "ExecStart", "TimeoutStartSec", "Restart", "RestartSec", "MemoryMax",
+           "CapabilityBoundingSet"}  # fmt: skip
+    for name, values in reaper.items():
+        if name in own or name.startswith("RuntimeDirectory"):
+            continue
+        assert watch.get(name) == values, name
+    caps = set(watch["CapabilityBoundingSet"][0].split())
+    assert caps < set(reaper["CapabilityBoundingSet"][0].split())
+    assert not caps & {"CAP_SYS_ADMIN", "CAP_LEASE"}
