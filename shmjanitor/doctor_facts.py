@@ -309,15 +309,17 @@ def gather(root: Path = Path("/"), config_path: Optional[Path] = None,
 
 def history_check(state: Path) -> Optional[str]:
     """SQLite's PRAGMA quick_check of the history store, opened read-only (doctor
-    writes nothing); None when there is none. A file SQLite cannot open as a database
-    answers with its error."""
+    changes nothing in it: history.read_only_uri); None when there is none. A file
+    SQLite cannot open as a database answers with its error."""
     import sqlite3
+
+    from shmjanitor.history import read_only_uri
 
     path = state / "history.sqlite3"
     if not path.is_file():
         return None
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        db = sqlite3.connect(read_only_uri(path), uri=True, timeout=5)
         try:
             rows = db.execute("PRAGMA quick_check").fetchall()
         finally:

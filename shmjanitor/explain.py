@@ -347,12 +347,26 @@ def _mark(rows: list[Row], stage: str, rule: str) -> list[Row]:
     return rows
 
 
+def shell_word(path: str) -> str:
+    """`path` as one word a shell gives back byte for byte: shlex's quoting when it is
+    printable text, else bash's $'...' with every other byte as \\xHH (a name may hold a
+    newline, an escape sequence or bytes that are no UTF-8: the command must name that
+    very file, never the escaped text of it, which may be another file's name)."""
+    if path.isprintable() and path.isascii():
+        return shlex.quote(path)
+    out = []
+    for b in os.fsencode(path):
+        c = chr(b)
+        out.append(c if 0x20 <= b < 0x7F and c not in "\\'" else f"\\x{b:02x}")
+    return "$'" + "".join(out) + "'"
+
+
 def remove_command(v: Verdict, caller: policy.Caller) -> str:
     """The `shmjanitor rm` command that removes it anyway: --force when rm would refuse
     it as in use (reaping._IN_USE), "sudo" when only root may."""
     o: Any = v.obj
     flag = {"shm": "-m", "sem": "-s", "msg": "-q"}.get(o.kind)
-    what = f"{flag} {o.id}" if flag else shlex.quote(printable(o.path))
+    what = f"{flag} {o.id}" if flag else shell_word(o.path)
     force = " --force" if v.state in reaping._IN_USE else ""
     sudo = "sudo " if reaping.not_yours(o, caller) is not None else ""
     return f"{sudo}shmjanitor rm {what}{force}"

@@ -366,16 +366,26 @@ def made_by(obj: Any) -> Optional[dict[str, Any]]:
     return None if m is None else m.as_json()
 
 
+def read_only_uri(path: Path) -> str:
+    """The URI that opens the store read-only. The path is %-escaped: a state directory
+    may hold "?", "#" or "%", which a URI would read as its own. (A reader of a WAL
+    database may still make SQLite's -wal and -shm side files beside it, in the state
+    directory, when the last writer removed them: the database itself is not written.)"""
+    from urllib.parse import quote
+
+    return f"file:{quote(str(path))}?mode=ro"
+
+
 def look_up(obj: Any, state_dir: Path) -> Optional[MadeBy]:
-    """Who made `obj`, read from the store without writing to it (explain writes
-    nothing): None when the store is absent or unusable, or its maker was never seen."""
+    """Who made `obj`, read from the store without writing to it (explain changes no
+    row): None when the store is absent or unusable, or its maker was never seen."""
     path = path_for(state_dir)
     if not path.is_file():
         return None
     kind, objid, key, where = ident(obj)
     query = _MADE + " AND o.objid = ? AND o.key = ? AND o.path IS ?"
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_MS / 1000)
+        db = sqlite3.connect(read_only_uri(path), uri=True, timeout=BUSY_MS / 1000)
         try:
             r = db.execute(query, (_namespace(), kind, objid, key, where)).fetchone()
         finally:
@@ -694,7 +704,7 @@ def leaks(state_dir: Path, since: float, by: str, at: float) -> list[Leak]:
     if not path.exists():
         raise Unusable(f"{path}: no history yet (list and reap record it)")
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_MS / 1000)
+        db = sqlite3.connect(read_only_uri(path), uri=True, timeout=BUSY_MS / 1000)
     except sqlite3.DatabaseError as e:
         raise Unusable(f"{path}: {e}") from None
     group = BY[by]

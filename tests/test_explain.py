@@ -326,3 +326,21 @@ def test_explain_writes_nothing(tmp_path):
     explain("-m", str(shmid), "--state-dir", str(tmp_path))
     assert Path("/proc/sysvipc/shm").read_text() == before
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_rm_command_for_an_odd_name_names_that_very_file(tmp_path):
+    """A name with a newline, an escape sequence, a backslash and a byte that is no
+    UTF-8: the `rm` command explain prints gives the shell back the file's own bytes
+    (bash $'...'), never the escaped text, which could be another file's name."""
+    raw = b"/dev/shm/a\nb\x1b[31m\\x41\xff"
+    with open(raw, "wb") as f:
+        f.write(b"x")
+    decoy = b"/dev/shm/a\\nb\\x1b[31m\\\\x41\\xff"  # the escaped text, as a real name
+    with open(decoy, "wb") as f:
+        f.write(b"y")
+    doc = explain(os.fsdecode(raw), "--min-age", "1d", "--state-dir", str(tmp_path))
+    command = doc["remove_anyway"]
+    assert command.startswith("shmjanitor rm $'"), command
+    word = command.split(" ", 2)[2].removesuffix(" --force")
+    p = subprocess.run(["bash", "-c", f"printf %s {word}"], capture_output=True, check=True)
+    assert p.stdout == raw, (p.stdout, raw)
