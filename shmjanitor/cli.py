@@ -299,6 +299,22 @@ _KIND_FLAGS = {"shm": ("-m", "--shm"), "sem": ("-s", "--sem"), "msg": ("-q", "--
                "posix-mqueue": ("-Q", "--posix-mqueue")}  # fmt: skip
 
 
+# The kinds `list` and `reap` choose, with ipcs's and lsipc's letters (combinable: their
+# union; none: every kind): one definition for both commands.
+SHM_OPT = typer.Option(False, "--shm", "-m", help="Shared memory segments (as ipcs -m).")
+SEM_OPT = typer.Option(False, "--sem", "-s", help="Semaphore sets (as ipcs -s).")
+MSG_OPT = typer.Option(False, "--msg", "-q", help="Message queues (as ipcs -q).")
+POSIX_SHM_OPT = typer.Option(
+    False, "--posix-shm", "-M", help="POSIX shared memory: files in /dev/shm (as lsipc -M)."
+)
+POSIX_SEM_OPT = typer.Option(
+    False, "--posix-sem", "-S", help="POSIX named semaphores: /dev/shm/sem.* (as lsipc -S)."
+)
+POSIX_MQUEUE_OPT = typer.Option(
+    False, "--posix-mqueue", "-Q", help="POSIX message queues: /dev/mqueue (as lsipc -Q)."
+)
+
+
 def _kinds_chosen(shm: bool, sem: bool, msg: bool, posix_shm: bool = False,
                   posix_sem: bool = False, posix_mqueue: bool = False) -> tuple[str, ...]:  # fmt: skip
     """The kinds -m, -s, -q (-M, -S, -Q) chose, a union (none chosen: every kind, ());
@@ -325,18 +341,12 @@ def _known_kind(kind: str, flag: str) -> None:
     short_help="Every IPC object, its state and the evidence for it.",
 )  # fmt: skip
 def list_(
-    shm: bool = typer.Option(False, "--shm", "-m", help="Shared memory segments."),
-    sem: bool = typer.Option(False, "--sem", "-s", help="Semaphore sets."),
-    msg: bool = typer.Option(False, "--msg", "-q", help="Message queues."),
-    posix_shm: bool = typer.Option(
-        False, "--posix-shm", "-M", help="POSIX shared memory (files of /dev/shm)."
-    ),
-    posix_sem: bool = typer.Option(
-        False, "--posix-sem", "-S", help="POSIX semaphores (/dev/shm/sem.*)."
-    ),
-    posix_mqueue: bool = typer.Option(
-        False, "--posix-mqueue", "-Q", help="POSIX message queues (files of /dev/mqueue)."
-    ),
+    shm: bool = SHM_OPT,
+    sem: bool = SEM_OPT,
+    msg: bool = MSG_OPT,
+    posix_shm: bool = POSIX_SHM_OPT,
+    posix_sem: bool = POSIX_SEM_OPT,
+    posix_mqueue: bool = POSIX_MQUEUE_OPT,
     state: Optional[list[State]] = typer.Option(
         None, "--state", help="Show only objects in this state (repeatable)."
     ),
@@ -540,18 +550,12 @@ def reap(
     as_json: bool = JSON_OPT,
     verbose: bool = VERBOSE_OPT,
     metrics_file: Optional[Path] = METRICS_OPT,
-    shm: bool = typer.Option(False, "--shm", "-m", help="Shared memory segments (as ipcs -m)."),
-    sem: bool = typer.Option(False, "--sem", "-s", help="Semaphore sets (as ipcs -s)."),
-    msg: bool = typer.Option(False, "--msg", "-q", help="Message queues (as ipcs -q)."),
-    posix_shm: bool = typer.Option(
-        False, "--posix-shm", "-M", help="POSIX shared memory: files in /dev/shm (as lsipc -M)."
-    ),
-    posix_sem: bool = typer.Option(
-        False, "--posix-sem", "-S", help="POSIX named semaphores: /dev/shm/sem.* (as lsipc -S)."
-    ),
-    posix_mqueue: bool = typer.Option(
-        False, "--posix-mqueue", "-Q", help="POSIX message queues: /dev/mqueue (as lsipc -Q)."
-    ),
+    shm: bool = SHM_OPT,
+    sem: bool = SEM_OPT,
+    msg: bool = MSG_OPT,
+    posix_shm: bool = POSIX_SHM_OPT,
+    posix_sem: bool = POSIX_SEM_OPT,
+    posix_mqueue: bool = POSIX_MQUEUE_OPT,
     owner: Optional[str] = typer.Option(
         None, "--owner", "-u", metavar="USER", help="Only this user's objects (name or uid)."
     ),
