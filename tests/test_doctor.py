@@ -458,6 +458,13 @@ def test_the_history_store_healthy_damaged_and_set_aside(root: Path) -> None:
     for leftover in state.glob("history.sqlite3-*"):
         leftover.unlink()  # the WAL and its index: the damage must be in the file read
     data = bytearray(db.read_bytes())
+    page = db.stat().st_size - 4096  # the last page: a table's or an index's
+    data[page : page + 12] = b"\xa5" * 12  # its b-tree header: the file still opens
+    db.write_bytes(bytes(data))
+    code, found = run(root)
+    assert found["history"]["severity"] == "warning" and code == 1, found["history"]
+    assert "quick_check" in found["history"]["found"]
+    assert "*** in database main ***" in found["history"]["found"], found["history"]  # its rows
     data[4096:] = b"\xa5" * (len(data) - 4096)  # every page after the first overwritten
     db.write_bytes(bytes(data))
     code, found = run(root)
