@@ -39,6 +39,9 @@ class Verdict(NamedTuple):
     idle_for: int  # seconds since the object was last used (its last_used)
     last_user: Optional[Creator] = None  # the second party (a segment's lpid); None: none
     rule: str = ""  # the stable code of the rule that decided the state (rules.py)
+    # The IPC namespace it is in (namespaces.Namespace), when a sweep read several
+    # (list -A, --namespace); None: the one this shmjanitor runs in.
+    ns: Optional[Any] = None
 
     @property
     def obj(self) -> Any:
@@ -128,6 +131,7 @@ def classify_all(
     clock: Clock = NO_EVIDENCE,
     users: Optional[Mapping[int, User]] = None,
     parties: Optional[Iterable[tuple[Party, ...]]] = None,
+    ns: Optional[Any] = None,
 ) -> list[Verdict]:
     """Verdicts for whole tables, of any kinds. A party's part of a verdict depends only
     on the party (its pid and the moment judged), and a reason's on the tuple of them,
@@ -173,11 +177,11 @@ def classify_all(
         idle_for = max(0, int(now - o.last_used))
         why = k.removing(o)
         if why is not None:
-            append(_new(Verdict, (o, REMOVING, why, creator, idle_for, user, rules.REMOVING)))
+            append(_new(Verdict, (o, REMOVING, why, creator, idle_for, user, rules.REMOVING, ns)))
             continue
         why = k.in_use(o, name_of)
         if why is not None:
-            append(_new(Verdict, (o, ATTACHED, why, creator, idle_for, user, k.in_use_rule)))
+            append(_new(Verdict, (o, ATTACHED, why, creator, idle_for, user, k.in_use_rule, ns)))
             continue
         quiet = k.quiet(o, now)
         # Interned: a leak is often thousands of objects with one and the same reason.
@@ -190,7 +194,7 @@ def classify_all(
                 state, reason, rule = UNKNOWN, intern(f"{why}; {said}"), rules.EVIDENCE_UNREADABLE
             else:
                 state, reason = UNKNOWN if unknown else ORPHAN, intern(said)
-        append(_new(Verdict, (o, state, reason, creator, idle_for, user, rule)))
+        append(_new(Verdict, (o, state, reason, creator, idle_for, user, rule, ns)))
     return verdicts
 
 

@@ -314,6 +314,44 @@ POSIX_MQUEUE_OPT = typer.Option(
     False, "--posix-mqueue", "-Q", help="POSIX message queues: /dev/mqueue (as lsipc -Q)."
 )
 
+ALL_NAMESPACES_OPT = typer.Option(
+    False, "--all-namespaces", "-A",
+    help="Every IPC namespace of the machine (containers too), each object with its "
+    "namespace and container; ours first. Needs CAP_SYS_ADMIN (root).",
+)  # fmt: skip
+NAMESPACE_OPT = typer.Option(
+    None, "--namespace", metavar="PID|PATH",
+    help="Only the IPC namespace of this process, or of this namespace file "
+    "(/proc/PID/ns/ipc, or one bind-mounted under /run). Needs CAP_SYS_ADMIN (root).",
+)  # fmt: skip
+
+
+def _sweep(all_namespaces: bool, namespace: Optional[str]):  # type: ignore[no-untyped-def]
+    """The namespaces -A or --namespace name (namespaces.Sweep), None for neither (ours
+    alone, read here as always)."""
+    if not all_namespaces and namespace is None:
+        return None
+    from shmjanitor import kernel, namespaces
+
+    if all_namespaces and namespace is not None:
+        raise usage_error("--all-namespaces and --namespace: choose one")
+    flag = "--all-namespaces" if all_namespaces else "--namespace"
+    if not kernel.has_cap_sys_admin():
+        raise fail(f"{flag}: entering another IPC namespace (setns) needs CAP_SYS_ADMIN: "
+                   "run as root")  # fmt: skip
+    if namespace is None:
+        return namespaces.sweep()
+    try:
+        ipc = namespaces.named(namespace)
+    except ValueError as e:
+        raise usage_error(f"--namespace {e}") from None
+    found = namespaces.sweep(only=ipc)
+    if found.places:
+        return found
+    # A namespace file nobody is in (bind-mounted under /run): its System V tables only
+    ns = namespaces.Namespace(ipc, None, None, ipc == namespaces.own_ipc())
+    return found._replace(places=[namespaces.Place(ns, True, nsfile=namespace)])
+
 
 def _kinds_chosen(shm: bool, sem: bool, msg: bool, posix_shm: bool = False,
                   posix_sem: bool = False, posix_mqueue: bool = False) -> tuple[str, ...]:  # fmt: skip
@@ -379,6 +417,8 @@ def list_(
         "plain otherwise.",
     ),
     metrics_file: Optional[Path] = METRICS_OPT,
+    all_namespaces: bool = ALL_NAMESPACES_OPT,
+    namespace: Optional[str] = NAMESPACE_OPT,
 ) -> None:  # fmt: skip
     """List every IPC object with its state and the evidence behind it: every kind by
     default, System V and POSIX; -m, -s, -q (System V, as ipcs) and -M, -S, -Q (POSIX,
@@ -411,7 +451,8 @@ def list_(
         view = listing.View(columns, not noheadings, notruncate, use_color(sys.stdout))
         listing.run(states=set(state or ()), owner=owner, sort=sort, exact_bytes=exact_bytes,
                     fmt=picked, metrics_file=metrics_file, out=sys.stdout, view=view,
-                    kinds=chosen, history=_history_of(None, None))  # fmt: skip
+                    kinds=chosen, history=_history_of(None, None),
+                    sweep=_sweep(all_namespaces, namespace), note=_note)  # fmt: skip
 
 
 def _history_of(config_path: Optional[Path], state_dir: Optional[Path]):  # type: ignore[no-untyped-def]

@@ -77,9 +77,13 @@ def run(
     proc_shm: Path = survey.scan.PROC_SHM,
     kinds: Optional[Iterable[str]] = None,
     history: Optional[History] = None,
+    sweep: Optional[Any] = None,
+    note: Callable[[str], None] = lambda _t: None,
 ) -> None:
     """`kinds`: those chosen (-m, -s, -q); None or empty: every registered kind.
-    `history`: where to record what was seen (history.py); None: nowhere."""
+    `history`: where to record what was seen (history.py); None: nowhere.
+    `sweep` (namespaces.Sweep, -A or --namespace): the namespaces to read, each inside
+    itself; None: ours alone. What a sweep could not read is said through `note`."""
     try:
         uid = None if owner is None else uid_of(owner)
     except ValueError as e:
@@ -87,12 +91,19 @@ def run(
     chosen = tuple(kinds or ())
     if not chosen and view.columns is not None and fmt is not render.Format.JSON:
         chosen = (kind_of_columns(view.columns),)
-    sv = survey.take(proc_shm, kinds=chosen or None)
+    if sweep is None:
+        sv = survey.take(proc_shm, kinds=chosen or None)
+    else:
+        sv = survey.take_all(sweep, kinds=chosen or None)
+        for text in sv.notes:
+            note(text)
     made: dict[Any, Any] = {}
     if history is not None:
         from shmjanitor import history as _history
 
-        made = _history.record(sv.verdicts, sv.kinds, "list", history.state_dir,
+        # The history keeps our own namespace's objects (their ids are ours alone).
+        ours = [v for v in sv.verdicts if v.ns is None or v.ns.own]
+        made = _history.record(ours, sv.kinds, "list", history.state_dir,
                                history.note, history.max_age).made_by  # fmt: skip
         if made:
             sv = sv._replace(verdicts=attributed(sv.verdicts, made, _history.now()))
@@ -138,7 +149,7 @@ def attributed(verdicts: list[Verdict], made: Mapping[Any, Any], at: float) -> l
 
     out = []
     for v in verdicts:
-        if v.state is State.ORPHAN or v.state is State.UNKNOWN:
+        if (v.state is State.ORPHAN or v.state is State.UNKNOWN) and (v.ns is None or v.ns.own):
             m = made.get(ident(v.segment))
             if m is not None:
                 v = v._replace(reason=f"{v.reason}; {m.said(at)}")

@@ -29,6 +29,25 @@ from shmjanitor.text import printable
 SHM_DIR = "/dev/shm"
 MQUEUE_DIR = "/dev/mqueue"
 
+# Where each directory is really opened: itself, or, in the child of a sweep that reads
+# another namespace's (inside.py), that namespace's directory as an fd of ours
+# (/proc/self/fd/N, opened inside the container's root); None: it has none. Objects
+# keep the directory's own name (/dev/shm, /dev/mqueue): it is theirs in their namespace.
+_OPEN: dict[str, Optional[str]] = {}
+
+
+def open_path(d: str) -> Optional[str]:
+    """The path to open for directory `d` (SHM_DIR or MQUEUE_DIR); None: none here."""
+    return _OPEN.get(d, d)
+
+
+def reach(shm: Optional[str], mqueue: Optional[str]) -> None:
+    """Read and remove the objects of these directories (paths of fds, or None) in
+    place of /dev/shm and /dev/mqueue, for the rest of this process (a sweep's child)."""
+    _OPEN[SHM_DIR] = shm
+    _OPEN[MQUEUE_DIR] = mqueue
+    forget()
+
 
 class MqAttr(NamedTuple):
     """mq_getattr's answer for a queue (struct mq_attr), and the QSIZE its file shows.
@@ -283,9 +302,13 @@ _DIR_OF = {"PosixShm": SHM_DIR, "PosixSem": SHM_DIR, "PosixMqueue": MQUEUE_DIR}
 def read_dir(path: str, queues: bool = False) -> tuple[Optional[int], list[Entry]]:
     """(st_dev, the regular files) of one directory, from its fd, never following a
     link; (None, []) when it does not exist (no mqueue mounted). A queue's attributes
-    are asked with mq_getattr on an fd opened from the directory's fd."""
+    are asked with mq_getattr on an fd opened from the directory's fd. `path` is
+    SHM_DIR or MQUEUE_DIR, opened where open_path says (a sweep's child: another's)."""
+    real = open_path(path)
+    if real is None:
+        return None, []
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return None, []
     try:
@@ -347,8 +370,11 @@ def _shared_outside(path: str, proc: str) -> bool:
     process outside reaches it only through setns(2) into our mount namespace, which we
     assume does not happen (as procs.unseen_ipc_peers assumes for IPC namespaces). A
     pod's containers share /dev/shm, and their pid 1 sees the same one."""
+    real = open_path(path)
     try:
-        ours = os.stat(path).st_dev
+        if real is None:
+            return False
+        ours = os.stat(real).st_dev
         theirs = os.stat(f"{proc}/1/root{path}").st_dev
     except FileNotFoundError:
         return False  # pid 1 has no such directory: not the same file system

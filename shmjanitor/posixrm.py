@@ -135,8 +135,11 @@ class Place:
 
     def fd(self) -> int:
         if self._fd < 0:
+            real = posixfs.open_path(self.path)
             try:
-                self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                if real is None:
+                    raise FileNotFoundError
+                self._fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except FileNotFoundError:
                 raise _gone(f"{self.path} does not exist") from None
         return self._fd

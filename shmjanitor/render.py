@@ -243,7 +243,7 @@ class Cells(_Shared):
         return self.row(v)
 
     def _default(self, v: Verdict) -> tuple[str, ...]:
-        s, vstate, vreason, vcreator, idle_for, _, _ = v  # unpacked at once, as SegmentJson
+        s, vstate, vreason, vcreator, idle_for, _, _, _ = v  # unpacked at once, as SegmentJson
         key, id_, mode, size, cpid, lpid, nattch, uid = s[:8]
         k = (uid, mode)
         owner, perms = self._who.get(k) or self._learn(self._who, k, (
@@ -419,7 +419,7 @@ class SegmentJson(_Shared):
 
     def __call__(self, v: Verdict) -> str:
         # Unpacked at once: a field of a NamedTuple read by name is a call each.
-        s, state, reason, c, idle_for, u, rule = v
+        s, state, reason, c, idle_for, u, rule, _ = v
         key, id_, mode, size, cpid, lpid, nattch, uid, gid, cuid, cgid, atime, dtime, ctime, \
             rss, swap = s  # fmt: skip
         k = (uid, gid, cuid, cgid, mode)

@@ -584,7 +584,8 @@ def _with_made_by(encode: Callable[[Verdict], str],
     from shmjanitor.history import ident
 
     def with_it(v: Verdict) -> str:
-        m = made.get(ident(v.segment))
+        # the history keeps our own namespace's objects: another's same id is not one
+        m = made.get(ident(v.segment)) if v.ns is None or v.ns.own else None
         tail = "null" if m is None else _encode(m.as_json())
         return f'{encode(v)[:-1]},"made_by":{tail}}}'
 
