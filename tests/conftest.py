@@ -26,7 +26,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
 
@@ -389,3 +389,17 @@ def _requirements(name: str) -> list:  # type: ignore[type-arg]
             todo.append(req.name)
             out.append(metadata.distribution(req.name))
     return out
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[Any]:
+    """A sealed world (tests/worlds.py) for tests that sweep every namespace: its /proc
+    shows no process of the machine's namespaces, nor of the suite's own."""
+    from worlds import World
+
+    env = dict(os.environ, STATE_DIRECTORY=str(tmp_path / "state"))
+    w = World(HOST_IPC_NS, env)
+    try:
+        yield w
+    finally:
+        w.close()
