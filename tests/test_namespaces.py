@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import sys
+import sysconfig
 from typing import Any, Optional
 
 import pytest
@@ -389,14 +390,26 @@ def test_all_namespaces_and_one_namespace_are_exclusive(world: World) -> None:
 
 
 def test_all_namespaces_needs_cap_sys_admin(world: World) -> None:
-    # root without CAP_SYS_ADMIN: setpriv drops it from the bounding set, so the exec'd
-    # interpreter never has it
-    drop = ["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin", "--"]
-    for args in (["-A"], ["--namespace", "1"]):
-        r = world.run([*drop, PY, "-m", "shmjanitor", "list", *args])
-        assert r.returncode == 2, (r.stdout, r.stderr)
-        assert r.stderr.count("\n") == 1 and "CAP_SYS_ADMIN" in r.stderr, r.stderr
-        assert r.stdout == ""
+    # root without CAP_SYS_ADMIN (setpriv drops it from the bounding set: the exec'd
+    # interpreter never has it), and an ordinary uid
+    runs = [["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin", "--",
+             PY, "-m", "shmjanitor"]]  # fmt: skip
+    system = "/usr/bin/python3"
+    probe = world.run([system, "-c", "import sys; print(tuple(sys.version_info[:2]))"])
+    if probe.stdout.strip() == str(tuple(sys.version_info[:2])):
+        # the venv may sit under /root, closed to uid 1000: the system interpreter of
+        # the same version, given this checkout and the venv's packages
+        where = [os.path.dirname(os.path.dirname(namespaces.__file__)),
+                 sysconfig.get_paths()["purelib"]]  # fmt: skip
+        runs.append(["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "--",
+                     system, "-c", f"import sys; sys.path[:0] = {where!r}; "
+                     "from shmjanitor.cli import main; main()"])  # fmt: skip
+    for prefix in runs:
+        for args in (["-A"], ["--namespace", "1"]):
+            r = world.run([*prefix, "list", *args], cwd="/")
+            assert r.returncode == 2, (prefix, r.stdout, r.stderr)
+            assert r.stderr.count("\n") == 1 and "CAP_SYS_ADMIN" in r.stderr, r.stderr
+            assert r.stdout == ""
 
 
 # --- 4. a namespace that ends during the run --------------------------------------------
