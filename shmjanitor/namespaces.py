@@ -24,6 +24,7 @@ import ctypes
 import errno
 import os
 import re
+import stat
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
@@ -366,7 +367,11 @@ def named(text: str, proc: str = PROC) -> int:
     Raises ValueError with what to do."""
     path = f"{proc}/{text}/ns/ipc" if text.isdigit() else text
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # A namespace file is a regular file of nsfs: anything else is not opened, for
+        # open(2) itself may block (a FIFO with no writer) or act (a tape device rewinds)
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ValueError(f"{text}: not a namespace file (a pid or /proc/PID/ns/ipc)")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
         what = f"no process {text}" if text.isdigit() and e.errno == errno.ENOENT else e.strerror
         raise ValueError(f"{text}: {what}") from None

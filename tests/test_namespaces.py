@@ -372,10 +372,13 @@ def test_namespace_file_with_nobody_in_it(world: World) -> None:
     assert json.loads(r.stdout)["segments"][0]["state"] == "orphan"  # its creator exited
 
 
-@pytest.mark.parametrize("value", ["999999", "/run/plain", "/proc/1/ns/net", "/run/nothing"])
+@pytest.mark.parametrize(
+    "value", ["999999", "/run/plain", "/proc/1/ns/net", "/run/nothing", "/run/fifo", "/run"]
+)
 def test_namespace_bad_values_are_usage_errors(world: World, value: str) -> None:
-    world.sh("touch /run/plain", check=True)
-    r = shj(world, "list", "--namespace", value)
+    # a FIFO: open(2) would wait for a writer forever (it did, before the S_ISREG check)
+    world.sh("touch /run/plain && mkfifo /run/fifo", check=True)
+    r = shj(world, "list", "--namespace", value, timeout=20)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr
     lines = r.stderr.splitlines()
