@@ -251,6 +251,31 @@ def test_every_namespace_is_listed_with_its_own_objects_in_their_states(world: W
     }
 
 
+def test_a_dev_shm_seen_by_two_namespaces_is_read_once(world: World) -> None:
+    """A pod's way: two IPC namespaces, one /dev/shm (B's mount namespace is a copy of
+    A's, with the same tmpfs): its files are listed once, with the first (lowest pid)."""
+    a = world.spawn(["unshare", "--ipc", "--mount", "--propagation", "private", "sh", "-c",
+                     f"{FRESH} && touch /dev/shm/torch_1_shared /dev/mqueue/shared && "
+                     'echo $$ && exec sleep 1000'])  # fmt: skip
+    assert a.stdout is not None
+    pid_a = int(a.stdout.readline())
+    b = world.spawn(["nsenter", "-t", str(pid_a), "-m", "--", "unshare", "--ipc", "--mount",
+                     "--propagation", "private", "sh", "-c",
+                     '"$0" -c "$1" 777 && echo $$ && exec sleep 1000', PY, SHM_ONLY])  # fmt: skip
+    assert b.stdout is not None
+    pid_b = int(b.stdout.readline())
+    ipc = {}
+    for pid in (pid_a, pid_b):
+        r = world.run(["stat", "-L", "-c", "%i", f"/proc/{pid}/ns/ipc"], check=True)
+        ipc[pid] = int(r.stdout)
+    seen = drive(world)
+    assert seen["notes"] == []
+    got = sorted((o["ipc"], o["kind"], ident(o)) for o in seen["objects"])
+    assert got == sorted([(ipc[pid_a], "posix-shm", "torch_1_shared"),
+                          (ipc[pid_a], "posix-mqueue", "shared"),
+                          (ipc[pid_b], "shm", 777)])  # fmt: skip
+
+
 # --- 2. process facts stay in our PID namespace ----------------------------------------
 
 # A namespace with its own PID namespace: its pid 1 (this script) makes one creator,
@@ -356,6 +381,7 @@ def test_namespace_lists_only_that_namespace(world: World) -> None:
     world.run([PY, "-c", SHM_ONLY, "333"], check=True)  # the world's own
     assert keys(shj(world, "list", "-A", "--json", "-m")) == {111, 222, 333}
     assert keys(shj(world, "list", "--namespace", str(a), "--json", "-m")) == {111}
+    assert keys(shj(world, "list", "--namespace", "1", "--json", "-m")) == {333}  # ours
     assert keys(shj(world, "list", "--namespace", f"/proc/{b}/ns/ipc", "--json", "-m")) == {222}
 
 
