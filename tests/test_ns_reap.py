@@ -7,9 +7,8 @@ each namespace with the C tools (nsenter ipcs) and through its root, not with ou
 from __future__ import annotations
 
 import json
-from collections import Counter
-import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +69,7 @@ def test_reap_all_removes_the_orphans_of_every_namespace_and_nothing_else(world,
     assert len({m["ipc"] for m in spaces}) == 4
     listed = json.loads(world.run([PY, "-m", "shmjanitor", "list", "-A", "--json"]).stdout)
     arrays = {"segments": "shm", "semaphores": "sem", "queues": "msg", "posix": "posix"}
-    orphans = Counter(o["path"] if "path" in o else kind for arr, kind in arrays.items()
+    orphans = Counter(o.get("path", kind) for arr, kind in arrays.items()
                       for o in listed[arr] if o["state"] == "orphan")  # fmt: skip
     # a dry run's log names each namespace (a removal's id is one of its namespace's)
     r = reap(world, tmp_path / "state", "-A", "--dry-run", "-v")
