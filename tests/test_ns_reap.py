@@ -201,3 +201,30 @@ def test_a_namespace_that_ends_during_the_run_is_said_not_fatal(world, tmp_path)
     assert f"ipc:[{b['ipc']}]" in r.stdout and "ended before it was entered" in r.stdout
     assert "OK True" in r.stdout
     assert left_in(world, a)["shm"] == {a["shm"]["attached"], a["shm"]["idle"]}
+
+
+def test_a_pid_in_a_name_is_not_ours_when_a_container_has_its_own_pid_namespace(world, tmp_path):
+    """torch_<pid>_... names carry the creator's pid as ITS PID namespace numbers it: in
+    a container with its own, pid 412 is not the host's pid 412. A live creator that
+    does not hold its file right now must not be judged dead by our /proc's 412."""
+    script = (
+        "mount -n -t tmpfs -o mode=1777 none /dev/shm && "
+        # fork until our pids are past 400: a number no process of the world has
+        "while [ $(sh -c 'echo $$') -lt 400 ]; do :; done; "
+        "p=$(sh -c 'echo $$'); echo x > /dev/shm/torch_${p}_1_1; echo $p; exec sleep 1000"
+    )  # fmt: skip
+    p = world.spawn(["unshare", "--ipc", "--mount", "--propagation", "private", "--pid",
+                     "--fork", "--mount-proc", "sh", "-c", script])  # fmt: skip
+    assert p.stdout is not None
+    inner = int(p.stdout.readline())
+    # (the creator here is the sh whose pid is in the name: it exited in its namespace,
+    # but another process of that namespace lives; what matters is that our /proc's
+    # pid of that number is nobody's, so only the pid namespace check can keep it)
+    assert world.run(["test", "-e", f"/proc/{inner}"]).returncode != 0
+    listed = json.loads(world.run([PY, "-m", "shmjanitor", "list", "-A", "--json"]).stdout)
+    (o,) = [o for o in listed["posix"] if o["name"] == f"torch_{inner}_1_1"]
+    assert o["state"] != "orphan", o
+    assert o["state"] == "idle", o  # its owner (root) lives: it may be opened again
+    r = reap(world, tmp_path / "state", "-A", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [x for x in json.loads(r.stdout)["results"] if x["action"] == "removed"] == []
