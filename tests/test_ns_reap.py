@@ -228,3 +228,21 @@ def test_a_pid_in_a_name_is_not_ours_when_a_container_has_its_own_pid_namespace(
     r = reap(world, tmp_path / "state", "-A", "--json")
     assert r.returncode == 0, r.stderr
     assert [x for x in json.loads(r.stdout)["results"] if x["action"] == "removed"] == []
+
+
+def test_explain_namespace_explains_the_object_of_that_namespace(world, tmp_path):
+    a, b = make_ns(world, "a"), make_ns(world, "b")
+    r = world.run([PY, "-m", "shmjanitor", "explain", "--namespace", str(b["pid"]), "--json",
+                   "-m", str(b["shm"]["attached"])])  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    e = json.loads(r.stdout)
+    text = json.dumps(e)
+    assert f"--namespace {b['pid']}" in text  # its rm command acts in b, not here
+    assert "torch_" not in text
+    r = world.run([PY, "-m", "shmjanitor", "explain", "--namespace", str(a["pid"]),
+                   a["posix"]["orphans"][0]])  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "orphan" in r.stdout
+    r = world.run([PY, "-m", "shmjanitor", "explain", "--namespace", str(a["pid"]),
+                   b["posix"]["orphans"][0]])  # b's file is not in a  # fmt: skip
+    assert r.returncode == 1 and "no POSIX object" in r.stderr, r.stderr
