@@ -871,6 +871,21 @@ def rm(
         raise typer.Exit(1)
 
 
+def _explain_in(sweep, named, one):  # type: ignore[no-untyped-def]
+    """explain's job inside the namespace --namespace names: at its place that reads
+    the object's kind (a POSIX path: the place with that directory)."""
+    from shmjanitor import inside
+
+    place = sweep.places[0]  # the namespace's System V tables are read here
+    if named.path is not None:  # its POSIX directories where the sweep reads them
+        place = next((p for p in sweep.places if p.ns.own or p.shm is not None
+                      or p.mqueue is not None), place)  # fmt: skip
+    try:
+        return inside.run(place, lambda: one(place.ns))
+    except (inside.Vanished, inside.Unreachable) as e:
+        raise fail(f"{e}", 1) from None
+
+
 @app.command(short_help="Everything known of one object: users, parties, rules, reap.")
 def explain(
     object_: Optional[str] = typer.Argument(
@@ -910,6 +925,7 @@ def explain(
         help="table (bold headings), plain, json, or auto: table on a terminal, plain "
         "otherwise.",
     ),
+    namespace: Optional[str] = NAMESPACE_OPT,
 ) -> None:  # fmt: skip
     """Explain one object: its kernel facts, the processes using it now (a segment's
     attached processes, from their maps; a POSIX object's holders; a queue's blocked
@@ -939,8 +955,14 @@ def explain(
     with errors_as_exit():
         cfg = _load_config(config_path, min_age=_duration("--min-age", min_age),
                            include_system=include_system)  # fmt: skip
-        v = explain_.find(named[0], state_dir or cfg.state_dir)
-        e = explain_.explain(v, cfg, reaping.caller(), state_dir or cfg.state_dir)
+        where = _sweep(False, namespace)
+        sd = state_dir or cfg.state_dir
+
+        def one(ns: Any = None) -> Any:
+            v = explain_.find(named[0], sd, ns)
+            return explain_.explain(v, cfg, reaping.caller(), sd)
+
+        e = one() if where is None else _explain_in(where, named[0], one)
         chosen = _pick_format(fmt, as_json)
         if chosen is Format.JSON:
             sys.stdout.write(json.dumps(explain_.to_json(e), separators=(",", ":")) + "\n")
@@ -987,10 +1009,29 @@ def quarantine_list(
     (STATUS: removed, restored:NEW_ID, or pending while its run is not settled)."""
     with errors_as_exit():
         store = _store(config_path, state_dir)
-        _print_entries(store.entries(), as_json, not noheadings)
+        entries = store.entries()
+        _print_entries(entries, as_json, not noheadings, _namespaces_of(store, entries))
 
 
-def _print_entries(entries, as_json: bool, header: bool) -> None:  # type: ignore[no-untyped-def]
+def _namespaces_of(store, entries):  # type: ignore[no-untyped-def]
+    """run -> its IPC namespace and container (recorded by each run: ipc_ns, and for a
+    sweep's run its container), when some entry was removed in another namespace."""
+    from shmjanitor.lock import ipc_namespace
+    from shmjanitor.quarantine import Damaged
+
+    runs = {}
+    for run in dict.fromkeys(e.run for e in entries):
+        try:
+            doc = store.load(run)
+        except (Damaged, OSError):  # its entries were not listed either
+            continue
+        runs[run] = {"ipc": doc.get("ipc_ns"), "container": doc.get("container")}
+    ours = ipc_namespace()
+    return runs if any(r["ipc"] not in (None, ours) for r in runs.values()) else {}
+
+
+def _print_entries(entries, as_json: bool, header: bool,  # type: ignore[no-untyped-def]
+                   where=None) -> None:  # fmt: skip
     import json
 
     from shmjanitor.accounts import owner_name
@@ -1008,6 +1049,7 @@ def _print_entries(entries, as_json: bool, header: bool) -> None:  # type: ignor
         "mode": e.doc["mode"], "removed_at": e.doc["removed_at"], "reason": e.doc["reason"],
         "restored_as": e.doc.get("restored_as"), "status": e.doc["status"],
         **({"path": entry_path(e.doc)} if entry_path(e.doc) else {}),
+        **({"namespace": where[e.run]} if where and e.run in where else {}),
     } for e in entries]  # fmt: skip
     if as_json:
         typer.echo(json.dumps({"entries": rows}))
@@ -1032,6 +1074,9 @@ def _print_entries(entries, as_json: bool, header: bool) -> None:  # type: ignor
     if {r["kind"] for r in rows} != {LEGACY_KIND}:  # KIND after ID, as report.table has it
         cols = (*cols[:2], Col("KIND", drop=5), *cols[2:])
         cells = [c[:2] + (r["kind"],) + c[2:] for c, r in zip(cells, rows)]
+    if where:  # entries of other namespaces (reap -A): which one each was in
+        cols = (*cols[:-1], Col("NAMESPACE", drop=6, squeeze=True), cols[-1])
+        cells = [(*c[:-1], _ns_cell(r.get("namespace")), c[-1]) for c, r in zip(cells, rows)]
     lines = draw(cols, cells, _width() if tty else None, header=header,
                  color=use_color(sys.stdout))  # fmt: skip
     typer.echo("\n".join(lines))
@@ -1039,6 +1084,12 @@ def _print_entries(entries, as_json: bool, header: bool) -> None:  # type: ignor
 
 def _same(text: str) -> str:
     return text
+
+
+def _ns_cell(ns) -> str:  # type: ignore[no-untyped-def]
+    if not ns or ns.get("ipc") is None:
+        return "-"
+    return printable(ns.get("container") or f"ipc:[{ns['ipc']}]")
 
 
 @quarantine_app.command("purge", short_help="Delete entries for good.")
@@ -1201,8 +1252,10 @@ def _restore_where(store, which):  # type: ignore[no-untyped-def]
     run = store.load(entry.run)
     ipc = run.get("ipc_ns")
     restore = partial(quarantine.restore, store, which, time.time())
-    if not isinstance(ipc, int) or ipc == ipc_namespace():
-        return restore()
+    if (not isinstance(ipc, int) or ipc == ipc_namespace()
+            or entry.doc.get("status") != quarantine.REMOVED
+            or entry.doc.get("restored_as") is not None):  # fmt: skip
+        return restore()  # here, or refused as it says (pending, already restored)
     try:
         place = namespaces.home(ipc, run.get("container"), run.get("ns_pid"),
                                 run.get("ns_pid_start"), entry.doc.get("dir"))  # fmt: skip

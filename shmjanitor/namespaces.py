@@ -35,6 +35,7 @@ SHM = "dev/shm"
 MQUEUE = "dev/mqueue"
 TMPFS_MAGIC = 0x01021994  # include/uapi/linux/magic.h
 MQUEUE_MAGIC = 0x19800202
+NSFS_MAGIC = 0x6E736673
 CLONE_NEWIPC = 0x08000000
 NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs fd: its CLONE_NEW* type (Linux 4.11)
 
@@ -367,8 +368,8 @@ def named(text: str, proc: str = PROC) -> int:
     Raises ValueError with what to do."""
     path = f"{proc}/{text}/ns/ipc" if text.isdigit() else text
     try:
-        # A namespace file is a regular file of nsfs: anything else is not opened, for
-        # open(2) itself may block (a FIFO with no writer) or act (a tape device rewinds)
+        # a namespace file is a regular file of nsfs: anything else (a FIFO, whose open
+        # would wait; a device, whose open may act) is refused before it is opened
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise ValueError(f"{text}: not a namespace file (a pid or /proc/PID/ns/ipc)")
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
@@ -378,6 +379,8 @@ def named(text: str, proc: str = PROC) -> int:
     try:
         import fcntl
 
+        if fs_type(fd) != NSFS_MAGIC:
+            raise ValueError(f"{text}: not a namespace file (a pid or /proc/PID/ns/ipc)")
         try:
             kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
         except OSError:
@@ -441,12 +444,12 @@ def home(ipc: int, container: Optional[str], pid: Optional[int], pid_start: Opti
     the process in it now is of the same container."""
     places = sweep(proc, only=ipc).places
     if not places or places[0].ns.pid is None:
-        raise ValueError(f"ipc:[{ipc}]{f' ({container})' if container else ''} no longer "
-                         "exists (no process is in it): its objects went with it")  # fmt: skip
+        raise ValueError(f"its IPC namespace ipc:[{ipc}]{f' ({container})' if container else ''} "
+                         "no longer exists (no process is in it): its objects went with it")  # fmt: skip
     same_process = pid is not None and pid in places[0].pids and start_time(pid, proc) == pid_start
     same_container = container is not None and places[0].ns.container == container
     if not (same_process or same_container):
-        raise ValueError(f"ipc:[{ipc}] is in use by another namespace now ({places[0].ns.said()}), "
+        raise ValueError(f"its IPC namespace ipc:[{ipc}] may be another one now ({places[0].ns.said()}), "
                          "or cannot be told from one: its recorded process has exited and it "
                          "has no container name; restore from inside it (nsenter --ipc "
                          "--target PID shmjanitor restore ...) if you know it is the same")  # fmt: skip
