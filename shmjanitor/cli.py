@@ -623,6 +623,8 @@ def reap(
         help="For job epilogs, with --owner: only if the user has no process left but this "
         "run's own ancestry, else remove nothing and exit 75; --min-age defaults to 0.",
     ),
+    all_namespaces: bool = ALL_NAMESPACES_OPT,
+    namespace: Optional[str] = NAMESPACE_OPT,
 ) -> None:  # fmt: skip
     """Remove orphaned IPC objects (nobody uses them, nobody who did lives) that pass
     the policy: every kind, or the kinds -m, -s, -q, -M, -S and -Q choose (combinable:
@@ -669,9 +671,15 @@ def reap(
                 on_note=logger.note if logger else _note,
                 stop=stop,
             )
-            outcome = reaping.reap(cfg, dry_run=dry_run, quarantine=not no_quarantine,
-                                   state_dir=state_dir, hooks=hooks, only=only,
-                                   owner=owner_uid, if_owner_gone=if_owner_gone)  # fmt: skip
+            sweep = _sweep(all_namespaces, namespace)
+            if sweep is None:
+                outcome = reaping.reap(cfg, dry_run=dry_run, quarantine=not no_quarantine,
+                                       state_dir=state_dir, hooks=hooks, only=only,
+                                       owner=owner_uid, if_owner_gone=if_owner_gone)  # fmt: skip
+            else:
+                outcome = reaping.reap_all(sweep, cfg, dry_run=dry_run, hooks=hooks, only=only,
+                                           quarantine=not no_quarantine, state_dir=state_dir,
+                                           owner=owner_uid, if_owner_gone=if_owner_gone)  # fmt: skip
         if outcome.owner_present is not None:
             typer.echo(f"shmjanitor: {reaping.owner_present(outcome.owner_present)}", err=True)
         if logger is not None:
@@ -819,6 +827,13 @@ def rm(
         False, "--verbose", "-v",
         help="Say what was removed, a line per object (a dry run always does).",
     ),
+    all_namespaces: bool = typer.Option(
+        False, "--all-namespaces", "-A",
+        help="Look for each object in every IPC namespace of the machine: it must be in "
+        "exactly one (ids and keys are per namespace), else nothing is removed (exit 2). "
+        "Needs CAP_SYS_ADMIN (root).",
+    ),
+    namespace: Optional[str] = NAMESPACE_OPT,
 ) -> None:  # fmt: skip
     """Remove the named objects, like ipcrm, but refuse one that is in use.
 
@@ -858,9 +873,15 @@ def rm(
         cfg = _load_config(config_path)
         with remove.stop_on_signals() as stop:
             hooks = reaping.Hooks(on_note=_note, stop=stop)
-            outcome = reaping.rm(named, cfg, force=force, dry_run=dry_run,
-                                 quarantine=not no_quarantine, state_dir=state_dir,
-                                 hooks=hooks)  # fmt: skip
+            sweep = _sweep(all_namespaces, namespace)
+            if sweep is None:
+                outcome = reaping.rm(named, cfg, force=force, dry_run=dry_run,
+                                     quarantine=not no_quarantine, state_dir=state_dir,
+                                     hooks=hooks)  # fmt: skip
+            else:
+                outcome = reaping.rm_all(named, sweep, cfg, force=force, dry_run=dry_run,
+                                         quarantine=not no_quarantine, state_dir=state_dir,
+                                         hooks=hooks)  # fmt: skip
         _show_rm(outcome, as_json, verbose)
     if outcome.interrupted:
         raise typer.Exit(128 + outcome.interrupted)
@@ -1165,7 +1186,7 @@ def restore(
             which = store.find_by("key", k, f"{noun}key 0x{k:08x}", kind)
         try:
             with _signals_raise():
-                new_id, k = quarantine.restore(store, which, time.time())
+                new_id, k = _restore_where(store, which)
         except _Interrupted as stop:
             typer.echo(f"shmjanitor: interrupted by {stop.name}: nothing restored", err=True)
             raise typer.Exit(128 + stop.signum) from None
@@ -1184,6 +1205,31 @@ def restore(
                 typer.echo(f"restored {printable(which)} as {printable(path)} (inode {new_id})")
             else:
                 typer.echo(f"restored {printable(which)} as id {new_id} (key 0x{k:08x})")
+
+
+def _restore_where(store, which):  # type: ignore[no-untyped-def]
+    """quarantine.restore, inside the IPC namespace where the entry's run removed it (a
+    sweep's, -A): found again by its recorded process or container, else refused."""
+    from functools import partial
+
+    from shmjanitor import inside, namespaces, quarantine
+    from shmjanitor.lock import ipc_namespace
+
+    entry = store.find(which) if isinstance(which, str) else which
+    run = store.load(entry.run)
+    ipc = run.get("ipc_ns")
+    restore = partial(quarantine.restore, store, which, time.time())
+    if not isinstance(ipc, int) or ipc == ipc_namespace():
+        return restore()
+    try:
+        place = namespaces.home(ipc, run.get("container"), run.get("ns_pid"),
+                                run.get("ns_pid_start"), entry.doc.get("dir"))  # fmt: skip
+    except ValueError as e:
+        raise quarantine.RestoreError(f"entry {entry.name} not restored: {e}") from None
+    try:
+        return inside.run(place, restore)
+    except (inside.Vanished, inside.Unreachable) as e:
+        raise quarantine.RestoreError(f"entry {entry.name} not restored: {e}") from None
 
 
 class _Interrupted(BaseException):

@@ -93,6 +93,7 @@ def _in_child(place: Place, fd: int, job: Callable[[], T], stop: Any, proc: str)
                 answer = ("unreachable", f"{place.ns.said()} not read: {e.strerror}")
             else:
                 try:
+                    namespaces.working = place.ns
                     posixfs.reach(_dir(place, SHM, place.shm, proc),
                                   _dir(place, MQUEUE, place.mqueue, proc))  # fmt: skip
                     answer = ("ok", job())
