@@ -671,7 +671,7 @@ def reap(
                 on_note=logger.note if logger else _note,
                 stop=stop,
             )
-            sweep = _sweep(all_namespaces, namespace)
+            sweep = _sweep(_all_by_config(all_namespaces, namespace, cfg), namespace)
             if sweep is None:
                 outcome = reaping.reap(cfg, dry_run=dry_run, quarantine=not no_quarantine,
                                        state_dir=state_dir, hooks=hooks, only=only,

@@ -29,8 +29,8 @@ import signal
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Optional, Union
 
 CACHE_DIR = Path(os.environ.get("SHMJANITOR_TEST_CACHE", "/var/cache/shmjanitor-tests"))

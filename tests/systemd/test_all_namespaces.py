@@ -23,11 +23,16 @@ from .test_units import MAX_EXPOSURE, directives, exposure, needs_analyze
 
 REPO = Path(__file__).resolve().parents[2]
 DROP_IN = REPO / "systemd" / "all-namespaces.conf"
-KEY = 0x5EED0014  # the segment in the other namespace
-# Makes a segment of KEY in a new IPC namespace (unshare --ipc), says so, and stays:
-# that namespace lives as long as this process.
+KEY = 0x5EED0014  # the segment in the other namespace whose creator lives: idle
+ORPHAN = 0x5EED0015  # and one whose creator exited
+# In a new IPC namespace (unshare --ipc): a child makes ORPHAN and exits, then this
+# process makes KEY, says so, and stays: the namespace lives as long as it does.
 HOLDER = f"""
-import sys, sysv_ipc
+import os, sys, sysv_ipc
+if os.fork() == 0:
+    sysv_ipc.SharedMemory({ORPHAN}, sysv_ipc.IPC_CREX, 0o600, 4096)
+    os._exit(0)
+os.wait()
 sysv_ipc.SharedMemory({KEY}, sysv_ipc.IPC_CREX, 0o600, 4096)
 print("ready", flush=True)
 sys.stdin.read()
@@ -100,6 +105,23 @@ def test_a_run_without_cap_sys_admin_keeps_to_its_namespace(
     # The same run given -A says why it cannot: the flag is a demand, the key a default.
     r = world.run([*drop, sys.executable, "-c", CLI, str(cfg), "list", "--json", "-A"])
     assert r.returncode != 0 and "CAP_SYS_ADMIN" in r.stderr, r.stderr
+
+
+def test_reap_sweeps_every_namespace_when_the_config_says_so(
+    world: Any, other_ns: int, tmp_path: Path
+) -> None:
+    on, off = tmp_path / "on.toml", tmp_path / "off.toml"
+    # root's segments are a system account's: include_system lets them go
+    on.write_text("all_namespaces = true\ninclude_system = true\n")
+    off.write_text("include_system = true\n")
+    reap = ["reap", "--min-age", "0", "--json", "--state-dir", str(tmp_path / "state")]
+    r = world.run([sys.executable, "-m", "shmjanitor", *reap, "--config", str(off)])
+    assert r.returncode == 0, r.stderr
+    assert {KEY, ORPHAN} <= keys_listed(world, off, "-A")  # today's scope: not swept
+    r = world.run([sys.executable, "-m", "shmjanitor", *reap, "--config", str(on)])
+    assert r.returncode == 0, r.stderr
+    left = keys_listed(world, off, "-A")
+    assert ORPHAN not in left and KEY in left, r.stdout  # the orphan only, as -A
 
 
 # -- the drop-in ------------------------------------------------------------------------
