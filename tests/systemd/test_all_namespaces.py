@@ -127,6 +127,15 @@ def test_reap_sweeps_every_namespace_when_the_config_says_so(
 # -- the drop-in ------------------------------------------------------------------------
 
 
+def test_the_default_unit_keeps_todays_scope() -> None:
+    # Without the drop-in, systemd's seccomp filter refuses every setns(2): the
+    # config key alone cannot widen what the service reaches (the e2e test sees it).
+    from shmjanitor import units
+
+    svc = directives(units.unit_texts()["shmjanitor.service"], "Service")
+    assert svc["RestrictNamespaces"] == ["yes"]
+
+
 def test_the_drop_in_allows_ipc_namespaces_and_nothing_else() -> None:
     svc = directives(DROP_IN.read_text(), "Service")
     # RestrictNamespaces= merges its lines (OR): "ipc" after the unit's "yes" allows
