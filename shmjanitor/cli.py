@@ -889,6 +889,21 @@ def rm(
         raise typer.Exit(1)
 
 
+def _explain_in(sweep, named, one):  # type: ignore[no-untyped-def]
+    """explain's job inside the namespace --namespace names: at its place that reads
+    the object's kind (a POSIX path: the place with that directory)."""
+    from shmjanitor import inside
+
+    place = sweep.places[0]  # the namespace's System V tables are read here
+    if named.path is not None:  # its POSIX directories where the sweep reads them
+        place = next((p for p in sweep.places if p.ns.own or p.shm is not None
+                      or p.mqueue is not None), place)  # fmt: skip
+    try:
+        return inside.run(place, lambda: one(place.ns))
+    except (inside.Vanished, inside.Unreachable) as e:
+        raise fail(f"{e}", 1) from None
+
+
 @app.command(short_help="Everything known of one object: users, parties, rules, reap.")
 def explain(
     object_: Optional[str] = typer.Argument(
@@ -928,6 +943,7 @@ def explain(
         help="table (bold headings), plain, json, or auto: table on a terminal, plain "
         "otherwise.",
     ),
+    namespace: Optional[str] = NAMESPACE_OPT,
 ) -> None:  # fmt: skip
     """Explain one object: its kernel facts, the processes using it now (a segment's
     attached processes, from their maps; a POSIX object's holders; a queue's blocked
@@ -957,8 +973,14 @@ def explain(
     with errors_as_exit():
         cfg = _load_config(config_path, min_age=_duration("--min-age", min_age),
                            include_system=include_system)  # fmt: skip
-        v = explain_.find(named[0], state_dir or cfg.state_dir)
-        e = explain_.explain(v, cfg, reaping.caller(), state_dir or cfg.state_dir)
+        where = _sweep(False, namespace)
+        sd = state_dir or cfg.state_dir
+
+        def one(ns: Any = None) -> Any:
+            v = explain_.find(named[0], sd, ns)
+            return explain_.explain(v, cfg, reaping.caller(), sd)
+
+        e = one() if where is None else _explain_in(where, named[0], one)
         chosen = _pick_format(fmt, as_json)
         if chosen is Format.JSON:
             sys.stdout.write(json.dumps(explain_.to_json(e), separators=(",", ":")) + "\n")

@@ -24,6 +24,7 @@ import ctypes
 import errno
 import os
 import re
+import stat
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
@@ -34,6 +35,7 @@ SHM = "dev/shm"
 MQUEUE = "dev/mqueue"
 TMPFS_MAGIC = 0x01021994  # include/uapi/linux/magic.h
 MQUEUE_MAGIC = 0x19800202
+NSFS_MAGIC = 0x6E736673
 CLONE_NEWIPC = 0x08000000
 NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs fd: its CLONE_NEW* type (Linux 4.11)
 
@@ -346,13 +348,19 @@ def named(text: str, proc: str = PROC) -> int:
     Raises ValueError with what to do."""
     path = f"{proc}/{text}/ns/ipc" if text.isdigit() else text
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # a namespace file is a regular file of nsfs: anything else (a FIFO, whose open
+        # would wait; a device, whose open may act) is refused before it is opened
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ValueError(f"{text}: not a namespace file (a pid or /proc/PID/ns/ipc)")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
         what = f"no process {text}" if text.isdigit() and e.errno == errno.ENOENT else e.strerror
         raise ValueError(f"{text}: {what}") from None
     try:
         import fcntl
 
+        if fs_type(fd) != NSFS_MAGIC:
+            raise ValueError(f"{text}: not a namespace file (a pid or /proc/PID/ns/ipc)")
         try:
             kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
         except OSError:
