@@ -1330,6 +1330,13 @@ def install_units(
         help="Also install shmjanitor-watch.service (shmjanitor watch, off by default) "
         "and, with --enable, enable --now it.",
     ),
+    all_namespaces: bool = typer.Option(
+        False,
+        "--all-namespaces",
+        help="Also install the drop-in shmjanitor.service.d/all-namespaces.conf, which "
+        "lets the service enter every IPC namespace (RestrictNamespaces=ipc) for "
+        "all_namespaces = true in /etc/shmjanitor.toml.",
+    ),
 ) -> None:
     """Install the hardened systemd service and timer for this shmjanitor.
 
@@ -1350,7 +1357,7 @@ def install_units(
     with errors_as_exit():
         exec_path = units.find_exec_path()
         units.check_trusted(exec_path)  # root's service must not run what others can change
-        for path in units.install_units(dest, exec_path, watch):
+        for path in units.install_units(dest, exec_path, watch, all_namespaces):
             typer.echo(f"wrote {printable(str(path))}")
     if not enable:
         return

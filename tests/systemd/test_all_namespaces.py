@@ -169,3 +169,24 @@ def test_exposure_with_the_drop_in_at_most_2(tmp_path: Path) -> None:
     allowed = [ln.split()[1] for ln in r.stdout.splitlines()
                if ln.startswith("✗ RestrictNamespaces")]  # fmt: skip
     assert allowed == ["RestrictNamespaces=~ipc"], r.stdout
+
+
+def test_install_units_all_namespaces_writes_the_drop_in(tmp_path: Path) -> None:
+    from shmjanitor import units
+
+    exe = tmp_path / "bin" / "shmjanitor"
+    exe.parent.mkdir()
+    exe.write_text("#!/bin/sh\nexit 0\n")
+    exe.chmod(0o755)
+    plain, full = tmp_path / "plain", tmp_path / "full"
+    plain.mkdir()
+    full.mkdir()
+    assert not any("service.d" in str(p) for p in units.install_units(plain, str(exe)))
+    assert not (plain / "shmjanitor.service.d").exists()  # the default keeps today's scope
+    written = units.install_units(full, str(exe), all_namespaces=True)
+    drop_in = full / "shmjanitor.service.d" / "all-namespaces.conf"
+    assert drop_in in written
+    assert drop_in.read_text() == DROP_IN.read_text()
+    assert oct(drop_in.stat().st_mode & 0o777) == "0o644"
+    assert oct(drop_in.parent.stat().st_mode & 0o777) == "0o755"
+    assert units.install_units(full, str(exe), all_namespaces=True) == written  # again: same
