@@ -22,6 +22,7 @@ from conftest import ACCOUNTS, MQUEUE, needs_real_root, python_as
 from segments import cli
 
 from shmjanitor import holders, posixfs
+from shmjanitor.namespaces import here
 
 SHM = Path("/dev/shm")
 ALICE, BOB = ACCOUNTS["alice"], ACCOUNTS["bob"]
@@ -278,6 +279,7 @@ def test_json_fields_of_a_sparse_file():
         "atime": int(st.st_atime), "idle_seconds": o["idle_seconds"], "program": None,
         "name_pid": None, "holders": [], "state": "idle", "reason": o["reason"],
         "rule": "owner-alive",
+        "namespace": here().as_json(),  # issue 14: ours (tests/test_ns_render.py checks it)
         "made_by": None,  # issue 15: its maker was never seen alive
     }  # fmt: skip
     doc = json.loads(cli("list", "--json", "-M").stdout)
