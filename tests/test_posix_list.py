@@ -407,9 +407,11 @@ def test_metrics_count_the_posix_kinds(tmp_path):
     r = cli("list", "--json", "--metrics-file", str(out))
     assert r.exit_code == 0, r.output
     text = out.read_text()
-    assert 'shmjanitor_objects{kind="posix-shm",state="idle"} 1.0' in text
-    assert 'shmjanitor_objects{kind="posix-sem",state="idle"} 1.0' in text
-    assert 'shmjanitor_objects{kind="posix-mqueue",state="orphan"} 0.0' in text
+    me = here()
+    c, ns = f'container="{me.container or ""}"', f'namespace="{me.ipc}"'  # ours (issue 14)
+    assert f'shmjanitor_objects{{{c},kind="posix-shm",{ns},state="idle"}} 1.0' in text
+    assert f'shmjanitor_objects{{{c},kind="posix-sem",{ns},state="idle"}} 1.0' in text
+    assert f'shmjanitor_objects{{{c},kind="posix-mqueue",{ns},state="orphan"}} 0.0' in text
 
 
 def test_the_table_footer_says_how_full_dev_shm_is():
