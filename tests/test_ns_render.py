@@ -129,10 +129,10 @@ def test_list_A_names_the_namespace_of_every_object_of_every_kind(world: Any, tm
     assert objs == {(str(ours), ""): 0, **{(str(ipc), ""): 1 for ipc in by_ipc}}
 
 
-def _samples(path: Path, name: str, **match: str) -> dict[tuple[str, str], float]:
+def _samples(prom: Path, name: str, **match: str) -> dict[tuple[str, str], float]:
     """(namespace, container) -> value of the series of `name` with labels `match`."""
     out = {}
-    for family in text_string_to_metric_families(path.read_text()):
+    for family in text_string_to_metric_families(prom.read_text()):
         for s in family.samples:
             if s.name == name and all(s.labels.get(k) == v for k, v in match.items()):
                 out[(s.labels["namespace"], s.labels["container"])] = s.value
