@@ -103,9 +103,14 @@ def test_list_A_names_the_namespace_of_every_object_of_every_kind(world: Any, tm
     got = {int(f[6]): (int(f[0]), f[1]) for f in (row.split() for row in rows)}
     want = {size: ipc for size, (_, ipc) in held.items()}
     assert got == {1000: (ours, "-"), **{s: (ipc, "-") for s, ipc in want.items()}}
-    # Without -A the columns are as they were.
+    # Without -A the columns are as they were, and JSON names ours as -A does: pid 1,
+    # the world's init, which shares it (namespaces.here()).
     r = world.run([*PY, "list", "-m", "-f", "plain"])
     assert r.stdout.split()[:2] == ["KEY", "ID"], r.stdout + r.stderr
+    r = world.run([*PY, "list", "--json"])
+    ns = {json.dumps(o["namespace"]) for o in _objects(json.loads(r.stdout))}
+    cgroup = world.sh("cat /proc/1/cgroup", check=True).stdout
+    assert ns == {json.dumps({"ipc": ours, "container": container_of(cgroup), "pid": 1})}
 
     # -o names them for any kind; --sort NS orders by the inode.
     for flag in ("-m", "-s", "-q", "-M", "-Q"):
