@@ -471,8 +471,8 @@ class SegmentJson(_Shared):
     def __init__(self, keep: int = 4096) -> None:
         super().__init__(keep)
         self._who: dict[tuple[int, int, int, int, int], str] = {}
-        self._verdict: dict[tuple[State, str, Creator, Optional[Creator], str], str] = {}
-        self._ns: dict[Any, str] = {}  # a namespace (None: ours) -> its ns_json
+        # (state, reason, creator, last user, rule, namespace (None: ours)) -> its text
+        self._verdict: dict[tuple[State, str, Creator, Optional[Creator], str, Any], str] = {}
 
     def __call__(self, v: Verdict) -> str:
         # Unpacked at once: a field of a NamedTuple read by name is a call each.
@@ -485,12 +485,14 @@ class SegmentJson(_Shared):
             f'"cuid":{cuid},"cgid":{cgid},"perms":{s.perms},'
             f'"dest":{_LITERAL[s.dest]},"locked":{_LITERAL[s.locked]}'
         ))  # fmt: skip
-        kv = (state, reason, c, u, rule)
+        kv = (state, reason, c, u, rule, ns)
         # The reason's text is encoded here, not through json_string's cache: this
         # cache is the one for it (a leak of as many creators misses both every time).
+        # The namespace ends it (ns_json, made once per namespace): no lookup of its own.
         verdict = self._verdict.get(kv) or self._learn(self._verdict, kv, (
             f'"state":"{state.value}","reason":{encode_basestring_ascii(reason)},'
             f'"rule":"{rule}","creator":{_process(c)},"last_user":{_process(u)}'
+            + ns_json(ns_of(v))
         ))  # fmt: skip
         return (
             f'{{"id":{id_},"key":{key},{who},"size":{size},"nattch":{nattch},'
@@ -498,7 +500,6 @@ class SegmentJson(_Shared):
             f'"dtime":{"null" if dtime is None else dtime},"ctime":{ctime},'
             f'"rss":{"null" if rss is None else rss},"swap":{"null" if swap is None else swap},'
             f'"idle_seconds":{idle_for},{verdict}'
-            f"{self._ns.get(ns) or self._learn(self._ns, ns, ns_json(ns_of(v)))}"
         )
 
 

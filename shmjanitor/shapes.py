@@ -347,8 +347,7 @@ class FactsJson(_Shared):
         # json_facts), as this loop would: a call per fact is 100 ms at 32,000 queues.
         self._own: Optional[Callable[[Any], str]] = getattr(kind, "json_facts", None)
         self._who: dict[tuple[int, int, int, int, int], str] = {}
-        self._verdict: dict[tuple[State, str, str], str] = {}
-        self._ns: dict[Any, str] = {}  # a namespace (None: ours) -> render.ns_json
+        self._verdict: dict[tuple[State, str, str, Any], str] = {}
 
     def __call__(self, v: Verdict) -> str:
         o = v.segment
@@ -362,14 +361,12 @@ class FactsJson(_Shared):
             facts = own(o)
         else:
             facts = "".join([f"{name}:{_json_value(get(o))}," for name, get in self._facts])
-        kv = (v.state, v.reason, v.rule)
+        kv = (v.state, v.reason, v.rule, v.ns)  # the namespace ends it (render.ns_json)
         verdict = self._verdict.get(kv) or self._learn(self._verdict, kv, (
             f'"state":"{v.state.value}","reason":{json_string(v.reason)},"rule":"{v.rule}"'
+            + render.ns_json(render.ns_of(v))
         ))  # fmt: skip
-        ns = v.ns
-        tail = self._ns.get(ns) or self._learn(self._ns, ns, render.ns_json(render.ns_of(v)))
-        return (f'{self._head}"id":{o.id},"key":{o.key},{who}"ctime":{o.ctime},{facts}'
-                f"{verdict}{tail}")  # fmt: skip
+        return f'{self._head}"id":{o.id},"key":{o.key},{who}"ctime":{o.ctime},{facts}{verdict}'
 
 
 # --- the POSIX kinds: files, shown by name -------------------------------------------
@@ -505,9 +502,8 @@ class PosixJson(_Shared):
         self._head = f'{{"kind":{json_string(kind.NAME)},'
         self._facts = [(json_string(f.json), f.get) for f in kind.FACTS]
         self._who: dict[tuple[int, int, int], str] = {}
-        self._verdict: dict[tuple[State, str, str], str] = {}
+        self._verdict: dict[tuple[State, str, str, Any], str] = {}
         self._dirs: dict[str, str] = {}  # '"/dev/shm/': a path's JSON up to its name
-        self._ns: dict[Any, str] = {}  # a namespace (None: ours) -> render.ns_json
 
     def __call__(self, v: Verdict) -> str:
         o: Any = v.segment  # the field (v.obj is a property: a Python call per object)
@@ -522,12 +518,11 @@ class PosixJson(_Shared):
         held = ",".join([_holder_json(h) for h in o.holders]) if o.holders else ""
         facts = "".join([f"{key}:{_json_value(get(o))}," for key, get in self._facts]) \
             if self._facts else ""  # fmt: skip
-        kv = (v.state, v.reason, v.rule)
+        kv = (v.state, v.reason, v.rule, v.ns)  # the namespace ends it (render.ns_json)
         verdict = self._verdict.get(kv) or self._learn(self._verdict, kv, (
             f'"state":"{v.state.value}","reason":{json_string(v.reason)},"rule":"{v.rule}"'
+            + render.ns_json(render.ns_of(v))
         ))  # fmt: skip
-        ns = v.ns
-        tail = self._ns.get(ns) or self._learn(self._ns, ns, render.ns_json(render.ns_of(v)))
         pid = "null" if o.name_pid is None else o.name_pid
         program = "null" if o.program is None else json_string(o.program)
         # mtime, ctime, atime as the properties compute them, without their calls
@@ -535,7 +530,7 @@ class PosixJson(_Shared):
                 f'"size":{o.st_size},"used_bytes":{o.used_bytes},{who}'
                 f'"mtime":{o.mtime_ns // _NS},"ctime":{o.ctime_ns // _NS},'
                 f'"atime":{o.atime_ns // _NS},"idle_seconds":{v.idle_for},'
-                f'"program":{program},"name_pid":{pid},"holders":[{held}],{facts}{verdict}{tail}')  # fmt: skip
+                f'"program":{program},"name_pid":{pid},"holders":[{held}],{facts}{verdict}')  # fmt: skip
 
 
 _NS = 1_000_000_000

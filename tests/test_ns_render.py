@@ -241,6 +241,16 @@ def test_ns_and_container_cells_are_one_escaped_word_in_plain_output():
         assert {r for r in plain} == {(str(me.ipc), me.container or "-")}
 
 
+def test_list_help_names_ns_and_container_for_every_kind():
+    from shmjanitor import kinds
+
+    r = cli("list", "--help")
+    assert r.exit_code == 0, r.output
+    for column in ("NS", "CONTAINER"):
+        lines = [x for x in r.stdout.splitlines() if x.split()[:1] == [column]]
+        assert len(lines) == len(kinds.names()), column
+
+
 # --- the metrics' bounded labels ----------------------------------------------------------
 
 
