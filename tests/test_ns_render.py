@@ -33,7 +33,11 @@ mount -n -t tmpfs -o mode=1777 none /dev/shm || exit 1
 mount -n -t mqueue none /dev/mqueue || exit 1
 ipcmk -M "$1" >/dev/null && ipcmk -S 1 >/dev/null && ipcmk -Q >/dev/null || exit 1
 head -c 8192 /dev/zero > "/dev/shm/leak-$1"
-touch "/dev/mqueue/q-$1"
+# A queue's room is charged to root's RLIMIT_MSGQUEUE, counted over the whole machine
+# (every suite running as root): a small one (this namespace's own defaults, one
+# message of 128 bytes, not 10 of 8 KiB) does not fail because others hold queues.
+echo 1 > /proc/sys/fs/mqueue/msg_default && echo 128 > /proc/sys/fs/mqueue/msgsize_default
+touch "/dev/mqueue/q-$1" || exit 1
 echo "$$ $(readlink /proc/$$/ns/ipc)"
 exec sleep 1000
 """
