@@ -452,7 +452,25 @@ def list_(
         listing.run(states=set(state or ()), owner=owner, sort=sort, exact_bytes=exact_bytes,
                     fmt=picked, metrics_file=metrics_file, out=sys.stdout, view=view,
                     kinds=chosen, history=_history_of(None, None),
-                    sweep=_sweep(all_namespaces, namespace), note=_note)  # fmt: skip
+                    sweep=_sweep(_all_by_config(all_namespaces, namespace, None), namespace),
+                    note=_note)  # fmt: skip
+
+
+def _all_by_config(all_namespaces: bool, namespace: Optional[str], cfg: Any) -> bool:
+    """-A as given; without -A and --namespace, the config's all_namespaces (`cfg`, or
+    the default file's for list, which has no --config) for a run that may setns(2)
+    (CAP_SYS_ADMIN): an ordinary user's run keeps to its own namespace, as without it."""
+    if all_namespaces or namespace is not None:
+        return all_namespaces
+    from shmjanitor import config, kernel
+    from shmjanitor.errors import ConfigError
+
+    if cfg is None:
+        try:
+            cfg = config.load(None)
+        except ConfigError:
+            return False  # said by the history's note: list reads the file for it too
+    return bool(cfg.all_namespaces) and kernel.has_cap_sys_admin()
 
 
 def _history_of(config_path: Optional[Path], state_dir: Optional[Path]):  # type: ignore[no-untyped-def]
@@ -605,6 +623,8 @@ def reap(
         help="For job epilogs, with --owner: only if the user has no process left but this "
         "run's own ancestry, else remove nothing and exit 75; --min-age defaults to 0.",
     ),
+    all_namespaces: bool = ALL_NAMESPACES_OPT,
+    namespace: Optional[str] = NAMESPACE_OPT,
 ) -> None:  # fmt: skip
     """Remove orphaned IPC objects (nobody uses them, nobody who did lives) that pass
     the policy: every kind, or the kinds -m, -s, -q, -M, -S and -Q choose (combinable:
@@ -651,9 +671,15 @@ def reap(
                 on_note=logger.note if logger else _note,
                 stop=stop,
             )
-            outcome = reaping.reap(cfg, dry_run=dry_run, quarantine=not no_quarantine,
-                                   state_dir=state_dir, hooks=hooks, only=only,
-                                   owner=owner_uid, if_owner_gone=if_owner_gone)  # fmt: skip
+            sweep = _sweep(_all_by_config(all_namespaces, namespace, cfg), namespace)
+            if sweep is None:
+                outcome = reaping.reap(cfg, dry_run=dry_run, quarantine=not no_quarantine,
+                                       state_dir=state_dir, hooks=hooks, only=only,
+                                       owner=owner_uid, if_owner_gone=if_owner_gone)  # fmt: skip
+            else:
+                outcome = reaping.reap_all(sweep, cfg, dry_run=dry_run, hooks=hooks, only=only,
+                                           quarantine=not no_quarantine, state_dir=state_dir,
+                                           owner=owner_uid, if_owner_gone=if_owner_gone)  # fmt: skip
         if outcome.owner_present is not None:
             typer.echo(f"shmjanitor: {reaping.owner_present(outcome.owner_present)}", err=True)
         if logger is not None:
@@ -801,6 +827,13 @@ def rm(
         False, "--verbose", "-v",
         help="Say what was removed, a line per object (a dry run always does).",
     ),
+    all_namespaces: bool = typer.Option(
+        False, "--all-namespaces", "-A",
+        help="Look for each object in every IPC namespace of the machine: it must be in "
+        "exactly one (ids and keys are per namespace), else nothing is removed (exit 2). "
+        "Needs CAP_SYS_ADMIN (root).",
+    ),
+    namespace: Optional[str] = NAMESPACE_OPT,
 ) -> None:  # fmt: skip
     """Remove the named objects, like ipcrm, but refuse one that is in use.
 
@@ -840,14 +873,35 @@ def rm(
         cfg = _load_config(config_path)
         with remove.stop_on_signals() as stop:
             hooks = reaping.Hooks(on_note=_note, stop=stop)
-            outcome = reaping.rm(named, cfg, force=force, dry_run=dry_run,
-                                 quarantine=not no_quarantine, state_dir=state_dir,
-                                 hooks=hooks)  # fmt: skip
+            sweep = _sweep(all_namespaces, namespace)
+            if sweep is None:
+                outcome = reaping.rm(named, cfg, force=force, dry_run=dry_run,
+                                     quarantine=not no_quarantine, state_dir=state_dir,
+                                     hooks=hooks)  # fmt: skip
+            else:
+                outcome = reaping.rm_all(named, sweep, cfg, force=force, dry_run=dry_run,
+                                         quarantine=not no_quarantine, state_dir=state_dir,
+                                         hooks=hooks)  # fmt: skip
         _show_rm(outcome, as_json, verbose)
     if outcome.interrupted:
         raise typer.Exit(128 + outcome.interrupted)
     if not outcome.ok:
         raise typer.Exit(1)
+
+
+def _explain_in(sweep, named, one):  # type: ignore[no-untyped-def]
+    """explain's job inside the namespace --namespace names: at its place that reads
+    the object's kind (a POSIX path: the place with that directory)."""
+    from shmjanitor import inside
+
+    place = sweep.places[0]  # the namespace's System V tables are read here
+    if named.path is not None:  # its POSIX directories where the sweep reads them
+        place = next((p for p in sweep.places if p.ns.own or p.shm is not None
+                      or p.mqueue is not None), place)  # fmt: skip
+    try:
+        return inside.run(place, lambda: one(place.ns))
+    except (inside.Vanished, inside.Unreachable) as e:
+        raise fail(f"{e}", 1) from None
 
 
 @app.command(short_help="Everything known of one object: users, parties, rules, reap.")
@@ -889,6 +943,7 @@ def explain(
         help="table (bold headings), plain, json, or auto: table on a terminal, plain "
         "otherwise.",
     ),
+    namespace: Optional[str] = NAMESPACE_OPT,
 ) -> None:  # fmt: skip
     """Explain one object: its kernel facts, the processes using it now (a segment's
     attached processes, from their maps; a POSIX object's holders; a queue's blocked
@@ -918,8 +973,14 @@ def explain(
     with errors_as_exit():
         cfg = _load_config(config_path, min_age=_duration("--min-age", min_age),
                            include_system=include_system)  # fmt: skip
-        v = explain_.find(named[0], state_dir or cfg.state_dir)
-        e = explain_.explain(v, cfg, reaping.caller(), state_dir or cfg.state_dir)
+        where = _sweep(False, namespace)
+        sd = state_dir or cfg.state_dir
+
+        def one(ns: Any = None) -> Any:
+            v = explain_.find(named[0], sd, ns)
+            return explain_.explain(v, cfg, reaping.caller(), sd)
+
+        e = one() if where is None else _explain_in(where, named[0], one)
         chosen = _pick_format(fmt, as_json)
         if chosen is Format.JSON:
             sys.stdout.write(json.dumps(explain_.to_json(e), separators=(",", ":")) + "\n")
@@ -966,10 +1027,29 @@ def quarantine_list(
     (STATUS: removed, restored:NEW_ID, or pending while its run is not settled)."""
     with errors_as_exit():
         store = _store(config_path, state_dir)
-        _print_entries(store.entries(), as_json, not noheadings)
+        entries = store.entries()
+        _print_entries(entries, as_json, not noheadings, _namespaces_of(store, entries))
 
 
-def _print_entries(entries, as_json: bool, header: bool) -> None:  # type: ignore[no-untyped-def]
+def _namespaces_of(store, entries):  # type: ignore[no-untyped-def]
+    """run -> its IPC namespace and container (recorded by each run: ipc_ns, and for a
+    sweep's run its container), when some entry was removed in another namespace."""
+    from shmjanitor.lock import ipc_namespace
+    from shmjanitor.quarantine import Damaged
+
+    runs = {}
+    for run in dict.fromkeys(e.run for e in entries):
+        try:
+            doc = store.load(run)
+        except (Damaged, OSError):  # its entries were not listed either
+            continue
+        runs[run] = {"ipc": doc.get("ipc_ns"), "container": doc.get("container")}
+    ours = ipc_namespace()
+    return runs if any(r["ipc"] not in (None, ours) for r in runs.values()) else {}
+
+
+def _print_entries(entries, as_json: bool, header: bool,  # type: ignore[no-untyped-def]
+                   where=None) -> None:  # fmt: skip
     import json
 
     from shmjanitor.accounts import owner_name
@@ -987,6 +1067,7 @@ def _print_entries(entries, as_json: bool, header: bool) -> None:  # type: ignor
         "mode": e.doc["mode"], "removed_at": e.doc["removed_at"], "reason": e.doc["reason"],
         "restored_as": e.doc.get("restored_as"), "status": e.doc["status"],
         **({"path": entry_path(e.doc)} if entry_path(e.doc) else {}),
+        **({"namespace": where[e.run]} if where and e.run in where else {}),
     } for e in entries]  # fmt: skip
     if as_json:
         typer.echo(json.dumps({"entries": rows}))
@@ -1011,6 +1092,9 @@ def _print_entries(entries, as_json: bool, header: bool) -> None:  # type: ignor
     if {r["kind"] for r in rows} != {LEGACY_KIND}:  # KIND after ID, as report.table has it
         cols = (*cols[:2], Col("KIND", drop=5), *cols[2:])
         cells = [c[:2] + (r["kind"],) + c[2:] for c, r in zip(cells, rows)]
+    if where:  # entries of other namespaces (reap -A): which one each was in
+        cols = (*cols[:-1], Col("NAMESPACE", drop=6, squeeze=True), cols[-1])
+        cells = [(*c[:-1], _ns_cell(r.get("namespace")), c[-1]) for c, r in zip(cells, rows)]
     lines = draw(cols, cells, _width() if tty else None, header=header,
                  color=use_color(sys.stdout))  # fmt: skip
     typer.echo("\n".join(lines))
@@ -1018,6 +1102,12 @@ def _print_entries(entries, as_json: bool, header: bool) -> None:  # type: ignor
 
 def _same(text: str) -> str:
     return text
+
+
+def _ns_cell(ns) -> str:  # type: ignore[no-untyped-def]
+    if not ns or ns.get("ipc") is None:
+        return "-"
+    return printable(ns.get("container") or f"ipc:[{ns['ipc']}]")
 
 
 @quarantine_app.command("purge", short_help="Delete entries for good.")
@@ -1147,7 +1237,7 @@ def restore(
             which = store.find_by("key", k, f"{noun}key 0x{k:08x}", kind)
         try:
             with _signals_raise():
-                new_id, k = quarantine.restore(store, which, time.time())
+                new_id, k = _restore_where(store, which)
         except _Interrupted as stop:
             typer.echo(f"shmjanitor: interrupted by {stop.name}: nothing restored", err=True)
             raise typer.Exit(128 + stop.signum) from None
@@ -1166,6 +1256,33 @@ def restore(
                 typer.echo(f"restored {printable(which)} as {printable(path)} (inode {new_id})")
             else:
                 typer.echo(f"restored {printable(which)} as id {new_id} (key 0x{k:08x})")
+
+
+def _restore_where(store, which):  # type: ignore[no-untyped-def]
+    """quarantine.restore, inside the IPC namespace where the entry's run removed it (a
+    sweep's, -A): found again by its recorded process or container, else refused."""
+    from functools import partial
+
+    from shmjanitor import inside, namespaces, quarantine
+    from shmjanitor.lock import ipc_namespace
+
+    entry = store.find(which) if isinstance(which, str) else which
+    run = store.load(entry.run)
+    ipc = run.get("ipc_ns")
+    restore = partial(quarantine.restore, store, which, time.time())
+    if (not isinstance(ipc, int) or ipc == ipc_namespace()
+            or entry.doc.get("status") != quarantine.REMOVED
+            or entry.doc.get("restored_as") is not None):  # fmt: skip
+        return restore()  # here, or refused as it says (pending, already restored)
+    try:
+        place = namespaces.home(ipc, run.get("container"), run.get("ns_pid"),
+                                run.get("ns_pid_start"), entry.doc.get("dir"))  # fmt: skip
+    except ValueError as e:
+        raise quarantine.RestoreError(f"entry {entry.name} not restored: {e}") from None
+    try:
+        return inside.run(place, restore)
+    except (inside.Vanished, inside.Unreachable) as e:
+        raise quarantine.RestoreError(f"entry {entry.name} not restored: {e}") from None
 
 
 class _Interrupted(BaseException):

@@ -38,6 +38,14 @@ class Unreachable(Exception):
     """The namespace could not be entered (setns refused): its objects are not read."""
 
 
+class Died(JanitorError):
+    """The child died without an answer (SIGKILL, the OOM killer): what it did there is
+    not known here; a reap's quarantine run is settled by the next run in that
+    namespace, as any killed run's."""
+
+    exit_code = 1
+
+
 def _dir(place: Place, rel: str, dev: Optional[int], proc: str) -> Optional[str]:
     """The place's directory `rel` as a path of an fd of ours, if it is still the one
     the sweep found (same device); None: none to read (said by the sweep)."""
@@ -93,6 +101,7 @@ def _in_child(place: Place, fd: int, job: Callable[[], T], stop: Any, proc: str)
                 answer = ("unreachable", f"{place.ns.said()} not read: {e.strerror}")
             else:
                 try:
+                    namespaces.working = place.ns
                     posixfs.reach(_dir(place, SHM, place.shm, proc),
                                   _dir(place, MQUEUE, place.mqueue, proc))  # fmt: skip
                     answer = ("ok", job())
@@ -113,7 +122,7 @@ def _in_child(place: Place, fd: int, job: Callable[[], T], stop: Any, proc: str)
         finally:
             os._exit(code)
     os.close(w)
-    chunks = []
+    chunks: list[bytes] = []
     told = False
     try:
         while True:
@@ -129,9 +138,11 @@ def _in_child(place: Place, fd: int, job: Callable[[], T], stop: Any, proc: str)
             chunks.append(chunk)
     finally:
         os.close(r)
-        _reap_child(pid)
+        status = _reap_child(pid)
     if not chunks:
-        raise RuntimeError(f"the child for {place.ns.said()} died without an answer")
+        how = (f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+               else f"exit status {os.waitstatus_to_exitcode(status)}")  # fmt: skip
+        raise Died(f"the run inside {place.ns.said()} died without an answer ({how})")
     what, value = pickle.loads(b"".join(chunks))
     if what == "ok":
         return value  # type: ignore[no-any-return]
@@ -142,13 +153,13 @@ def _in_child(place: Place, fd: int, job: Callable[[], T], stop: Any, proc: str)
     raise RuntimeError(f"in {place.ns.said()}: {value}")
 
 
-def _reap_child(pid: int) -> None:
+def _reap_child(pid: int) -> int:
+    """Its wait status (0 when it was already reaped elsewhere)."""
     while True:
         try:
-            os.waitpid(pid, 0)
-            return
+            return os.waitpid(pid, 0)[1]
         except ChildProcessError:
-            return
+            return 0
         except InterruptedError:
             continue
 

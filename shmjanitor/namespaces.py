@@ -24,6 +24,7 @@ import ctypes
 import errno
 import os
 import re
+import stat
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
@@ -34,6 +35,7 @@ SHM = "dev/shm"
 MQUEUE = "dev/mqueue"
 TMPFS_MAGIC = 0x01021994  # include/uapi/linux/magic.h
 MQUEUE_MAGIC = 0x19800202
+NSFS_MAGIC = 0x6E736673
 CLONE_NEWIPC = 0x08000000
 NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs fd: its CLONE_NEW* type (Linux 4.11)
 
@@ -361,13 +363,19 @@ def named(text: str, proc: str = PROC) -> int:
     Raises ValueError with what to do."""
     path = f"{proc}/{text}/ns/ipc" if text.isdigit() else text
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # a namespace file is a regular file of nsfs: anything else (a FIFO, whose open
+        # would wait; a device, whose open may act) is refused before it is opened
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ValueError(f"{text}: not a namespace file (a pid or /proc/PID/ns/ipc)")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
         what = f"no process {text}" if text.isdigit() and e.errno == errno.ENOENT else e.strerror
         raise ValueError(f"{text}: {what}") from None
     try:
         import fcntl
 
+        if fs_type(fd) != NSFS_MAGIC:
+            raise ValueError(f"{text}: not a namespace file (a pid or /proc/PID/ns/ipc)")
         try:
             kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
         except OSError:
@@ -403,3 +411,46 @@ def setns(fd: int, nstype: int = CLONE_NEWIPC) -> None:
 
 def lowest(pids: Iterable[int]) -> Optional[int]:
     return min(pids, default=None)
+
+
+# The namespace a sweep's child works in (inside.run sets it): the quarantine records it
+# with each run, so that restore can find it again. None: ours, as always.
+working: Optional[Namespace] = None
+
+
+def start_time(pid: int, proc: str = PROC) -> Optional[int]:
+    """The start time of a process in clock ticks since boot (/proc/PID/stat field 22):
+    with its pid, a name for it that a recycled pid does not have."""
+    text = _read(f"{proc}/{pid}/stat")
+    if text is None:
+        return None
+    try:
+        return int(text[text.rindex(")") + 2 :].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
+def home(ipc: int, container: Optional[str], pid: Optional[int], pid_start: Optional[int],
+         posix_dir: Optional[str] = None, proc: str = PROC) -> Place:  # fmt: skip
+    """The place of a quarantine run's namespace, to restore into it; ValueError with
+    what to do when it is gone or cannot be told from a later one. A namespace's inode
+    is reused once it has ended, so it is the same namespace only when the very
+    process recorded (its pid and start time) is still in it, or, for a container, when
+    the process in it now is of the same container."""
+    places = sweep(proc, only=ipc).places
+    if not places or places[0].ns.pid is None:
+        raise ValueError(f"its IPC namespace ipc:[{ipc}]{f' ({container})' if container else ''} "
+                         "no longer exists (no process is in it): its objects went with it")  # fmt: skip
+    same_process = pid is not None and pid in places[0].pids and start_time(pid, proc) == pid_start
+    same_container = container is not None and places[0].ns.container == container
+    if not (same_process or same_container):
+        raise ValueError(f"its IPC namespace ipc:[{ipc}] may be another one now ({places[0].ns.said()}), "
+                         "or cannot be told from one: its recorded process has exited and it "
+                         "has no container name; restore from inside it (nsenter --ipc "
+                         "--target PID shmjanitor restore ...) if you know it is the same")  # fmt: skip
+    if posix_dir is not None:
+        rel = SHM if posix_dir == "/dev/shm" else MQUEUE
+        for p in places:
+            if (p.shm if rel == SHM else p.mqueue) is not None:
+                return p._replace(sysv=True)
+    return places[0]

@@ -57,7 +57,7 @@ from shmjanitor.errors import JanitorError, SaveFailed, StateDirError
 from shmjanitor.lock import ipc_namespace
 from shmjanitor.paths import default_state_dir
 from shmjanitor.remove import LEGACY_KIND, parse_lock_note
-from shmjanitor.render import json_string
+from shmjanitor.render import json_int, json_string
 
 VERSION = 2
 PENDING, REMOVED = "pending", "removed"
@@ -722,6 +722,19 @@ def _owner_is_gone(path: Path) -> bool:
     return True
 
 
+def _where() -> str:
+    """A run of a sweep's child (-A): the namespace's container and a process in it
+    (pid and start time), which restore checks to find that very namespace again."""
+    from shmjanitor import namespaces
+
+    ns = namespaces.working
+    if ns is None:
+        return ""
+    start = namespaces.start_time(ns.pid) if ns.pid is not None else None
+    return (f'"container": {json_string(ns.container)}, "ns_pid": {json_int(ns.pid)}, '
+            f'"ns_pid_start": {json_int(start)}, ')  # fmt: skip
+
+
 def settle(store: Store, run: str, doc: dict[str, Any], locked: str = "") -> None:
     """Decide every `pending` entry of an interrupted run (see the module docstring).
 
@@ -940,7 +953,7 @@ class Batch:
             entries = ", ".join(h + _TAIL[PENDING] for h in self._heads)
         return (f'{{"version": {VERSION}, "run": {json_string(self.run)}, '
                 f'"created_at": {int(self.now)}, "boot_id": {json_string(boot_id())}, '
-                f'"ipc_ns": {ipc_namespace()}, "pid": {os.getpid()}, '
+                f'"ipc_ns": {ipc_namespace()}, "pid": {os.getpid()}, {_where()}'
                 f'"entries": [{entries}]}}')  # fmt: skip
 
     def commit(self) -> None:

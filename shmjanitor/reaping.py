@@ -5,8 +5,10 @@ which kind each id or key it is given names."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -119,12 +121,14 @@ def _locked(dry_run: bool, cfg: _config.Config, state_dir: Optional[Path],
 def reap(cfg: _config.Config, *, dry_run: bool, quarantine: bool, state_dir: Optional[Path],
          proc_shm: Path = survey.scan.PROC_SHM, hooks: Hooks = Hooks(),
          only: Collection[str] = (), owner: Optional[int] = None,
-         if_owner_gone: bool = False) -> Outcome:  # fmt: skip
+         if_owner_gone: bool = False, ns: Any = None) -> Outcome:  # fmt: skip
     """Remove the orphans the policy lets go; a result for every orphan considered.
     `only`: the kinds to consider (registry names, kinds.names()); empty: every kind.
     `owner`: only objects this uid owns. `if_owner_gone` (a job epilog's mode, with
     `owner`): only if the owner has no process left but this run's own ancestry
-    (procs.ancestry); else nothing is considered and Outcome.owner_present says why."""
+    (procs.ancestry); else nothing is considered and Outcome.owner_present says why.
+    `ns` (namespaces.Namespace): the namespace a sweep's child reaps (reap_all), which
+    reads only the kinds `only` names there and marks its verdicts with it."""
     if if_owner_gone and owner is None:
         raise ValueError("if_owner_gone needs an owner")
     # The epilog that runs us, and whatever started it, wait for us: they are no job of
@@ -137,8 +141,9 @@ def reap(cfg: _config.Config, *, dry_run: bool, quarantine: bool, state_dir: Opt
     with _locked(dry_run, cfg, state_dir, hooks) as held, procs.not_counting(skip):
         # The survey is taken under the lock: a reaper that waited sees what the first
         # one left, so two reapers never both try the same object.
-        sv = survey.take(proc_shm, state_dir=state_dir or cfg.state_dir, record=not dry_run)
-        seen = _history(sv, cfg, state_dir, hooks, dry_run)
+        sv = survey.take(proc_shm, state_dir=state_dir or cfg.state_dir, record=not dry_run,
+                         kinds=only if ns is not None else None, ns=ns)  # fmt: skip
+        seen = _history(sv, cfg, state_dir, hooks, dry_run or not _ours(ns))
         if if_owner_gone:
             # Asked after the survey, so that any process of the owner that lived while
             # it was taken is seen (one started since is seen by each object's re-check
@@ -160,7 +165,7 @@ def reap(cfg: _config.Config, *, dry_run: bool, quarantine: bool, state_dir: Opt
                         state_dir=state_dir, hooks=hooks, held=held)  # fmt: skip
     # execute gives a result per candidate, in order; candidates are the decisions to
     # remove, in order: walk both (no dict of 32,000 ids to build and look up).
-    if not dry_run:
+    if not dry_run and _ours(ns):
         _removed(done, quarantine, seen, cfg, state_dir, hooks)
     done_in_order = iter(done)
     results = []
@@ -266,11 +271,13 @@ class Named(NamedTuple):
 
 def rm(named: Sequence[Named], cfg: _config.Config, *, force: bool, dry_run: bool,
        quarantine: bool, state_dir: Optional[Path], proc_shm: Path = survey.scan.PROC_SHM,
-       hooks: Hooks = Hooks()) -> Outcome:  # fmt: skip
-    """Remove the named objects, refusing any that is in use unless `force`."""
+       hooks: Hooks = Hooks(), ns: Any = None) -> Outcome:  # fmt: skip
+    """Remove the named objects, refusing any that is in use unless `force`. `ns`: the
+    namespace a sweep's child acts in (rm_all)."""
     with _locked(dry_run, cfg, state_dir, hooks) as held:
-        sv = survey.take(proc_shm, state_dir=state_dir or cfg.state_dir, record=not dry_run)
-        seen = _history(sv, cfg, state_dir, hooks, dry_run)
+        sv = survey.take(proc_shm, state_dir=state_dir or cfg.state_dir, record=not dry_run,
+                         ns=ns)  # fmt: skip
+        seen = _history(sv, cfg, state_dir, hooks, dry_run or not _ours(ns))
         # Ids and keys are per kind: a segment and a semaphore set may share both.
         by_id = {(v.obj.kind, v.obj.id): v for v in sv.verdicts}
         problems: list[str] = []
@@ -318,7 +325,7 @@ def rm(named: Sequence[Named], cfg: _config.Config, *, force: bool, dry_run: boo
     # larger than quarantine_max_bytes, changed since the scan) leaves the job undone,
     # exit 1. One "gone" is done: someone else removed it first.
     results = refused + done
-    if not dry_run:
+    if not dry_run and _ours(ns):
         _removed(done, quarantine, seen, cfg, state_dir, hooks)
     problems.extend(f"{said(r.verdict, escape=False)}: {r.reason}" for r in results
                     if r.action is Action.KEPT)  # fmt: skip
@@ -331,6 +338,123 @@ def said(v: Verdict, escape: bool = True) -> str:
     Outcome.problems, which JSON carries as they are)."""
     o = v.obj
     path = getattr(o, "path", None)
+    # in a sweep (-A), an object of another namespace says which: ids are per namespace
+    there = "" if v.ns is None or v.ns.own else f" in {v.ns.said()}"
     if path is not None:
-        return f"{kinds.kind_of(o).NOUN} {printable(path) if escape else path}"
-    return f"{kinds.kind_of(o).NOUN} {o.id}"
+        return f"{kinds.kind_of(o).NOUN} {printable(path) if escape else path}{there}"
+    return f"{kinds.kind_of(o).NOUN} {o.id}{there}"
+
+
+# --- every namespace (issue 14): the same run inside each, one child per namespace ------
+
+
+def _ours(ns: Any) -> bool:
+    """The history keeps our own namespace's objects only: ids are per namespace."""
+    return ns is None or bool(ns.own)
+
+
+def _inside(job: Callable[[Any], Outcome], place: Any) -> Outcome:
+    o = job(place)
+    return o._replace(survey=o.survey.portable())
+
+
+def _merged(parts: Sequence[Outcome], dry_run: bool, notes: Sequence[str],
+            hooks: Hooks) -> Outcome:  # fmt: skip
+    sv = survey.merged([o.survey for o in parts], notes)
+    return Outcome(
+        sv, [r for o in parts for r in o.results], dry_run,
+        [p for o in parts for p in o.problems],
+        next((o.interrupted for o in parts if o.interrupted), None) or _signal(hooks),
+        next((o.owner_present for o in parts if o.owner_present is not None), None),
+    )  # fmt: skip
+
+
+def _each(sweep: Any, hooks: Hooks,
+          job: Callable[[Any], Outcome]) -> tuple[list[Outcome], list[str]]:  # fmt: skip
+    """job(place) inside each place of the sweep, in order, until a signal stops us;
+    a namespace that ended or cannot be entered is a note, not a failure. A failure in
+    one namespace (its lock held too long, its run killed) is a problem of the run
+    (exit 1) and the others go on: an Outcome of its own says it."""
+    from shmjanitor import inside
+
+    parts: list[Outcome] = []
+    notes = list(sweep.notes)
+    for text in sweep.notes:
+        hooks.on_note(text)
+    for place in sweep.places:
+        if hooks.stop:
+            break
+        try:
+            parts.append(inside.run(place, partial(_inside, job, place), stop=hooks.stop))
+        except inside.Vanished:
+            text = f"{place.ns.said()} ended before it was entered: its objects went with it"
+        except inside.Unreachable as e:
+            text = str(e)
+        except JanitorError as e:  # inside.Died, LockTimeout, StateDirError, ...
+            failed = survey.Survey([], survey.scan.read_limits(), time.time())
+            parts.append(Outcome(failed, [], False, [f"in {place.ns.said()}: {e}"]))
+            continue
+        else:
+            continue
+        notes.append(text)
+        hooks.on_note(text)
+    return parts, notes
+
+
+def reap_all(sweep: Any, cfg: _config.Config, *, dry_run: bool, hooks: Hooks = Hooks(),
+             only: Collection[str] = (), **kw: Any) -> Outcome:  # fmt: skip
+    """reap() inside every place of a sweep (namespaces.sweep: -A, --namespace), each
+    in its namespace with its own lock; one Outcome for all."""
+    names = tuple(only) or kinds.names()
+
+    def job(place: Any) -> Outcome:
+        return reap(cfg, dry_run=dry_run, hooks=hooks, only=survey.kinds_at(place, names),
+                    ns=place.ns, **kw)  # fmt: skip
+
+    parts, notes = _each(sweep, hooks, job)
+    return _merged(parts, dry_run, notes, hooks)
+
+
+def _matches(n: Named, o: Any) -> bool:
+    if n.path is not None:
+        return getattr(o, "path", None) == n.path
+    return bool(o.kind == n.kind and (o.key if n.by_key else o.id) == n.value)
+
+
+def _what(n: Named) -> str:
+    if n.path is not None:
+        return f"POSIX object at {n.path}"
+    noun = kinds.of(n.kind).NOUN
+    return f"{noun} with key 0x{n.value:08x}" if n.by_key else f"{noun} with id {n.value}"
+
+
+def rm_all(named: Sequence[Named], sweep: Any, cfg: _config.Config, *, dry_run: bool,
+           hooks: Hooks = Hooks(), **kw: Any) -> Outcome:  # fmt: skip
+    """rm() of each named object in the one namespace of the sweep that has it. Ids and
+    keys are per namespace: one found in several is refused before anything is done
+    (ConfigError, exit 2: name the namespace with --namespace); one found in none is a
+    problem, as rm's."""
+    looked = survey.take_all(sweep)
+    where: dict[Named, list[Any]] = {}
+    for n in named:
+        for v in looked.verdicts:
+            if _matches(n, v.obj) and v.ns not in where.setdefault(n, []):
+                where[n].append(v.ns)
+    for n, nss in where.items():
+        if len(nss) > 1:
+            raise ConfigError(f"the {printable(_what(n))} is in {len(nss)} namespaces "
+                              f"({', '.join(ns.said() for ns in nss)}): name one with "
+                              "--namespace PID; nothing removed")  # fmt: skip
+    problems = [f"no {_what(n)} in any namespace" for n in named if not where.get(n)]
+    home = {n: nss[0] for n, nss in where.items() if nss}
+
+    def job(place: Any) -> Outcome:
+        mine = [n for n in named if home.get(n) == place.ns and (place.sysv or n.path)]
+        if not mine:
+            return Outcome(survey.take(kinds=(), ns=place.ns), [], dry_run, [])
+        return rm(mine, cfg, dry_run=dry_run, hooks=hooks, ns=place.ns, **kw)
+
+    places = [p for p in sweep.places if p.ns in home.values()]
+    parts, notes = _each(sweep._replace(places=places, notes=[]), hooks, job)
+    out = _merged(parts, dry_run, [*looked.notes, *notes], hooks)
+    return out._replace(problems=problems + out.problems)

@@ -98,6 +98,19 @@ def _path(o: object) -> Optional[str]:
     return getattr(o, "path", None)
 
 
+def _ns_fields(ns: Any) -> str:
+    """' ns=4026532312 container="docker:3f2a9c1b7d4e"' for a sweep's result (-A):
+    which namespace its id is one of; '' for a run in ours alone."""
+    if ns is None:
+        return ""
+    return f" ns={ns.ipc}" + ("" if ns.container is None else f" container={_quote(ns.container)}")
+
+
+def where(ns: Any) -> str:
+    """A table's NAMESPACE cell: the container, else the namespace's inode."""
+    return "-" if ns is None else printable(ns.container or f"ipc:[{ns.ipc}]")
+
+
 def log_line(r: Result) -> str:
     """One key=value line, as journald and grep like them (action and id first). A
     POSIX object's path follows its kind, quoted and escaped (a file name is any bytes:
@@ -106,10 +119,10 @@ def log_line(r: Result) -> str:
     s = v.obj
     cpid = _cpid(v)
     path = _path(s)
-    made = history.said(s)  # "made by `cmd` (user, unit), first seen 3d ago": recorded
+    made = history.said(s) if v.ns is None or v.ns.own else None  # the history is ours
     # Built from cached pieces in one f-string: a big reap logs 32,000 of these.
     return (
-        f"action={r.action.value} id={s.id} kind={s.kind}"
+        f"action={r.action.value} id={s.id} kind={s.kind}{_ns_fields(v.ns)}"
         f"{'' if path is None else f' path={_quote(path)}'} key=0x{s.key:08x} size={s.size} "
         f"{_owner_uid(s.uid)}{'' if cpid is None else f' cpid={cpid}'} "
         f"idle={format_age(v.idle_for)} reason={_quote(r.reason)}"
@@ -160,6 +173,7 @@ _COLS = (Col("ACTION"), Col("ID", right=True), Col("KEY", drop=3), Col("SIZE", r
          Col("CPID", right=True, drop=5), Col("IDLE", right=True, drop=1),
          Col("REASON", wrap=True))  # fmt: skip
 _KIND_COL = Col("KIND", drop=7)  # after ID, unless every result is a segment's
+_WHERE_COL = Col("NAMESPACE", drop=8, squeeze=True)  # after KIND, in a sweep (-A)
 
 
 def table(o: Outcome, out: IO[str], err: IO[str], *, verbose: bool, width: Optional[int] = None,
@@ -176,7 +190,10 @@ def table(o: Outcome, out: IO[str], err: IO[str], *, verbose: bool, width: Optio
                      printable(owner_name(s.uid)), str(s.uid), "-" if cpid is None else str(cpid),
                      format_age(r.verdict.idle_for), printable(r.reason)))  # fmt: skip
     cols: tuple[Col, ...] = (*_COLS[:2], _KIND_COL, *_COLS[2:])
-    if {row[2] for row in rows} <= {LEGACY_KIND}:
+    if any(r.verdict.ns is not None for r in results):  # a sweep (-A): which namespace
+        cols = (*cols[:3], _WHERE_COL, *cols[3:])
+        rows = [(*row[:3], where(r.verdict.ns), *row[3:]) for row, r in zip(rows, results)]
+    elif {row[2] for row in rows} <= {LEGACY_KIND}:
         # Segments alone: the table they had before there were kinds. Any other kind
         # is named even alone: "removed 0 0x..." would read as a segment's row.
         cols = _COLS

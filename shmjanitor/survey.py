@@ -139,7 +139,16 @@ def take_all(sweep: Any, kinds: Optional[Iterable[str]] = None,
             notes.append(f"{place.ns.said()} ended before it was read: its objects went with it")
         except inside.Unreachable as e:
             notes.append(str(e))
-    base = parts[0] if parts else take(kinds=())  # ours, when the sweep has it: first
+    return merged(parts, notes, names)
+
+
+def merged(parts: list[Survey], notes: Iterable[str] = (),
+           names: Optional[tuple[str, ...]] = None) -> Survey:  # fmt: skip
+    """One survey of the parts a sweep read (verdicts in order); the first part (ours,
+    when the sweep has it) gives the limits and the time."""
+    base = parts[0] if parts else take(kinds=())
+    if names is None:
+        names = _ordered({n for p in parts for n in p.kinds})
     verdicts = [v for p in parts for v in p.verdicts]
     return Survey(verdicts, base.limits, base.taken_at, MappingProxyType(dict(base.kind_limits)),
                   names, tuple(notes))  # fmt: skip

@@ -61,7 +61,9 @@ class World:
     def argv(self, cmd: Sequence[str]) -> list[str]:
         return ["nsenter", "-t", str(self.init), "-i", "-m", "-p", "--", *cmd]
 
-    def run(self, cmd: Sequence[str], check: bool = False, **kw: Any) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, cmd: Sequence[str], check: bool = False, **kw: Any
+    ) -> subprocess.CompletedProcess[str]:
         kw.setdefault("env", self.env)
         return subprocess.run(self.argv(cmd), capture_output=True, text=True, check=check,
                               timeout=kw.pop("timeout", 120), **kw)  # fmt: skip
