@@ -452,7 +452,25 @@ def list_(
         listing.run(states=set(state or ()), owner=owner, sort=sort, exact_bytes=exact_bytes,
                     fmt=picked, metrics_file=metrics_file, out=sys.stdout, view=view,
                     kinds=chosen, history=_history_of(None, None),
-                    sweep=_sweep(all_namespaces, namespace), note=_note)  # fmt: skip
+                    sweep=_sweep(_all_by_config(all_namespaces, namespace, None), namespace),
+                    note=_note)  # fmt: skip
+
+
+def _all_by_config(all_namespaces: bool, namespace: Optional[str], cfg: Any) -> bool:
+    """-A as given; without -A and --namespace, the config's all_namespaces (`cfg`, or
+    the default file's for list, which has no --config) for a run that may setns(2)
+    (CAP_SYS_ADMIN): an ordinary user's run keeps to its own namespace, as without it."""
+    if all_namespaces or namespace is not None:
+        return all_namespaces
+    from shmjanitor import config, kernel
+    from shmjanitor.errors import ConfigError
+
+    if cfg is None:
+        try:
+            cfg = config.load(None)
+        except ConfigError:
+            return False  # said by the history's note: list reads the file for it too
+    return bool(cfg.all_namespaces) and kernel.has_cap_sys_admin()
 
 
 def _history_of(config_path: Optional[Path], state_dir: Optional[Path]):  # type: ignore[no-untyped-def]
@@ -653,7 +671,7 @@ def reap(
                 on_note=logger.note if logger else _note,
                 stop=stop,
             )
-            sweep = _sweep(all_namespaces, namespace)
+            sweep = _sweep(_all_by_config(all_namespaces, namespace, cfg), namespace)
             if sweep is None:
                 outcome = reaping.reap(cfg, dry_run=dry_run, quarantine=not no_quarantine,
                                        state_dir=state_dir, hooks=hooks, only=only,
@@ -1312,6 +1330,13 @@ def install_units(
         help="Also install shmjanitor-watch.service (shmjanitor watch, off by default) "
         "and, with --enable, enable --now it.",
     ),
+    all_namespaces: bool = typer.Option(
+        False,
+        "--all-namespaces",
+        help="Also install the drop-in shmjanitor.service.d/all-namespaces.conf, which "
+        "lets the service enter every IPC namespace (RestrictNamespaces=ipc) for "
+        "all_namespaces = true in /etc/shmjanitor.toml.",
+    ),
 ) -> None:
     """Install the hardened systemd service and timer for this shmjanitor.
 
@@ -1332,7 +1357,7 @@ def install_units(
     with errors_as_exit():
         exec_path = units.find_exec_path()
         units.check_trusted(exec_path)  # root's service must not run what others can change
-        for path in units.install_units(dest, exec_path, watch):
+        for path in units.install_units(dest, exec_path, watch, all_namespaces):
             typer.echo(f"wrote {printable(str(path))}")
     if not enable:
         return

@@ -278,6 +278,21 @@ def own_ipc(proc: str = PROC) -> int:
     return os.stat(f"{proc}/self/ns/ipc").st_ino
 
 
+def here(proc: str = PROC) -> Namespace:
+    """The namespace this shmjanitor runs in, named as a sweep names it (an object whose
+    verdict has no namespace is in it): its inode, pid 1 when our PID namespace's pid 1
+    shares it (a container's init, the machine's), else our own pid, and the container
+    that pid is in. One stat(2) a call; the rest is worked out once per namespace (a
+    process may unshare(2) between two listings: the test suite does, per test)."""
+    return _here(proc, own_ipc(proc))
+
+
+@lru_cache(maxsize=8)
+def _here(proc: str, ipc: int) -> Namespace:
+    pid = 1 if _ns_inode("1", "ipc", proc) == ipc else os.getpid()
+    return Namespace(ipc, pid, container_of_pid(pid, proc), own=True)
+
+
 def _pids(proc: str) -> Iterator[int]:
     for name in os.listdir(proc):
         if name.isdigit():
