@@ -1333,9 +1333,9 @@ def install_units(
     all_namespaces: bool = typer.Option(
         False,
         "--all-namespaces",
-        help="Also install the drop-in shmjanitor.service.d/all-namespaces.conf, which "
-        "lets the service enter every IPC namespace (RestrictNamespaces=ipc) for "
-        "all_namespaces = true in /etc/shmjanitor.toml.",
+        help="Also install the drop-in all-namespaces.conf (in shmjanitor.service.d), "
+        "which lets the service enter every IPC namespace (RestrictNamespaces=ipc), "
+        "for all_namespaces = true in /etc/shmjanitor.toml.",
     ),
 ) -> None:
     """Install the hardened systemd service and timer for this shmjanitor.
