@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from itertools import chain
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple, Optional
@@ -48,6 +47,38 @@ def take(path: Path = scan.PROC_SHM, now: Optional[float] = None,
     `ns` (namespaces.Namespace): the namespace a sweep reads, for every verdict.
     """
     names = _kinds.names() if kinds is None else _ordered(kinds)
+    tables = read(names, path)
+    clock = liveness.observe(state_dir, record)
+    # One pass of process facts for every kind: each distinct pid is looked up once.
+    facts = procs.look_up(tables.pids(), clock.btime or None)  # 0: no btime, no start times
+    users = tables.users if tables.users is not None else procs.users(tables.uids())
+    taken_at = time.time() if now is None else now
+    verdicts = classify_all(tables.objects, facts, taken_at, clock, users, tables.parties, ns)
+    limits, kind_limits = _limits(names)
+    return Survey(verdicts, limits, taken_at, MappingProxyType(kind_limits), names)
+
+
+class Tables(NamedTuple):
+    """A namespace's objects as read inside it, and each one's parties (kinds.Kind
+    .parties), before any process is looked at: what a sweep's child sends back."""
+
+    objects: list[IpcObject]
+    parties: list[tuple[Party, ...]]
+    # procs.users of the uids some party names, when looked up where the tables were
+    # read (whether /proc shows every process of a user depends on the reader's IPC
+    # namespace: procs.unseen_ipc_peers); None: not yet.
+    users: Optional[Mapping[int, procs.User]] = None
+
+    def pids(self) -> set[int]:
+        return {p.pid for ps in self.parties for p in ps}  # a user party's is 0: skipped
+
+    def uids(self) -> set[int]:
+        return {p.uid for ps in self.parties for p in ps if p.uid is not None}
+
+
+def read(names: tuple[str, ...], path: Path = scan.PROC_SHM, users: bool = False) -> Tables:
+    """The tables of `names` (in the registry's order), read here. `users`: also which
+    users some party names have a process (only when one does: a user party is rare)."""
     # The POSIX kinds share one read of /dev/shm and /dev/mqueue and one pass over /proc
     # (posixfs.snapshot): this survey's own, not one a survey before it left.
     posixfs.forget()
@@ -55,24 +86,24 @@ def take(path: Path = scan.PROC_SHM, now: Optional[float] = None,
     parties: list[tuple[Party, ...]] = []
     for name in names:
         k = _kinds.of(name)
-        read = k.read(path if k.TABLE == scan.PROC_SHM else k.TABLE)
-        objects.extend(read)
-        parties.extend(map(k.parties, read))
-    clock = liveness.observe(state_dir, record)
-    # One pass of process facts for every kind: each distinct pid is looked up once,
-    # and users (a party without a pid) only when some object names one.
-    every = list(chain.from_iterable(parties))
-    pids = {p.pid for p in every}  # a user party's pid is 0, which look_up skips
-    uids = {p.uid for p in every if p.uid is not None}
-    facts = procs.look_up(pids, clock.btime or None)  # 0: no btime, no start times
-    users = procs.users(uids) if uids else {}
-    taken_at = time.time() if now is None else now
-    verdicts = classify_all(objects, facts, taken_at, clock, users, parties, ns)
+        found = k.read(path if k.TABLE == scan.PROC_SHM else k.TABLE)
+        objects.extend(found)
+        parties.extend(map(k.parties, found))
     posixfs.forget()
-    kind_limits = {name: _kinds.of(name).limits() for name in names}
+    tables = Tables(objects, parties)
+    if users:
+        uids = tables.uids()
+        tables = tables._replace(users=procs.users(uids) if uids else {})
+    return tables
+
+
+def _limits(names: tuple[str, ...]) -> tuple[scan.Limits, dict[str, Mapping[str, Optional[int]]]]:
+    """shm's limits (Survey.limits) and each kind's, of the namespace we are in."""
+    kind_limits: dict[str, Mapping[str, Optional[int]]] = {
+        name: _kinds.of(name).limits() for name in names
+    }
     shm = kind_limits.get(_SHM)
-    limits = scan.Limits(**shm) if shm is not None else scan.read_limits()
-    return Survey(verdicts, limits, taken_at, MappingProxyType(kind_limits), names)
+    return (scan.Limits(**shm) if shm is not None else scan.read_limits()), kind_limits
 
 
 _kinds = kinds  # `kinds` is also take()'s parameter
@@ -124,22 +155,36 @@ def take_all(sweep: Any, kinds: Optional[Iterable[str]] = None,
     from shmjanitor import inside
 
     names = _kinds.names() if kinds is None else _ordered(kinds)
+    for name in names:
+        _kinds.of(name)  # imported here, once, not again in each child
     notes = list(sweep.notes)
-    parts: list[Survey] = []
-    for place in sweep.places:
-        wanted = kinds_at(place, names)
 
-        def job(place: Any = place, wanted: tuple[str, ...] = wanted) -> Survey:
-            return take(kinds=wanted, state_dir=state_dir, record=record,
-                        ns=place.ns).portable()  # fmt: skip
+    # Each child reads its places' tables only, and the users their parties name (as
+    # seen from inside: procs.users); process facts and verdicts are this process's,
+    # once for all places: its PID namespace is theirs (setns(CLONE_NEWIPC) changes
+    # none), so a pid in any table is one of our /proc, looked up once.
+    def job(place: Any) -> Tables:
+        return read(kinds_at(place, names), users=True)
 
-        try:
-            parts.append(inside.run(place, job))
-        except inside.Vanished:
+    read_at: list[tuple[Any, Tables]] = []
+    for place, got in zip(sweep.places, inside.run_all(sweep.places, job)):
+        if isinstance(got, inside.Vanished):
             notes.append(f"{place.ns.said()} ended before it was read: its objects went with it")
-        except inside.Unreachable as e:
-            notes.append(str(e))
-    return merged(parts, notes, names)
+        elif isinstance(got, inside.Unreachable):
+            notes.append(str(got))
+        elif isinstance(got, Exception):
+            raise got
+        else:
+            read_at.append((place, got))
+    clock = liveness.observe(state_dir, record)
+    pids = set().union(*(t.pids() for _, t in read_at))
+    facts = procs.look_up(pids, clock.btime or None)
+    taken_at = time.time()
+    verdicts: list[Verdict] = []
+    for place, t in read_at:
+        verdicts += classify_all(t.objects, facts, taken_at, clock, t.users, t.parties, place.ns)
+    limits, kind_limits = _limits(names)  # ours, as merged() gives
+    return Survey(verdicts, limits, taken_at, MappingProxyType(kind_limits), names, tuple(notes))
 
 
 def merged(parts: list[Survey], notes: Iterable[str] = (),
