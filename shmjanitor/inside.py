@@ -111,7 +111,8 @@ def _in_child(place: Place, fd: int, job: Callable[[], T], stop: Any, proc: str)
                 try:
                     namespaces.working = place.ns
                     posixfs.reach(_dir(place, SHM, place.shm, proc),
-                                  _dir(place, MQUEUE, place.mqueue, proc))  # fmt: skip
+                                  _dir(place, MQUEUE, place.mqueue, proc),
+                                  namespaces.pids_ours(place.pids, proc))  # fmt: skip
                     answer = ("ok", job())
                 except JanitorError as e:
                     answer = ("janitor", e)

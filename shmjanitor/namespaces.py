@@ -24,6 +24,7 @@ import ctypes
 import errno
 import os
 import re
+import stat
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
@@ -89,18 +90,28 @@ class Sweep(NamedTuple):
 
 # --- names people know (pure) -----------------------------------------------------------
 
+# re.M: the text is one path per line (cgroup v1 has one line per hierarchy), and an
+# id ends its line as often as it is followed by a "/"
 _HEX = r"([0-9a-f]{64})"
 _CONTAINERS = (
     (re.compile(r"/docker-" + _HEX + r"\.scope"), "docker"),
-    (re.compile(r"/docker/" + _HEX + r"(?:/|$)"), "docker"),
+    (re.compile(r"/docker/" + _HEX + r"(?:/|$)", re.M), "docker"),
     (re.compile(r"/libpod-(?!conmon-)" + _HEX + r"(?:\.scope)?"), "podman"),
     (re.compile(r"/cri-containerd-" + _HEX + r"\.scope"), "containerd"),
     (re.compile(r"/crio-(?!conmon-)" + _HEX + r"\.scope"), "cri-o"),
-    (re.compile(r"/kubepods[^\n]*/" + _HEX + r"(?:/|$)"), "containerd"),
+    (re.compile(r"/kubepods[^\n]*/" + _HEX + r"(?:/|$)", re.M), "containerd"),
 )
 _POD = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
-_MACHINE = re.compile(r"/machine\.slice/machine-([^/]+)\.scope")
-_UNIT = re.compile(r"/([^/]+\.(?:service|scope))(?:/|$)")
+# machinectl and a shell's systemd-nspawn register machine-NAME.scope; the
+# systemd-nspawn@NAME.service unit runs it with --keep-unit: the machine is the unit,
+# and the units below it (payload/system.slice/...) are the container's own
+_MACHINE = re.compile(
+    r"/machine\.slice/(?:machine-([^/\n]+)\.scope|systemd-nspawn@([^/\n]+)\.service)"
+)
+_UNIT = re.compile(r"/([^/\n]+\.(?:service|scope))(?:/|$)", re.M)
+# Not a unit to name: a login session's scope, a user's manager, pid 1's scope (the
+# machine itself), and the monitors a runtime keeps beside a container, outside it
+_NOT_UNITS = ("session-", "user@", "init.scope", "libpod-conmon-", "crio-conmon-")
 
 
 def unescape_unit(name: str) -> str:
@@ -123,8 +134,8 @@ def container_of(cgroup: str) -> Optional[str]:
             return f"{head}{runtime}:{m.group(1)[:12]}"
     m = _MACHINE.search(path)
     if m is not None:
-        return f"machine:{unescape_unit(m.group(1))}"
-    units = [u for u in _UNIT.findall(path) if not u.startswith(("session-", "user@"))]
+        return f"machine:{unescape_unit(m.group(1) or m.group(2))}"
+    units = [u for u in _UNIT.findall(path) if not u.startswith(_NOT_UNITS)]
     if units:
         return f"unit:{unescape_unit(units[-1])}"
     return None
@@ -252,6 +263,16 @@ def _ns_inode(pid: str, kind: str, proc: str) -> Optional[int]:
         return None
 
 
+def pids_ours(pids: Iterable[int], proc: str = PROC) -> bool:
+    """Whether every one of these processes (a place's) is in our PID namespace: their
+    pids are then the numbers our /proc gives them. A process of a container with a
+    PID namespace of its own numbers itself (getpid) in that one, and a pid it writes
+    into a file's name (torch_<pid>_...) is that number, not ours; one whose namespace
+    cannot be read counts as another's."""
+    me = _ns_inode("self", "pid", proc)
+    return all(_ns_inode(str(p), "pid", proc) == me for p in pids)
+
+
 def own_ipc(proc: str = PROC) -> int:
     return os.stat(f"{proc}/self/ns/ipc").st_ino
 
@@ -346,7 +367,11 @@ def named(text: str, proc: str = PROC) -> int:
     Raises ValueError with what to do."""
     path = f"{proc}/{text}/ns/ipc" if text.isdigit() else text
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # A namespace file is a regular file of nsfs: anything else is not opened, for
+        # open(2) itself may block (a FIFO with no writer) or act (a tape device rewinds)
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ValueError(f"{text}: not a namespace file (a pid or /proc/PID/ns/ipc)")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
         what = f"no process {text}" if text.isdigit() and e.errno == errno.ENOENT else e.strerror
         raise ValueError(f"{text}: {what}") from None
