@@ -42,14 +42,9 @@ class Unreachable(Exception):
     """The namespace could not be entered (setns refused): its objects are not read."""
 
 
-def _dir(place: Place, rel: str, dev: Optional[int], proc: str) -> Optional[str]:
-    """The place's directory `rel` as a path of an fd of ours, if it is still the one
-    the sweep found (same device); None: none to read (said by the sweep)."""
-    fd = _dir_fd(place, rel, dev, proc)
-    return None if fd is None else f"/proc/self/fd/{fd}"
-
-
 def _dir_fd(place: Place, rel: str, dev: Optional[int], proc: str) -> Optional[int]:
+    """An fd of the place's directory `rel`, if it is still the one the sweep found
+    (same device); None: none to read (said by the sweep)."""
     if dev is None:
         return None
     for pid in place.pids:
@@ -102,26 +97,7 @@ def _in_child(place: Place, fd: int, job: Callable[[], T], stop: Any, proc: str)
         os.close(r)
         code = 0
         try:
-            answer: tuple[str, Any]
-            try:
-                namespaces.setns(fd)
-            except OSError as e:
-                answer = ("unreachable", f"{place.ns.said()} not read: {e.strerror}")
-            else:
-                try:
-                    namespaces.working = place.ns
-                    posixfs.reach(_dir(place, SHM, place.shm, proc),
-                                  _dir(place, MQUEUE, place.mqueue, proc),
-                                  namespaces.pids_ours(place.pids, proc))  # fmt: skip
-                    answer = ("ok", job())
-                except JanitorError as e:
-                    answer = ("janitor", e)
-                except BaseException:
-                    answer = ("bug", traceback.format_exc())
-            try:
-                data = pickle.dumps(answer)
-            except Exception:
-                data = pickle.dumps(("bug", traceback.format_exc()))
+            data = _dumps(_answer(place, fd, lambda _place: job(), proc))
             with os.fdopen(w, "wb") as f:
                 f.write(data)
             sys.stdout.flush()
@@ -256,7 +232,9 @@ def _worker(share: Sequence[tuple[int, Place, int]], job: Callable[[Place], Any]
 
 
 def _answer(place: Place, fd: int, job: Callable[[Place], Any], proc: str) -> tuple[str, Any]:
-    """In a worker: enter the place's namespace, and run the job there."""
+    """In a child: enter the place's namespace (fd), and run the job there; the answer
+    as the parent takes it (_outcome). The child may have been in another place's
+    namespace before, never ours: it is always a child of ours that enters."""
     try:
         namespaces.setns(fd)
     except OSError as e:
@@ -264,7 +242,8 @@ def _answer(place: Place, fd: int, job: Callable[[Place], Any], proc: str) -> tu
     dirs = (_dir_fd(place, SHM, place.shm, proc), _dir_fd(place, MQUEUE, place.mqueue, proc))
     try:
         namespaces.working = place.ns
-        posixfs.reach(*(None if d is None else f"/proc/self/fd/{d}" for d in dirs))
+        shm, mqueue = (None if d is None else f"/proc/self/fd/{d}" for d in dirs)
+        posixfs.reach(shm, mqueue, namespaces.pids_ours(place.pids, proc))
         return ("ok", job(place))
     except JanitorError as e:
         return ("janitor", e)
