@@ -1081,8 +1081,21 @@ def markdown(figures: Sequence[Figure], notes: dict[str, str], opt: Options,
         "made by a process of uid 1000 that exits: nobody ever operated on them and "
         "their user has no process left, so each is an orphan. Their reap is timed "
         "against the look-then-remove it replaces, `ipcs -s -p` (or `-q`) and then "
-        "`ipcrm --all=sem` (or `msg`), summed. The whole run is in a PID namespace "
-        "of its own, whose pid 1 stays outside the data sets' IPC namespaces.",
+        "`ipcrm --all=sem` (or `msg`), summed. The whole run is sealed: a PID namespace "
+        "of its own with its own /proc, whose pid 1 is in a private IPC namespace (not "
+        "the machine's, and outside the data sets' own) and a private mount namespace "
+        "with its own /run, /dev/shm and /dev/mqueue; the script refuses to start when "
+        "any process its /proc shows is in the IPC namespace it was started from.",
+        "",
+        "The ns rows (issue 14) make 100 IPC namespaces of 100 segments each (4 KiB, "
+        "uid 1000), each held by one long-lived process that unshare(2)d it (what "
+        "`unshare --ipc` does), made its segments and stays. `list -A --json` (every "
+        "namespace, ours too) is timed against what admins run today, a shell loop of "
+        "`nsenter -t PID -i lsipc -m --json` over one pid per namespace (and, for "
+        "information, of `ipcs -m -p`); before the timing, list -A must show all 10,000 "
+        "segments and the lsipc loop as many. `-A` enters every IPC namespace a process "
+        "of /proc is in, which is why the run is sealed: /proc shows no process of the "
+        "machine's namespaces.",
         "",
         "The posix rows (issue 13) mount a tmpfs of their own on /dev/shm (in the run's "
         "private mount namespace) and fill it with files of 4 KiB of uid 1000, held by "
