@@ -154,10 +154,14 @@ _FRAME = struct.Struct("=IQ")  # an answer's place (its index) and length, befor
 
 
 def run_all(places: Sequence[Place], job: Callable[[Place], T], proc: str = "/proc",
-            workers: Optional[int] = None) -> list[Union[T, Exception]]:  # fmt: skip
+            workers: Optional[int] = None,
+            each: Optional[Callable[[list[tuple[int, Any]]], None]] = None,
+            ) -> list[Union[T, Exception]]:  # fmt: skip
     """job(place) for every place, in order: each answer, or the exception run() would
     raise for that place (Vanished, Unreachable, JanitorError, RuntimeError) in its
     stead. `job` only reads (a survey): its children are killed if we stop waiting.
+    `each`: called here with the (index, answer) that have come, as they come (several
+    at once when they come faster than `each` takes them), while the children work on.
 
     The places of other namespaces are shared among a few children (`workers`, at most
     WORKERS and the CPUs), each entering its places one after another with setns(2) and
@@ -188,7 +192,9 @@ def run_all(places: Sequence[Place], job: Callable[[Place], T], proc: str = "/pr
         for i, place in enumerate(places):
             if place.ns.own:
                 results[i] = job(place)
-        _collect(children, places, results)
+                if each is not None:
+                    each([(i, results[i])])
+        _collect(children, places, results, each)
     finally:
         for pid, r in children:
             if r >= 0:  # we stop waiting before it is done: it was only reading
@@ -263,11 +269,13 @@ def _dumps(answer: tuple[str, Any]) -> bytes:
         return pickle.dumps(("bug", traceback.format_exc()))
 
 
-def _collect(children: list[list[int]], places: Sequence[Place], results: list[Any]) -> None:
+def _collect(children: list[list[int]], places: Sequence[Place], results: list[Any],
+             each: Optional[Callable[[list[tuple[int, Any]]], None]]) -> None:  # fmt: skip
     """Read the workers' answers as they come, until each has closed its pipe."""
     buffers = {r: bytearray() for _, r in children}
     while buffers:
         ready, _, _ = select.select(list(buffers), [], [])
+        came: list[tuple[int, Any]] = []
         for r in ready:
             chunk = os.read(r, 1 << 20)
             buf = buffers[r]
@@ -286,6 +294,9 @@ def _collect(children: list[list[int]], places: Sequence[Place], results: list[A
                 answer = pickle.loads(buf[_FRAME.size : _FRAME.size + size])
                 del buf[: _FRAME.size + size]
                 results[index] = _outcome(places[index], answer)
+                came.append((index, results[index]))
+        if each is not None and came:
+            each(came)
 
 
 def _outcome(place: Place, answer: tuple[str, Any]) -> Any:

@@ -150,7 +150,7 @@ def kinds_at(place: Any, names: tuple[str, ...]) -> tuple[str, ...]:
 def take_all(sweep: Any, kinds: Optional[Iterable[str]] = None,
              state_dir: Optional[Path] = None, record: bool = False) -> Survey:  # fmt: skip
     """One survey of every place of a sweep (namespaces.sweep): each read inside its
-    namespace (inside.run), its verdicts marked with it; ours gives the limits. A
+    namespace (inside.run_all), its verdicts marked with it; ours gives the limits. A
     namespace that ended before we entered it is said in `notes`, not an error."""
     from shmjanitor import inside
 
@@ -159,15 +159,34 @@ def take_all(sweep: Any, kinds: Optional[Iterable[str]] = None,
         _kinds.of(name)  # imported here, once, not again in each child
     notes = list(sweep.notes)
 
-    # Each child reads its places' tables only, and the users their parties name (as
-    # seen from inside: procs.users); process facts and verdicts are this process's,
-    # once for all places: its PID namespace is theirs (setns(CLONE_NEWIPC) changes
-    # none), so a pid in any table is one of our /proc, looked up once.
+    # A child reads a place's tables only, and the users their parties name (as seen
+    # from inside: procs.users); process facts and verdicts are made here: our PID
+    # namespace is the child's (setns(CLONE_NEWIPC) changes none), so a pid in any
+    # table is one of our /proc, and the kernel printed it as our /proc numbers it.
     def job(place: Any) -> Tables:
         return read(kinds_at(place, names), users=True)
 
-    read_at: list[tuple[Any, Tables]] = []
-    for place, got in zip(sweep.places, inside.run_all(sweep.places, job)):
+    # Each answer is judged as it comes, while the children read on: its processes
+    # looked at after its tables were read (as take() does), in one look_up with those
+    # of the others that came at the same time.
+    clock = liveness.observe(state_dir, record)
+    judged: dict[int, list[Verdict]] = {}
+    taken_at = time.time()
+
+    def judge(came: list[tuple[int, Any]]) -> None:
+        nonlocal taken_at
+        tables = [(i, t) for i, t in came if isinstance(t, Tables)]
+        if not tables:
+            return
+        facts = procs.look_up(set().union(*(t.pids() for _, t in tables)), clock.btime or None)
+        taken_at = time.time()
+        for i, t in tables:
+            judged[i] = classify_all(t.objects, facts, taken_at, clock, t.users, t.parties,
+                                     sweep.places[i].ns)  # fmt: skip
+
+    verdicts: list[Verdict] = []
+    answers = inside.run_all(sweep.places, job, each=judge)
+    for i, (place, got) in enumerate(zip(sweep.places, answers)):
         if isinstance(got, inside.Vanished):
             notes.append(f"{place.ns.said()} ended before it was read: its objects went with it")
         elif isinstance(got, inside.Unreachable):
@@ -175,14 +194,7 @@ def take_all(sweep: Any, kinds: Optional[Iterable[str]] = None,
         elif isinstance(got, Exception):
             raise got
         else:
-            read_at.append((place, got))
-    clock = liveness.observe(state_dir, record)
-    pids = set().union(*(t.pids() for _, t in read_at))
-    facts = procs.look_up(pids, clock.btime or None)
-    taken_at = time.time()
-    verdicts: list[Verdict] = []
-    for place, t in read_at:
-        verdicts += classify_all(t.objects, facts, taken_at, clock, t.users, t.parties, place.ns)
+            verdicts += judged[i]
     limits, kind_limits = _limits(names)  # ours, as merged() gives
     return Survey(verdicts, limits, taken_at, MappingProxyType(kind_limits), names, tuple(notes))
 
