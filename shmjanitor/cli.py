@@ -987,10 +987,29 @@ def quarantine_list(
     (STATUS: removed, restored:NEW_ID, or pending while its run is not settled)."""
     with errors_as_exit():
         store = _store(config_path, state_dir)
-        _print_entries(store.entries(), as_json, not noheadings)
+        entries = store.entries()
+        _print_entries(entries, as_json, not noheadings, _namespaces_of(store, entries))
 
 
-def _print_entries(entries, as_json: bool, header: bool) -> None:  # type: ignore[no-untyped-def]
+def _namespaces_of(store, entries):  # type: ignore[no-untyped-def]
+    """run -> its IPC namespace and container (recorded by each run: ipc_ns, and for a
+    sweep's run its container), when some entry was removed in another namespace."""
+    from shmjanitor.lock import ipc_namespace
+    from shmjanitor.quarantine import Damaged
+
+    runs = {}
+    for run in dict.fromkeys(e.run for e in entries):
+        try:
+            doc = store.load(run)
+        except (Damaged, OSError):  # its entries were not listed either
+            continue
+        runs[run] = {"ipc": doc.get("ipc_ns"), "container": doc.get("container")}
+    ours = ipc_namespace()
+    return runs if any(r["ipc"] not in (None, ours) for r in runs.values()) else {}
+
+
+def _print_entries(entries, as_json: bool, header: bool,  # type: ignore[no-untyped-def]
+                   where=None) -> None:  # fmt: skip
     import json
 
     from shmjanitor.accounts import owner_name
@@ -1008,6 +1027,7 @@ def _print_entries(entries, as_json: bool, header: bool) -> None:  # type: ignor
         "mode": e.doc["mode"], "removed_at": e.doc["removed_at"], "reason": e.doc["reason"],
         "restored_as": e.doc.get("restored_as"), "status": e.doc["status"],
         **({"path": entry_path(e.doc)} if entry_path(e.doc) else {}),
+        **({"namespace": where[e.run]} if where and e.run in where else {}),
     } for e in entries]  # fmt: skip
     if as_json:
         typer.echo(json.dumps({"entries": rows}))
@@ -1032,6 +1052,9 @@ def _print_entries(entries, as_json: bool, header: bool) -> None:  # type: ignor
     if {r["kind"] for r in rows} != {LEGACY_KIND}:  # KIND after ID, as report.table has it
         cols = (*cols[:2], Col("KIND", drop=5), *cols[2:])
         cells = [c[:2] + (r["kind"],) + c[2:] for c, r in zip(cells, rows)]
+    if where:  # entries of other namespaces (reap -A): which one each was in
+        cols = (*cols[:-1], Col("NAMESPACE", drop=6, squeeze=True), cols[-1])
+        cells = [(*c[:-1], _ns_cell(r.get("namespace")), c[-1]) for c, r in zip(cells, rows)]
     lines = draw(cols, cells, _width() if tty else None, header=header,
                  color=use_color(sys.stdout))  # fmt: skip
     typer.echo("\n".join(lines))
@@ -1039,6 +1062,12 @@ def _print_entries(entries, as_json: bool, header: bool) -> None:  # type: ignor
 
 def _same(text: str) -> str:
     return text
+
+
+def _ns_cell(ns) -> str:  # type: ignore[no-untyped-def]
+    if not ns or ns.get("ipc") is None:
+        return "-"
+    return printable(ns.get("container") or f"ipc:[{ns['ipc']}]")
 
 
 @quarantine_app.command("purge", short_help="Delete entries for good.")
@@ -1201,8 +1230,10 @@ def _restore_where(store, which):  # type: ignore[no-untyped-def]
     run = store.load(entry.run)
     ipc = run.get("ipc_ns")
     restore = partial(quarantine.restore, store, which, time.time())
-    if not isinstance(ipc, int) or ipc == ipc_namespace():
-        return restore()
+    if (not isinstance(ipc, int) or ipc == ipc_namespace()
+            or entry.doc.get("status") != quarantine.REMOVED
+            or entry.doc.get("restored_as") is not None):  # fmt: skip
+        return restore()  # here, or refused as it says (pending, already restored)
     try:
         place = namespaces.home(ipc, run.get("container"), run.get("ns_pid"),
                                 run.get("ns_pid_start"), entry.doc.get("dir"))  # fmt: skip

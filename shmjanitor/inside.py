@@ -42,6 +42,14 @@ class Unreachable(Exception):
     """The namespace could not be entered (setns refused): its objects are not read."""
 
 
+class Died(JanitorError):
+    """The child died without an answer (SIGKILL, the OOM killer): what it did there is
+    not known here; a reap's quarantine run is settled by the next run in that
+    namespace, as any killed run's."""
+
+    exit_code = 1
+
+
 def _dir_fd(place: Place, rel: str, dev: Optional[int], proc: str) -> Optional[int]:
     """An fd of the place's directory `rel`, if it is still the one the sweep found
     (same device); None: none to read (said by the sweep)."""
@@ -107,7 +115,7 @@ def _in_child(place: Place, fd: int, job: Callable[[], T], stop: Any, proc: str)
         finally:
             os._exit(code)
     os.close(w)
-    chunks = []
+    chunks: list[bytes] = []
     told = False
     try:
         while True:
@@ -123,9 +131,11 @@ def _in_child(place: Place, fd: int, job: Callable[[], T], stop: Any, proc: str)
             chunks.append(chunk)
     finally:
         os.close(r)
-        _reap_child(pid)
+        status = _reap_child(pid)
     if not chunks:
-        raise RuntimeError(f"the child for {place.ns.said()} died without an answer")
+        how = (f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+               else f"exit status {os.waitstatus_to_exitcode(status)}")  # fmt: skip
+        raise Died(f"the run inside {place.ns.said()} died without an answer ({how})")
     what, value = pickle.loads(b"".join(chunks))
     if what == "ok":
         return value  # type: ignore[no-any-return]
@@ -136,13 +146,13 @@ def _in_child(place: Place, fd: int, job: Callable[[], T], stop: Any, proc: str)
     raise RuntimeError(f"in {place.ns.said()}: {value}")
 
 
-def _reap_child(pid: int) -> None:
+def _reap_child(pid: int) -> int:
+    """Its wait status (0 when it was already reaped elsewhere)."""
     while True:
         try:
-            os.waitpid(pid, 0)
-            return
+            return os.waitpid(pid, 0)[1]
         except ChildProcessError:
-            return
+            return 0
         except InterruptedError:
             continue
 
@@ -158,7 +168,7 @@ def run_all(places: Sequence[Place], job: Callable[[Place], T], proc: str = "/pr
             each: Optional[Callable[[list[tuple[int, Any]]], None]] = None,
             ) -> list[Union[T, Exception]]:  # fmt: skip
     """job(place) for every place, in order: each answer, or the exception run() would
-    raise for that place (Vanished, Unreachable, JanitorError, RuntimeError) in its
+    raise for that place (Vanished, Unreachable, JanitorError, Died, RuntimeError) in its
     stead. `job` only reads (a survey): its children are killed if we stop waiting.
     `each`: called here with the (index, answer) that have come, as they come (several
     at once when they come faster than `each` takes them), while the children work on.
@@ -204,7 +214,7 @@ def run_all(places: Sequence[Place], job: Callable[[Place], T], proc: str = "/pr
             _reap_child(pid)
     for i, got in enumerate(results):
         if got is _UNSET:
-            results[i] = RuntimeError(f"the child for {places[i].ns.said()} died without an answer")
+            results[i] = Died(f"the run inside {places[i].ns.said()} died without an answer")
     return results
 
 

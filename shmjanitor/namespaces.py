@@ -441,12 +441,12 @@ def home(ipc: int, container: Optional[str], pid: Optional[int], pid_start: Opti
     the process in it now is of the same container."""
     places = sweep(proc, only=ipc).places
     if not places or places[0].ns.pid is None:
-        raise ValueError(f"ipc:[{ipc}]{f' ({container})' if container else ''} no longer "
-                         "exists (no process is in it): its objects went with it")  # fmt: skip
+        raise ValueError(f"its IPC namespace ipc:[{ipc}]{f' ({container})' if container else ''} "
+                         "no longer exists (no process is in it): its objects went with it")  # fmt: skip
     same_process = pid is not None and pid in places[0].pids and start_time(pid, proc) == pid_start
     same_container = container is not None and places[0].ns.container == container
     if not (same_process or same_container):
-        raise ValueError(f"ipc:[{ipc}] is in use by another namespace now ({places[0].ns.said()}), "
+        raise ValueError(f"its IPC namespace ipc:[{ipc}] may be another one now ({places[0].ns.said()}), "
                          "or cannot be told from one: its recorded process has exited and it "
                          "has no container name; restore from inside it (nsenter --ipc "
                          "--target PID shmjanitor restore ...) if you know it is the same")  # fmt: skip

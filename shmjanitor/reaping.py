@@ -5,6 +5,7 @@ which kind each id or key it is given names."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -371,7 +372,9 @@ def _merged(parts: Sequence[Outcome], dry_run: bool, notes: Sequence[str],
 def _each(sweep: Any, hooks: Hooks,
           job: Callable[[Any], Outcome]) -> tuple[list[Outcome], list[str]]:  # fmt: skip
     """job(place) inside each place of the sweep, in order, until a signal stops us;
-    a namespace that ended or cannot be entered is a note, not a failure."""
+    a namespace that ended or cannot be entered is a note, not a failure. A failure in
+    one namespace (its lock held too long, its run killed) is a problem of the run
+    (exit 1) and the others go on: an Outcome of its own says it."""
     from shmjanitor import inside
 
     parts: list[Outcome] = []
@@ -387,6 +390,10 @@ def _each(sweep: Any, hooks: Hooks,
             text = f"{place.ns.said()} ended before it was entered: its objects went with it"
         except inside.Unreachable as e:
             text = str(e)
+        except JanitorError as e:  # inside.Died, LockTimeout, StateDirError, ...
+            failed = survey.Survey([], survey.scan.read_limits(), time.time())
+            parts.append(Outcome(failed, [], False, [f"in {place.ns.said()}: {e}"]))
+            continue
         else:
             continue
         notes.append(text)
