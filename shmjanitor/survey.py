@@ -51,7 +51,9 @@ def take(path: Path = scan.PROC_SHM, now: Optional[float] = None,
     clock = liveness.observe(state_dir, record)
     # One pass of process facts for every kind: each distinct pid is looked up once.
     facts = procs.look_up(tables.pids(), clock.btime or None)  # 0: no btime, no start times
-    users = tables.users if tables.users is not None else procs.users(tables.uids())
+    # Users (a party without a pid) only when some object names one: a walk of /proc.
+    uids = tables.uids() if tables.users is None else None
+    users = tables.users if uids is None else procs.users(uids) if uids else {}
     taken_at = time.time() if now is None else now
     verdicts = classify_all(tables.objects, facts, taken_at, clock, users, tables.parties, ns)
     limits, kind_limits = _limits(names)
@@ -175,6 +177,9 @@ def kinds_at(place: Any, names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(n for n in names if (place.sysv if n in _SYSV else posix))
 
 
+JUDGE_BATCH = 16  # namespaces judged together at least, but the last ones (take_all)
+
+
 def take_all(sweep: Any, kinds: Optional[Iterable[str]] = None,
              state_dir: Optional[Path] = None, record: bool = False) -> Survey:  # fmt: skip
     """One survey of every place of a sweep (namespaces.sweep): each read inside its
@@ -194,26 +199,30 @@ def take_all(sweep: Any, kinds: Optional[Iterable[str]] = None,
     def job(place: Any) -> Packed:
         return read(kinds_at(place, names), users=True).packed()
 
-    # Each answer is judged as it comes, while the children read on: its processes
-    # looked at after its tables were read (as take() does), in one look_up with those
-    # of the others that came at the same time.
+    # The answers are judged as they come, while the children read on: a namespace's
+    # processes are looked at after its tables were read (as take() does), in one
+    # look_up with those of the others that came meanwhile, JUDGE_BATCH at least (each
+    # look_up lists /proc: thousands of processes on a busy host).
     clock = liveness.observe(state_dir, record)
     judged: dict[int, list[Verdict]] = {}
     taken_at = time.time()
+    waiting: list[tuple[int, Tables]] = []
 
-    def judge(came: list[tuple[int, Any]]) -> None:
+    def judge(came: list[tuple[int, Any]], last: bool = False) -> None:
         nonlocal taken_at
-        tables = [(i, Tables.unpacked(t)) for i, t in came if isinstance(t, tuple)]
-        if not tables:
+        waiting.extend((i, Tables.unpacked(t)) for i, t in came if isinstance(t, tuple))
+        if not waiting or (len(waiting) < JUDGE_BATCH and not last):
             return
-        facts = procs.look_up(set().union(*(t.pids() for _, t in tables)), clock.btime or None)
+        facts = procs.look_up(set().union(*(t.pids() for _, t in waiting)), clock.btime or None)
         taken_at = time.time()
-        for i, t in tables:
+        for i, t in waiting:
             judged[i] = classify_all(t.objects, facts, taken_at, clock, t.users, t.parties,
                                      sweep.places[i].ns)  # fmt: skip
+        waiting.clear()
 
     verdicts: list[Verdict] = []
     answers = inside.run_all(sweep.places, job, each=judge)
+    judge([], last=True)
     for i, (place, got) in enumerate(zip(sweep.places, answers)):
         if isinstance(got, inside.Vanished):
             notes.append(f"{place.ns.said()} ended before it was read: its objects went with it")
