@@ -452,7 +452,25 @@ def list_(
         listing.run(states=set(state or ()), owner=owner, sort=sort, exact_bytes=exact_bytes,
                     fmt=picked, metrics_file=metrics_file, out=sys.stdout, view=view,
                     kinds=chosen, history=_history_of(None, None),
-                    sweep=_sweep(all_namespaces, namespace), note=_note)  # fmt: skip
+                    sweep=_sweep(_all_by_config(all_namespaces, namespace, None), namespace),
+                    note=_note)  # fmt: skip
+
+
+def _all_by_config(all_namespaces: bool, namespace: Optional[str], cfg: Any) -> bool:
+    """-A as given; without -A and --namespace, the config's all_namespaces (`cfg`, or
+    the default file's for list, which has no --config) for a run that may setns(2)
+    (CAP_SYS_ADMIN): an ordinary user's run keeps to its own namespace, as without it."""
+    if all_namespaces or namespace is not None:
+        return all_namespaces
+    from shmjanitor import config, kernel
+    from shmjanitor.errors import ConfigError
+
+    if cfg is None:
+        try:
+            cfg = config.load(None)
+        except ConfigError:
+            return False  # said by the history's note: list reads the file for it too
+    return bool(cfg.all_namespaces) and kernel.has_cap_sys_admin()
 
 
 def _history_of(config_path: Optional[Path], state_dir: Optional[Path]):  # type: ignore[no-untyped-def]
@@ -653,7 +671,7 @@ def reap(
                 on_note=logger.note if logger else _note,
                 stop=stop,
             )
-            sweep = _sweep(all_namespaces, namespace)
+            sweep = _sweep(_all_by_config(all_namespaces, namespace, cfg), namespace)
             if sweep is None:
                 outcome = reaping.reap(cfg, dry_run=dry_run, quarantine=not no_quarantine,
                                        state_dir=state_dir, hooks=hooks, only=only,
@@ -871,6 +889,21 @@ def rm(
         raise typer.Exit(1)
 
 
+def _explain_in(sweep, named, one):  # type: ignore[no-untyped-def]
+    """explain's job inside the namespace --namespace names: at its place that reads
+    the object's kind (a POSIX path: the place with that directory)."""
+    from shmjanitor import inside
+
+    place = sweep.places[0]  # the namespace's System V tables are read here
+    if named.path is not None:  # its POSIX directories where the sweep reads them
+        place = next((p for p in sweep.places if p.ns.own or p.shm is not None
+                      or p.mqueue is not None), place)  # fmt: skip
+    try:
+        return inside.run(place, lambda: one(place.ns))
+    except (inside.Vanished, inside.Unreachable) as e:
+        raise fail(f"{e}", 1) from None
+
+
 @app.command(short_help="Everything known of one object: users, parties, rules, reap.")
 def explain(
     object_: Optional[str] = typer.Argument(
@@ -910,6 +943,7 @@ def explain(
         help="table (bold headings), plain, json, or auto: table on a terminal, plain "
         "otherwise.",
     ),
+    namespace: Optional[str] = NAMESPACE_OPT,
 ) -> None:  # fmt: skip
     """Explain one object: its kernel facts, the processes using it now (a segment's
     attached processes, from their maps; a POSIX object's holders; a queue's blocked
@@ -939,8 +973,14 @@ def explain(
     with errors_as_exit():
         cfg = _load_config(config_path, min_age=_duration("--min-age", min_age),
                            include_system=include_system)  # fmt: skip
-        v = explain_.find(named[0], state_dir or cfg.state_dir)
-        e = explain_.explain(v, cfg, reaping.caller(), state_dir or cfg.state_dir)
+        where = _sweep(False, namespace)
+        sd = state_dir or cfg.state_dir
+
+        def one(ns: Any = None) -> Any:
+            v = explain_.find(named[0], sd, ns)
+            return explain_.explain(v, cfg, reaping.caller(), sd)
+
+        e = one() if where is None else _explain_in(where, named[0], one)
         chosen = _pick_format(fmt, as_json)
         if chosen is Format.JSON:
             sys.stdout.write(json.dumps(explain_.to_json(e), separators=(",", ":")) + "\n")
@@ -1290,6 +1330,13 @@ def install_units(
         help="Also install shmjanitor-watch.service (shmjanitor watch, off by default) "
         "and, with --enable, enable --now it.",
     ),
+    all_namespaces: bool = typer.Option(
+        False,
+        "--all-namespaces",
+        help="Also install the drop-in shmjanitor.service.d/all-namespaces.conf, which "
+        "lets the service enter every IPC namespace (RestrictNamespaces=ipc) for "
+        "all_namespaces = true in /etc/shmjanitor.toml.",
+    ),
 ) -> None:
     """Install the hardened systemd service and timer for this shmjanitor.
 
@@ -1310,7 +1357,7 @@ def install_units(
     with errors_as_exit():
         exec_path = units.find_exec_path()
         units.check_trusted(exec_path)  # root's service must not run what others can change
-        for path in units.install_units(dest, exec_path, watch):
+        for path in units.install_units(dest, exec_path, watch, all_namespaces):
             typer.echo(f"wrote {printable(str(path))}")
     if not enable:
         return

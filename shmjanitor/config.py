@@ -44,6 +44,10 @@ class Config:
     # rows of the history store (history.py) about objects gone longer ago than this
     # are pruned; 0: never pruned
     history_max_age: int = 90 * 86400
+    # list and reap sweep every IPC namespace of the machine (containers too), as -A
+    # does, when neither -A nor --namespace is given: for the timer's service, which
+    # must also be allowed to setns(2) (systemd/all-namespaces.conf)
+    all_namespaces: bool = False
 
     def with_overrides(self, **flags: Any) -> Config:
         """Flags given on the command line (not None) win over the file."""
@@ -118,6 +122,7 @@ _KEYS = {
     "protect_paths": (_pattern, True, 'a list of glob patterns such as "/dev/shm/PostgreSQL.*"'),
     "posix_idle_after": (_duration, False, 'a duration such as "7d"'),
     "history_max_age": (_duration, False, 'a duration such as "90d" (0: keep every row)'),
+    "all_namespaces": (_bool, False, "true or false"),
 }
 
 

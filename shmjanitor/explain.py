@@ -85,16 +85,17 @@ class Explanation(NamedTuple):
 # --- finding the object ------------------------------------------------------------
 
 
-def find(named: reaping.Named, state_dir: Optional[Path] = None) -> Verdict:
-    """The object named, as a survey of its kind sees it now. NotFound when absent."""
+def find(named: reaping.Named, state_dir: Optional[Path] = None, ns: Any = None) -> Verdict:
+    """The object named, as a survey of its kind sees it now. NotFound when absent.
+    `ns`: the namespace a sweep's child looks in (explain --namespace)."""
     if named.path is not None:
         kind = posix_kind(named.path)
-        sv = survey.take(state_dir=state_dir, kinds=[kind])
+        sv = survey.take(state_dir=state_dir, kinds=[kind], ns=ns)
         for v in sv.verdicts:
             if v.obj.path == named.path:
                 return v
         raise NotFound(f"no POSIX object at {printable(named.path)}")
-    sv = survey.take(state_dir=state_dir, kinds=[named.kind])
+    sv = survey.take(state_dir=state_dir, kinds=[named.kind], ns=ns)
     noun = kinds.of(named.kind).NOUN
     for v in sv.verdicts:
         if (v.obj.key if named.by_key else v.obj.id) == named.value:
@@ -369,7 +370,9 @@ def remove_command(v: Verdict, caller: policy.Caller) -> str:
     what = f"{flag} {o.id}" if flag else shell_word(o.path)
     force = " --force" if v.state in reaping._IN_USE else ""
     sudo = "sudo " if reaping.not_yours(o, caller) is not None else ""
-    return f"{sudo}shmjanitor rm {what}{force}"
+    ns = v.ns
+    where = f" --namespace {ns.pid}" if ns is not None and not ns.own and ns.pid else ""
+    return f"{sudo}shmjanitor rm{where} {what}{force}"
 
 
 # --- output ------------------------------------------------------------------------

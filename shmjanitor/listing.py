@@ -110,7 +110,8 @@ def run(
     by_kind = {name: select(sv.of(name), states, uid) for name in sv.kinds}
     if fmt is not render.Format.JSON:
         by_kind = _shown(by_kind, bool(chosen), view.columns)
-    columns = _columns(by_kind, view.columns)
+    # NS and CONTAINER are default columns when the listing spans namespaces.
+    columns = _columns(by_kind, view.columns, spans=sweep is not None)
     sort = render.ALIASES.get(sort.upper(), sort.upper())
     cmds: dict[int, str] = {}
     for name, shown in by_kind.items():
@@ -191,8 +192,8 @@ def _shown(by_kind: dict[str, list[Verdict]], chosen: bool,
     return dict(list(by_kind.items())[:1])
 
 
-def _columns(by_kind: dict[str, list[Verdict]],
-             output: Optional[shapes.Output]) -> dict[str, tuple[str, ...]]:  # fmt: skip
+def _columns(by_kind: dict[str, list[Verdict]], output: Optional[shapes.Output],
+             spans: bool = False) -> dict[str, tuple[str, ...]]:  # fmt: skip
     """Each kind's columns: its default, or those of -o, which chooses the columns of
     one kind (ConfigError when several are shown or the kind lacks one)."""
     if output is not None and len(by_kind) > 1:
@@ -203,6 +204,6 @@ def _columns(by_kind: dict[str, list[Verdict]],
             f"listed: choose one with {flags}"
         )
     try:
-        return {name: shapes.of(name).chosen(output) for name in by_kind}
+        return {name: shapes.of(name).chosen(output, spans) for name in by_kind}
     except ValueError as e:
         raise ConfigError(f"--output: {e}") from None

@@ -17,6 +17,13 @@ POSIX objects have paths, and the largest are named: shmjanitor_posix_largest_by
 however many files a machine has; the path escaped as `list` prints it: a name is any
 bytes its creator chose).
 
+Every per-state gauge (the four above) also has `namespace` and `container` labels
+(issue 14): the IPC namespace's inode ("4026531839") and its container or unit ("" when
+none). A machine with 500 containers must not make 500 times the series: the TOP
+namespaces with the most bytes keep their own labels, our own always among them, and
+the rest are summed into namespace="other", container="other" (a series set only while
+there is a rest). The largest POSIX objects carry their own namespace's labels.
+
 shmjanitor_last_run_success is 1 exactly when the run exits 0: every failure (lock
 timeout, unreadable table, bad config, a crash, output that could not be written)
 writes 0 and the time, so an alert on it fires for all of them (cli.errors_as_exit).
@@ -24,7 +31,7 @@ writes 0 and the time, so an alert on it fires for all of them (cli.errors_as_ex
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
@@ -37,6 +44,8 @@ if TYPE_CHECKING:
 __all__ = ["MetricsError", "RunStats", "write"]
 
 LARGEST = 10  # POSIX objects named by path in the metrics, the largest first
+TOP = 10  # namespaces with labels of their own, the most bytes first (ours always)
+OTHER = ("other", "other")  # the (namespace, container) labels of the rest
 SEGMENTS = "shm"  # the kind shmjanitor_segments{state} counts (named before there were kinds)
 
 
@@ -47,6 +56,36 @@ class RunStats(NamedTuple):
     removed_bytes: int
     kept: int
     success: bool
+
+
+def labelled(sizes: Mapping[int, int], own: int, top: int = TOP) -> set[int]:
+    """The namespaces (inodes) that keep their own labels: `own` and the top - 1 others
+    holding the most bytes (`sizes`: inode -> bytes), ties by inode. Pure."""
+    others = sorted((ipc for ipc in sizes if ipc != own), key=lambda ipc: (-sizes[ipc], ipc))
+    return {own, *others[: max(top - 1, 0)]}
+
+
+def _labels(verdicts: Sequence[Verdict]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Each verdict's (namespace, container) labels, and every label pair to write
+    (zeros included): ours, the top others, and "other" when some were folded."""
+    from shmjanitor.render import ours
+
+    me = ours()
+    named: dict[int, str] = {me.ipc: me.container or ""}
+    sizes: dict[int, int] = {me.ipc: 0}
+    of: list[int] = []
+    for v in verdicts:
+        ns = v.ns or me
+        ipc = ns.ipc
+        if ipc not in named:
+            named[ipc] = ns.container or ""
+            sizes[ipc] = 0
+        sizes[ipc] += v.obj.size
+        of.append(ipc)
+    keep = labelled(sizes, me.ipc, TOP)
+    pair = {ipc: (str(ipc), named[ipc]) if ipc in keep else OTHER for ipc in named}
+    every = sorted({pair[ipc] for ipc in keep}) + ([OTHER] if len(keep) < len(named) else [])
+    return [pair[ipc] for ipc in of], every
 
 
 def write(path: Path, verdicts: Optional[Sequence[Verdict]], run: Optional[RunStats],
@@ -64,26 +103,30 @@ def write(path: Path, verdicts: Optional[Sequence[Verdict]], run: Optional[RunSt
     if verdicts is not None:
         # Every registered kind and state, zeros included: a series that vanishes when
         # the last orphan goes would leave an alert on it pending, not resolved.
-        counts = {(k, s): [0, 0] for k in kinds.names() for s in State}
-        for v in verdicts:
-            c = counts[v.obj.kind, v.state]
+        # ... in every labelled namespace.
+        each, every = _labels(verdicts)
+        counts = {(k, s, ns): [0, 0] for k in kinds.names() for s in State for ns in every}
+        for v, ns in zip(verdicts, each):
+            c = counts[v.obj.kind, v.state, ns]
             c[0] += 1
             c[1] += v.obj.size
+        where = ["namespace", "container"]
         objs = Gauge("shmjanitor_objects", "IPC objects (System V and POSIX) by kind and state",
-                     ["kind", "state"], registry=reg)  # fmt: skip
+                     ["kind", "state", *where], registry=reg)  # fmt: skip
         size = Gauge("shmjanitor_object_bytes", "Bytes IPC objects hold in memory, by kind "
-                     "and state", ["kind", "state"], registry=reg)  # fmt: skip
-        for (kind, state), (n, b) in counts.items():
-            objs.labels(kind, state.value).set(n)
-            size.labels(kind, state.value).set(b)
-        segs = Gauge("shmjanitor_segments", "System V shm segments by state", ["state"],
-                     registry=reg)  # fmt: skip
+                     "and state", ["kind", "state", *where], registry=reg)  # fmt: skip
+        for (kind, state, ns), (n, b) in counts.items():
+            objs.labels(kind, state.value, *ns).set(n)
+            size.labels(kind, state.value, *ns).set(b)
+        segs = Gauge("shmjanitor_segments", "System V shm segments by state",
+                     ["state", *where], registry=reg)  # fmt: skip
         seg_bytes = Gauge("shmjanitor_segment_bytes", "Bytes of System V shm segments by state",
-                          ["state"], registry=reg)  # fmt: skip
+                          ["state", *where], registry=reg)  # fmt: skip
         for state in State:
-            n, b = counts.get((SEGMENTS, state), (0, 0))
-            segs.labels(state.value).set(n)
-            seg_bytes.labels(state.value).set(b)
+            for ns in every:
+                n, b = counts.get((SEGMENTS, state, ns), (0, 0))
+                segs.labels(state.value, *ns).set(n)
+                seg_bytes.labels(state.value, *ns).set(b)
         _largest(reg, verdicts)
     if run is not None:
         Gauge("shmjanitor_last_run_removed_segments", "Objects the last reap removed (all "
@@ -107,15 +150,19 @@ def _largest(reg: CollectorRegistry, verdicts: Sequence[Verdict]) -> None:
     """The LARGEST POSIX objects by bytes held, by kind, path and state."""
     from prometheus_client import Gauge
 
+    from shmjanitor.render import ns_of
     from shmjanitor.text import printable
 
     named = [v for v in verdicts if getattr(v.obj, "path", None) is not None]
     named.sort(key=lambda v: (-v.obj.size, v.obj.path))
     g = Gauge("shmjanitor_posix_largest_bytes", f"Bytes held by the {LARGEST} largest POSIX "
-              "objects, by kind, path (escaped) and state", ["kind", "path", "state"],
-              registry=reg)  # fmt: skip
+              "objects, by kind, path (escaped), state and namespace",
+              ["kind", "path", "state", "namespace", "container"], registry=reg)  # fmt: skip
     for v in named[:LARGEST]:
-        g.labels(v.obj.kind, printable(v.obj.path), v.state.value).set(v.obj.size)
+        # Its own namespace's labels, never "other": two containers' /dev/shm/x are two.
+        ns = ns_of(v)
+        g.labels(v.obj.kind, printable(v.obj.path), v.state.value, str(ns.ipc),
+                 ns.container or "").set(v.obj.size)  # fmt: skip
 
 
 def write_doctor(path: Path, checks: Sequence[tuple[str, int]], now: float) -> None:

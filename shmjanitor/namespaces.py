@@ -35,6 +35,7 @@ SHM = "dev/shm"
 MQUEUE = "dev/mqueue"
 TMPFS_MAGIC = 0x01021994  # include/uapi/linux/magic.h
 MQUEUE_MAGIC = 0x19800202
+NSFS_MAGIC = 0x6E736673
 CLONE_NEWIPC = 0x08000000
 NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs fd: its CLONE_NEW* type (Linux 4.11)
 
@@ -277,6 +278,21 @@ def own_ipc(proc: str = PROC) -> int:
     return os.stat(f"{proc}/self/ns/ipc").st_ino
 
 
+def here(proc: str = PROC) -> Namespace:
+    """The namespace this shmjanitor runs in, named as a sweep names it (an object whose
+    verdict has no namespace is in it): its inode, pid 1 when our PID namespace's pid 1
+    shares it (a container's init, the machine's), else our own pid, and the container
+    that pid is in. One stat(2) a call; the rest is worked out once per namespace (a
+    process may unshare(2) between two listings: the test suite does, per test)."""
+    return _here(proc, own_ipc(proc))
+
+
+@lru_cache(maxsize=8)
+def _here(proc: str, ipc: int) -> Namespace:
+    pid = 1 if _ns_inode("1", "ipc", proc) == ipc else os.getpid()
+    return Namespace(ipc, pid, container_of_pid(pid, proc), own=True)
+
+
 def _pids(proc: str) -> Iterator[int]:
     for name in os.listdir(proc):
         if name.isdigit():
@@ -367,8 +383,8 @@ def named(text: str, proc: str = PROC) -> int:
     Raises ValueError with what to do."""
     path = f"{proc}/{text}/ns/ipc" if text.isdigit() else text
     try:
-        # A namespace file is a regular file of nsfs: anything else is not opened, for
-        # open(2) itself may block (a FIFO with no writer) or act (a tape device rewinds)
+        # a namespace file is a regular file of nsfs: anything else (a FIFO, whose open
+        # would wait; a device, whose open may act) is refused before it is opened
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise ValueError(f"{text}: not a namespace file (a pid or /proc/PID/ns/ipc)")
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
@@ -378,6 +394,8 @@ def named(text: str, proc: str = PROC) -> int:
     try:
         import fcntl
 
+        if fs_type(fd) != NSFS_MAGIC:
+            raise ValueError(f"{text}: not a namespace file (a pid or /proc/PID/ns/ipc)")
         try:
             kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
         except OSError:

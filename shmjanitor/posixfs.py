@@ -11,6 +11,7 @@ files are not), and it has no key (0), as lsipc 2.40 shows none.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import time
@@ -446,6 +447,10 @@ def objects(cls: type[PosixObject], path: str, keep: Optional[Callable[[str], bo
     # The program a name shows, and the pid in it when ours (most names show none).
     match = _PROGRAMS.match
     named = {name: _named(name, pids_ours) for name, _, _ in found if match(name)}
+    if any(pid is not None for _, pid in named.values()) and _seen_by_other_pid_ns(dev):
+        # a pid in a name is the creator's in ITS PID namespace (a container's getpid()),
+        # not one of our /proc: judged by the owner instead
+        named = {name: (program, None) for name, (program, _) in named.items()}
     # tuple.__new__: the NamedTuple without its Python-level __new__ (10,000 files), and
     # one comprehension: every field read straight from the stat
     out = [_new(cls, (
@@ -457,6 +462,51 @@ def objects(cls: type[PosixObject], path: str, keep: Optional[Callable[[str], bo
 
 
 _UNNAMED: tuple[Optional[str], Optional[int]] = (None, None)
+
+
+def _seen_by_other_pid_ns(dev: int, proc: str = "/proc") -> bool:
+    """Does a process of another PID namespace than ours see the file system `dev` as
+    its /dev/shm or /dev/mqueue (a container with its own PID namespace, sharing the
+    host's /dev/shm as `docker --ipc=host` does; or the container whose directory a
+    sweep's child reads)? Then a pid its programs put in a name (torch_<pid>_...) is a
+    pid of that namespace, which our /proc numbers otherwise: a live creator would look
+    dead. A process whose namespaces cannot be read counts as one (cannot know).
+    Walked only when some name carries a pid."""
+    from shmjanitor.namespaces import MQUEUE, SHM, open_in_root
+
+    try:
+        ours = os.readlink(f"{proc}/self/ns/pid")
+    except OSError:
+        return True
+    seen: set[str] = set()
+    for name in os.listdir(proc):
+        if not name.isdigit():
+            continue
+        try:
+            pidns = os.readlink(f"{proc}/{name}/ns/pid")
+            mnt = os.readlink(f"{proc}/{name}/ns/mnt")
+        except FileNotFoundError:
+            continue  # exited
+        except OSError:
+            return True  # closed to us: which file systems it sees cannot be told
+        if pidns == ours or mnt in seen:
+            continue
+        seen.add(mnt)
+        for rel in (SHM, MQUEUE):
+            try:
+                fd = open_in_root(f"{proc}/{name}/root", rel)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                if e.errno in (errno.ENOENT, errno.ESRCH, errno.ENOTDIR):
+                    continue
+                return True
+            try:
+                if os.fstat(fd).st_dev == dev:
+                    return True
+            finally:
+                os.close(fd)
+    return False
 
 
 def _named(name: str, pids_ours: bool) -> tuple[Optional[str], Optional[int]]:

@@ -84,8 +84,46 @@ def _sv(f: Callable[[Segment], Any]) -> Callable[[Verdict], Any]:
     return lambda v: f(v.segment)
 
 
+def ns_of(v: Verdict) -> Any:
+    """The IPC namespace (namespaces.Namespace) a verdict's object is in: the one a
+    sweep read it in, else ours (a verdict of a plain survey has none)."""
+    ns = v.ns
+    return ns if ns is not None else ours()
+
+
+def ours() -> Any:
+    """The namespace this shmjanitor runs in (namespaces.here)."""
+    from shmjanitor.namespaces import here
+
+    return here()
+
+
+def ns_cells(ours: Any) -> dict[str, Callable[[Verdict], str]]:
+    """The NS and CONTAINER cells, `ours` (namespaces.here()) for a verdict without a
+    namespace: looked up once per listing, not once per row."""
+    return {
+        "NS": lambda v: str((v.ns or ours).ipc),
+        "CONTAINER": lambda v: printable((v.ns or ours).container or "-"),
+    }
+
+
+def _container_order(v: Verdict) -> tuple[bool, str]:
+    c = ns_of(v).container
+    return (c is None, c or "")  # "-" (no container) after the named ones
+
+
 _STATE_ORDER = {s: i for i, s in enumerate(State)}
 _NONE_LAST = 1 << 80  # sorts after every real size: rss/swap of kernels without them
+
+# Every kind's, for every object: the IPC namespace it is in (issue 14). Default columns,
+# first (as kubectl get -A puts NAMESPACE first), when a listing spans namespaces.
+NS_COLUMNS: dict[str, Column] = {
+    "NS": Column(Col("NS", right=True, drop=7), "its IPC namespace: N of ipc:[N] (default "
+                 "with -A)", lambda v: ns_of(v).ipc),
+    "CONTAINER": Column(Col("CONTAINER", squeeze=True, drop=6), "its namespace's container "
+                        "or unit, else - (default with -A)", _container_order),
+}  # fmt: skip
+SPANNING = tuple(NS_COLUMNS)
 
 # Every column of list's table and plain output, in the order `list --help` shows them.
 # `drop` orders which columns give way on a narrow terminal (the highest first): the
@@ -138,10 +176,17 @@ COLUMNS: dict[str, Column] = {
                       lambda v: (v.creator.alive is not True, v.creator.name or "")),
     "LAST_USER": Column(Col("LAST_USER", squeeze=True), "the last user's (lpid's) command "
                         "name while it lives, else -", last_user_cell),
+    **NS_COLUMNS,
 }  # fmt: skip
 ALIASES = {"ATTACH": "ATIME", "DETACH": "DTIME"}  # lsipc's names for them
 DEFAULT = ("KEY", "ID", "OWNER", "PERMS", "SIZE", "NATTCH", "CPID", "CREATOR", "LPID",
            "IDLE", "STATE", "REASON")  # fmt: skip
+
+
+def defaults(default: tuple[str, ...], spans: bool) -> tuple[str, ...]:
+    """A kind's default columns; NS and CONTAINER first when the listing spans
+    namespaces (list -A, --namespace)."""
+    return SPANNING + default if spans else default
 
 
 def parse_columns(text: str) -> tuple[str, ...]:
@@ -268,6 +313,9 @@ class Cells(_Shared):
             if name == "REASON" and one_word:  # not last: one word too
                 return lambda v, b: word(b[i])
             return lambda v, b: b[i]
+        if name in NS_COLUMNS:
+            cell = ns_cells(ours())[name]
+            return lambda v, b: w(cell(v))
         exact, commands = self._exact, self._commands
         get: dict[str, Callable[[Verdict], str]] = {
             "UID": lambda v: str(v.segment.uid),
@@ -359,6 +407,7 @@ def segment_json(v: Verdict) -> dict[str, Any]:
         "rule": v.rule,
         "creator": {"pid": c.pid, "alive": c.alive, "name": c.name},
         "last_user": None if u is None else {"pid": u.pid, "alive": u.alive, "name": u.name},
+        "namespace": ns_of(v).as_json(),
     }
 
 
@@ -392,6 +441,13 @@ def json_string(text: Optional[str]) -> str:
     return "null" if text is None else encode_basestring_ascii(text)
 
 
+@lru_cache(maxsize=1024)
+def ns_json(ns: Any) -> str:
+    """',"namespace":{...}}': the last member of an object in namespace `ns`, and the
+    object's closing brace. Made once per namespace: the encoders splice it in."""
+    return ',"namespace":' + _encode(ns.as_json()) + "}"
+
+
 def json_int(n: Optional[int]) -> str:
     return "null" if n is None else str(n)
 
@@ -415,11 +471,12 @@ class SegmentJson(_Shared):
     def __init__(self, keep: int = 4096) -> None:
         super().__init__(keep)
         self._who: dict[tuple[int, int, int, int, int], str] = {}
-        self._verdict: dict[tuple[State, str, Creator, Optional[Creator], str], str] = {}
+        # (state, reason, creator, last user, rule, namespace (None: ours)) -> its text
+        self._verdict: dict[tuple[State, str, Creator, Optional[Creator], str, Any], str] = {}
 
     def __call__(self, v: Verdict) -> str:
         # Unpacked at once: a field of a NamedTuple read by name is a call each.
-        s, state, reason, c, idle_for, u, rule, _ = v
+        s, state, reason, c, idle_for, u, rule, ns = v
         key, id_, mode, size, cpid, lpid, nattch, uid, gid, cuid, cgid, atime, dtime, ctime, \
             rss, swap = s  # fmt: skip
         k = (uid, gid, cuid, cgid, mode)
@@ -428,19 +485,21 @@ class SegmentJson(_Shared):
             f'"cuid":{cuid},"cgid":{cgid},"perms":{s.perms},'
             f'"dest":{_LITERAL[s.dest]},"locked":{_LITERAL[s.locked]}'
         ))  # fmt: skip
-        kv = (state, reason, c, u, rule)
+        kv = (state, reason, c, u, rule, ns)
         # The reason's text is encoded here, not through json_string's cache: this
         # cache is the one for it (a leak of as many creators misses both every time).
+        # The namespace ends it (ns_json, made once per namespace): no lookup of its own.
         verdict = self._verdict.get(kv) or self._learn(self._verdict, kv, (
             f'"state":"{state.value}","reason":{encode_basestring_ascii(reason)},'
             f'"rule":"{rule}","creator":{_process(c)},"last_user":{_process(u)}'
+            + ns_json(ns_of(v))
         ))  # fmt: skip
         return (
             f'{{"id":{id_},"key":{key},{who},"size":{size},"nattch":{nattch},'
             f'"cpid":{cpid},"lpid":{lpid},"atime":{"null" if atime is None else atime},'
             f'"dtime":{"null" if dtime is None else dtime},"ctime":{ctime},'
             f'"rss":{"null" if rss is None else rss},"swap":{"null" if swap is None else swap},'
-            f'"idle_seconds":{idle_for},{verdict}}}'
+            f'"idle_seconds":{idle_for},{verdict}'
         )
 
 

@@ -21,6 +21,7 @@ from shmjanitor.durations import format_age, format_size
 from shmjanitor.layout import Col, draw, wrap_lines
 from shmjanitor.reaping import Outcome
 from shmjanitor.remove import LEGACY_KIND, Action, Result
+from shmjanitor.render import ns_of
 from shmjanitor.text import printable
 
 ACTION_STYLE = {  # layout.paint styles
@@ -69,6 +70,7 @@ def result_json(r: Result) -> dict[str, Any]:
         "state": r.verdict.state.value, "action": r.action.value, "reason": r.reason,
         "rule": r.rule,
         **({} if _path(s) is None else {"path": _path(s)}),
+        "namespace": ns_of(r.verdict).as_json(),  # the IPC namespace it is (was) in
         "made_by": history.made_by(s),
     }  # fmt: skip
 

@@ -78,14 +78,18 @@ class Shape:
         other: the POSIX kinds' "posix")."""
         return self.plural
 
-    def chosen(self, output: Optional[Output]) -> tuple[str, ...]:
-        """The columns `-o` names for this kind; ValueError for one it does not have."""
+    def chosen(self, output: Optional[Output], spans: bool = False) -> tuple[str, ...]:
+        """The columns `-o` names for this kind; ValueError for one it does not have.
+        `spans`: the listing spans namespaces (NS and CONTAINER are default columns)."""
+        default = render.defaults(self.default, spans)
         if output is None:
-            return self.default
+            return default
         lacking = [n for n in output.names if n not in self.columns]
         if lacking:
             raise ValueError(f"{', '.join(lacking)}: not a column of {self.plural}")
-        return self.default + output.names if output.extra else output.names
+        if not output.extra:
+            return output.names
+        return default + tuple(n for n in output.names if n not in render.SPANNING or not spans)
 
     def sort(self, verdicts: list[Verdict], name: str, commands: Mapping[int, str]) -> None:
         """In place by column `name` (ties, and a column it lacks, in id order)."""
@@ -165,6 +169,15 @@ def _none_last(value: Union[int, str, None], descending: bool = False) -> tuple[
 
 _STATE_ORDER = {s: i for i, s in enumerate(State)}
 
+
+def _ns_cell(name: str) -> Cell:
+    """NS or CONTAINER, ours looked up per row: rows() binds it once instead."""
+    return lambda v, _: render.ns_cells(render.ns_of(v))[name](v)
+
+
+# NS and CONTAINER, as segments have them (render.NS_COLUMNS)
+_NS_COLS = {name: _Col(c, _ns_cell(name)) for name, c in render.NS_COLUMNS.items()}
+
 # Before the kind's facts, then after them, then the ones -o may add (as lsipc names
 # them; `drop`: which give way first on a narrow terminal, the highest first).
 _HEAD = {
@@ -212,6 +225,7 @@ _MORE = {
                  lambda v, exact: render._bytes(v.segment.size, exact)),
     "CTIME": _Col(Column(Col("CTIME"), "creation or last IPC_SET", _o(lambda o: o.ctime)),
                   lambda v, _: when(v.segment.ctime)),
+    **_NS_COLS,
 }  # fmt: skip
 
 
@@ -253,6 +267,10 @@ class Facts(Shape):
     def rows(self, verdicts: Sequence[Verdict], exact_bytes: bool, columns: Sequence[str], *,
              one_word: bool, commands: Mapping[int, str]) -> list[tuple[str, ...]]:  # fmt: skip
         cells = [self._cells[n] for n in columns]
+        if any(n in render.SPANNING for n in columns):
+            bound = render.ns_cells(render.ours())
+            cells = [(lambda v, _, f=bound[n]: f(v)) if n in bound else c  # type: ignore[misc]
+                     for n, c in zip(columns, cells)]  # fmt: skip
         last = len(cells) - 1
         w = word if one_word else render._same
         return [
@@ -312,6 +330,7 @@ def facts_json(kind: kinds.Kind, v: Verdict) -> dict[str, Any]:
         "uid": o.uid, "gid": o.gid, "cuid": o.cuid, "cgid": o.cgid, "perms": o.perms,
         "ctime": o.ctime, **{f.json: f.get(o) for f in kind.FACTS},
         "state": v.state.value, "reason": v.reason, "rule": v.rule,
+        "namespace": render.ns_of(v).as_json(),
     }  # fmt: skip
 
 
@@ -328,7 +347,7 @@ class FactsJson(_Shared):
         # json_facts), as this loop would: a call per fact is 100 ms at 32,000 queues.
         self._own: Optional[Callable[[Any], str]] = getattr(kind, "json_facts", None)
         self._who: dict[tuple[int, int, int, int, int], str] = {}
-        self._verdict: dict[tuple[State, str, str], str] = {}
+        self._verdict: dict[tuple[State, str, str, Any], str] = {}
 
     def __call__(self, v: Verdict) -> str:
         o = v.segment
@@ -342,9 +361,10 @@ class FactsJson(_Shared):
             facts = own(o)
         else:
             facts = "".join([f"{name}:{_json_value(get(o))}," for name, get in self._facts])
-        kv = (v.state, v.reason, v.rule)
+        kv = (v.state, v.reason, v.rule, v.ns)  # the namespace ends it (render.ns_json)
         verdict = self._verdict.get(kv) or self._learn(self._verdict, kv, (
-            f'"state":"{v.state.value}","reason":{json_string(v.reason)},"rule":"{v.rule}"}}'
+            f'"state":"{v.state.value}","reason":{json_string(v.reason)},"rule":"{v.rule}"'
+            + render.ns_json(render.ns_of(v))
         ))  # fmt: skip
         return f'{self._head}"id":{o.id},"key":{o.key},{who}"ctime":{o.ctime},{facts}{verdict}'
 
@@ -397,6 +417,7 @@ _POSIX_MORE = {
     "NAMEPID": _Col(Column(Col("NAMEPID", right=True), "the creator pid its name carries "
                            "(torch_<pid>_...)", _o(lambda o: _none_last(o.name_pid))),
                     lambda v, _: "-" if v.obj.name_pid is None else str(v.obj.name_pid)),
+    **_NS_COLS,
 }  # fmt: skip
 
 
@@ -468,6 +489,7 @@ def posix_json(kind: kinds.Kind, v: Verdict) -> dict[str, Any]:
                      "user": None if h.uid is None else owner_name(h.uid)} for h in o.holders],
         **{f.json: f.get(o) for f in kind.FACTS},
         "state": v.state.value, "reason": v.reason, "rule": v.rule,
+        "namespace": render.ns_of(v).as_json(),
     }  # fmt: skip
 
 
@@ -480,7 +502,7 @@ class PosixJson(_Shared):
         self._head = f'{{"kind":{json_string(kind.NAME)},'
         self._facts = [(json_string(f.json), f.get) for f in kind.FACTS]
         self._who: dict[tuple[int, int, int], str] = {}
-        self._verdict: dict[tuple[State, str, str], str] = {}
+        self._verdict: dict[tuple[State, str, str, Any], str] = {}
         self._dirs: dict[str, str] = {}  # '"/dev/shm/': a path's JSON up to its name
 
     def __call__(self, v: Verdict) -> str:
@@ -496,9 +518,10 @@ class PosixJson(_Shared):
         held = ",".join([_holder_json(h) for h in o.holders]) if o.holders else ""
         facts = "".join([f"{key}:{_json_value(get(o))}," for key, get in self._facts]) \
             if self._facts else ""  # fmt: skip
-        kv = (v.state, v.reason, v.rule)
+        kv = (v.state, v.reason, v.rule, v.ns)  # the namespace ends it (render.ns_json)
         verdict = self._verdict.get(kv) or self._learn(self._verdict, kv, (
-            f'"state":"{v.state.value}","reason":{json_string(v.reason)},"rule":"{v.rule}"}}'
+            f'"state":"{v.state.value}","reason":{json_string(v.reason)},"rule":"{v.rule}"'
+            + render.ns_json(render.ns_of(v))
         ))  # fmt: skip
         pid = "null" if o.name_pid is None else o.name_pid
         program = "null" if o.program is None else json_string(o.program)

@@ -29,6 +29,10 @@ UNIT_NAMES = ("shmjanitor.service", "shmjanitor.timer")
 TIMER = "shmjanitor.timer"
 # `shmjanitor watch` as a service: off by default, written only when asked (--watch).
 WATCH = "shmjanitor-watch.service"
+# The drop-in that lets the service enter every IPC namespace (all_namespaces = true):
+# written only when asked (--all-namespaces), into shmjanitor.service.d/.
+ALL_NAMESPACES = "all-namespaces.conf"
+DROP_IN_DIR = "shmjanitor.service.d"
 DEFAULT_DEST = Path("/etc/systemd/system")
 
 # The service runs with ProtectHome=yes: a program below these is invisible to it.
@@ -231,14 +235,18 @@ def find_exec_path(argv0: Optional[str] = None) -> str:
     )
 
 
-def install_units(dest: Path, exec_path: str, watch: bool = False) -> list[Path]:
+def install_units(dest: Path, exec_path: str, watch: bool = False,
+                  all_namespaces: bool = False) -> list[Path]:  # fmt: skip
     """Write shmjanitor.service and shmjanitor.timer (and with `watch`,
-    shmjanitor-watch.service) into `dest`; return their paths.
+    shmjanitor-watch.service; with `all_namespaces`, the drop-in
+    shmjanitor.service.d/all-namespaces.conf) into `dest`; return their paths.
 
     ExecStart= is rewritten to `exec_path` (absolute). Each file is replaced
     atomically, mode 0644, so re-running is safe. Does not run systemctl.
     """
     texts = render_units(exec_path, watch)
+    if all_namespaces:
+        texts[f"{DROP_IN_DIR}/{ALL_NAMESPACES}"] = unit_texts((ALL_NAMESPACES,))[ALL_NAMESPACES]
     if not (os.path.isfile(exec_path) and os.access(exec_path, os.X_OK)):
         raise UnitsError(f"{exec_path} is not an executable file; the service would fail to start")
     dest = Path(dest)
@@ -250,8 +258,13 @@ def install_units(dest: Path, exec_path: str, watch: bool = False) -> list[Path]
     written = []
     for name, text in texts.items():
         target = dest / name
+        if target.parent != dest:  # the drop-in's directory, 0755 as systemctl edit makes it
+            try:
+                target.parent.mkdir(mode=0o755, exist_ok=True)
+            except OSError as e:
+                raise UnitsError(f"cannot make {target.parent}: {e.strerror}") from None
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=dest)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         except PermissionError:
             raise UnitsError(
                 f"cannot write to {dest}: permission denied; run as root (sudo) or pass --dest DIR"

@@ -201,7 +201,22 @@ def _private_mounts() -> None:
         # is simply not writable to us, and the tests that need accounts skip anyway.
     else:
         _install_accounts()
+        _hide_machine_config()
     _fresh_dev_mounts()
+
+
+def _hide_machine_config() -> None:
+    """An empty file over the machine's /etc/shmjanitor.toml, if it has one: a test that
+    runs list or reap without --config must not take the machine's policy, least of all
+    all_namespaces = true, which would sweep every namespace the suite's /proc shows
+    (outside scripts/test's PID namespace: the machine's own)."""
+    real = Path("/etc/shmjanitor.toml")
+    if not real.exists():
+        return
+    empty = SUITE_RUN / "shmjanitor.toml"
+    empty.write_text("")
+    empty.chmod(0o644)
+    _mount(str(empty), str(real), None, MS_BIND)
 
 
 def _fresh_dev_mounts() -> None:

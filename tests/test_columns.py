@@ -181,6 +181,8 @@ EXPECT = {
     "attach": lambda s: s["atime"] or 0, "detach": lambda s: s["dtime"] or 0,
     "status": lambda s: (s["dest"], s["locked"]), "command": _cmdline,
     "last_user": lambda s: _name(s["last_user"]),
+    "ns": lambda s: s["namespace"]["ipc"],
+    "container": lambda s: (s["namespace"]["container"] is None, s["namespace"]["container"] or ""),
 }  # fmt: skip
 
 

@@ -65,7 +65,7 @@ def bash_complete(script: Path, *words: str) -> list[str]:
             ["attached", "idle", "orphan", "unknown", "removing"],
         ),
         (("shmjanitor", "list", "--sort", "na"), ["name", "namepid", "nattch"]),
-        (("shmjanitor", "list", "--sort", "ns"), ["nsems"]),
+        (("shmjanitor", "list", "--sort", "ns"), ["ns", "nsems"]),
         (("shmjanitor", "reap", "--dry"), ["--dry-run"]),
         (("shmjanitor", "quarantine", "p"), ["purge"]),
         (("shmjanitor", "completion", ""), ["bash", "zsh", "fish"]),

@@ -94,7 +94,8 @@ def test_a_kinds_json_is_its_facts_beside_the_shared_fields(some):
         assert text.isascii()
         doc = json.loads(text)
         shared = ["kind", "id", "key", "owner", "uid", "gid", "cuid", "cgid", "perms", "ctime"]
-        assert list(doc) == [*shared, *(f.json for f in kind.FACTS), "state", "reason", "rule"]
+        assert list(doc) == [*shared, *(f.json for f in kind.FACTS), "state", "reason", "rule",
+                             "namespace"]  # fmt: skip
         seg = documented[v.obj.id]
         assert doc["kind"] == "shm"
         for name in shared[1:] + ["nattch", "cpid", "lpid", "atime", "dtime", "rss", "swap"]:

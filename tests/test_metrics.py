@@ -20,6 +20,16 @@ def samples(path) -> dict[tuple[str, tuple], float]:  # type: ignore[no-untyped-
     return out
 
 
+def ours(**labels: str) -> tuple[tuple[str, str], ...]:
+    """A series' sorted labels, in our own IPC namespace (issue 14: every per-state gauge
+    has namespace and container labels)."""
+    from shmjanitor.namespaces import here
+
+    me = here()
+    labels.update(namespace=str(me.ipc), container=me.container or "")
+    return tuple(sorted(labels.items()))
+
+
 def test_list_metrics_count_states_and_bytes(tmp_path):
     make(Spec(size=100), Spec(size=200))  # two orphans
     busy = make(Spec(size=4096)).ids[0]
@@ -29,11 +39,11 @@ def test_list_metrics_count_states_and_bytes(tmp_path):
     r = cli("list", "--metrics-file", str(prom))
     assert r.exit_code == 0, r.output
     got = samples(prom)
-    assert got[("shmjanitor_segments", (("state", "orphan"),))] == 2
-    assert got[("shmjanitor_segment_bytes", (("state", "orphan"),))] == 300
-    assert got[("shmjanitor_segments", (("state", "attached"),))] == 1
-    assert got[("shmjanitor_segments", (("state", "idle"),))] == 1
-    assert got[("shmjanitor_segments", (("state", "removing"),))] == 0
+    assert got[("shmjanitor_segments", ours(state="orphan"))] == 2
+    assert got[("shmjanitor_segment_bytes", ours(state="orphan"))] == 300
+    assert got[("shmjanitor_segments", ours(state="attached"))] == 1
+    assert got[("shmjanitor_segments", ours(state="idle"))] == 1
+    assert got[("shmjanitor_segments", ours(state="removing"))] == 0
     assert got[("shmjanitor_last_run_success", ())] == 1
     assert ("shmjanitor_last_run_removed_segments", ()) not in got  # list removes nothing
     assert not list(tmp_path.glob("*.tmp*"))  # the temp file was renamed into place
@@ -49,8 +59,8 @@ def test_reap_metrics_say_what_was_removed(tmp_path):
     got = samples(prom)
     assert got[("shmjanitor_last_run_removed_segments", ())] == 2
     assert got[("shmjanitor_last_run_removed_bytes", ())] == 1024
-    assert got[("shmjanitor_segments", (("state", "orphan"),))] == 0  # after the run
-    assert got[("shmjanitor_segments", (("state", "idle"),))] == 1
+    assert got[("shmjanitor_segments", ours(state="orphan"))] == 0  # after the run
+    assert got[("shmjanitor_segments", ours(state="idle"))] == 1
     assert got[("shmjanitor_last_run_success", ())] == 1
     assert got[("shmjanitor_last_run_timestamp_seconds", ())] > 1.7e9
     assert stat.S_IMODE(prom.stat().st_mode) & 0o044  # node_exporter must read it

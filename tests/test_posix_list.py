@@ -22,6 +22,7 @@ from conftest import ACCOUNTS, MQUEUE, needs_real_root, python_as
 from segments import cli
 
 from shmjanitor import holders, posixfs
+from shmjanitor.namespaces import here
 
 SHM = Path("/dev/shm")
 ALICE, BOB = ACCOUNTS["alice"], ACCOUNTS["bob"]
@@ -278,6 +279,7 @@ def test_json_fields_of_a_sparse_file():
         "atime": int(st.st_atime), "idle_seconds": o["idle_seconds"], "program": None,
         "name_pid": None, "holders": [], "state": "idle", "reason": o["reason"],
         "rule": "owner-alive",
+        "namespace": here().as_json(),  # issue 14: ours (tests/test_ns_render.py checks it)
         "made_by": None,  # issue 15: its maker was never seen alive
     }  # fmt: skip
     doc = json.loads(cli("list", "--json", "-M").stdout)
@@ -405,9 +407,11 @@ def test_metrics_count_the_posix_kinds(tmp_path):
     r = cli("list", "--json", "--metrics-file", str(out))
     assert r.exit_code == 0, r.output
     text = out.read_text()
-    assert 'shmjanitor_objects{kind="posix-shm",state="idle"} 1.0' in text
-    assert 'shmjanitor_objects{kind="posix-sem",state="idle"} 1.0' in text
-    assert 'shmjanitor_objects{kind="posix-mqueue",state="orphan"} 0.0' in text
+    me = here()
+    c, ns = f'container="{me.container or ""}"', f'namespace="{me.ipc}"'  # ours (issue 14)
+    assert f'shmjanitor_objects{{{c},kind="posix-shm",{ns},state="idle"}} 1.0' in text
+    assert f'shmjanitor_objects{{{c},kind="posix-sem",{ns},state="idle"}} 1.0' in text
+    assert f'shmjanitor_objects{{{c},kind="posix-mqueue",{ns},state="orphan"}} 0.0' in text
 
 
 def test_the_table_footer_says_how_full_dev_shm_is():

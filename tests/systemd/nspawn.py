@@ -29,6 +29,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional, Union
 
@@ -162,14 +163,35 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
+def _parent(pid: int) -> Optional[int]:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def _descendants(pid: int) -> list[int]:
+    """Children first, then theirs: nspawn's, or those of a prefix that forked it."""
+    found, todo = [], [pid]
+    while todo:
+        kids = _children(todo.pop(0))
+        found += kids
+        todo += kids
+    return found
+
+
 class Container:
     """A booted container. Use `Container.boot(...)` as a context manager."""
 
-    def __init__(self, root: Path, proc: subprocess.Popen, leader: int, log: Path) -> None:
+    def __init__(
+        self, root: Path, proc: subprocess.Popen, leader: int, log: Path, name: str = ""
+    ) -> None:
         self.root = root  # the container's / as seen from the host
-        self.proc = proc  # the systemd-nspawn process
+        self.proc = proc  # what was started: systemd-nspawn, or the prefix that runs it
         self.leader = leader  # the container's PID 1, as a host pid
         self.log = log
+        self.name = name  # --machine=
         self.boot_seconds = 0.0
 
     # -- life cycle --------------------------------------------------------------
@@ -181,10 +203,13 @@ class Container:
         name: Optional[str] = None,
         timeout: float = 120.0,
         workdir: Optional[Path] = None,
+        prefix: Sequence[str] = (),
     ) -> Container:
         """Extract a fresh root, boot it, wait until systemd has finished starting up.
 
         `binds_ro` maps a path in the container to a host path, mounted read-only.
+        `prefix` goes before systemd-nspawn's argv: a command that runs it elsewhere
+        (tests/worlds.py's World.argv: in a sealed world), which may fork it.
         """
         reason = unavailable_reason()
         if reason:
@@ -213,14 +238,14 @@ class Container:
                 args.append(f"--bind-ro={host}:{inside}")
             with open(log, "wb") as out:
                 proc = subprocess.Popen(
-                    args,
+                    [*prefix, *args],
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
             leader = cls._wait_for_leader(proc, log, timeout)
-            c = cls(root, proc, leader, log)
+            c = cls(root, proc, leader, log, name)
             c._wait_until_booted(start + timeout)
             c.boot_seconds = time.monotonic() - start
             return c
@@ -239,7 +264,7 @@ class Container:
                     f"systemd-nspawn exited ({proc.returncode}) before booting: "
                     + log.read_text(errors="replace").strip()[-2000:]
                 )
-            for kid in _children(proc.pid):
+            for kid in _descendants(proc.pid):
                 # nspawn may fork helpers; the container's init is PID 1 in a new PID namespace.
                 try:
                     status = Path(f"/proc/{kid}/status").read_text()
@@ -338,8 +363,11 @@ def _stop(proc: subprocess.Popen, leader: Optional[int], grace: float = 15.0) ->
     Killing nspawn alone would leave the container running as an orphan, so the
     container's PID 1 is killed too (that takes its whole PID namespace with it).
     """
+    nspawn = _parent(leader) if leader is not None else None
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        # A prefix (nsenter) passes no signal on: nspawn itself is told.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(nspawn or proc.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(grace)
     if leader is not None:

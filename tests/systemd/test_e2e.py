@@ -190,8 +190,8 @@ def test_reap_under_systemd(booted: Container) -> None:
     assert re.search(r"^shmjanitor_last_run_success 1(\.0)?$", prom, re.MULTILINE), prom
     # The service saw the POSIX file (PrivateDevices= binds the host's /dev/shm into its
     # /dev), and judged it as `list` does in a container.
-    assert re.search(r'^shmjanitor_objects\{kind="posix-shm",state="unknown"\} 1(\.0)?$',
-                     prom, re.MULTILINE), prom  # fmt: skip
+    assert re.search(r'^shmjanitor_objects\{container="[^"]*",kind="posix-shm",namespace="\d+",'
+                     r'state="unknown"\} 1(\.0)?$', prom, re.MULTILINE), prom  # fmt: skip
     assert 'path="/dev/shm/psm_e2e"' in prom, prom
     mode = int(c.run(f"stat -c %a {prom_dir}/shmjanitor.prom").stdout.strip(), 8)
     assert mode & 0o004, f"node_exporter could not read it (mode {mode:o})"
