@@ -264,16 +264,6 @@ def _ns_inode(pid: str, kind: str, proc: str) -> Optional[int]:
         return None
 
 
-def pids_ours(pids: Iterable[int], proc: str = PROC) -> bool:
-    """Whether every one of these processes (a place's) is in our PID namespace: their
-    pids are then the numbers our /proc gives them. A process of a container with a
-    PID namespace of its own numbers itself (getpid) in that one, and a pid it writes
-    into a file's name (torch_<pid>_...) is that number, not ours; one whose namespace
-    cannot be read counts as another's."""
-    me = _ns_inode("self", "pid", proc)
-    return all(_ns_inode(str(p), "pid", proc) == me for p in pids)
-
-
 def own_ipc(proc: str = PROC) -> int:
     return os.stat(f"{proc}/self/ns/ipc").st_ino
 

@@ -35,11 +35,6 @@ MQUEUE_DIR = "/dev/mqueue"
 # (/proc/self/fd/N, opened inside the container's root); None: it has none. Objects
 # keep the directory's own name (/dev/shm, /dev/mqueue): it is theirs in their namespace.
 _OPEN: dict[str, Optional[str]] = {}
-# Whether a pid a file's name carries (torch_<pid>_...) is one of our /proc: False in
-# the child of a sweep that reads a namespace whose processes are in another PID
-# namespace (a container's), where the name's pid is the creator's pid THERE, and the
-# process of that number here is another one or none (a live creator judged dead).
-_NAME_PIDS_OURS = [True]
 
 
 def open_path(d: str) -> Optional[str]:
@@ -47,14 +42,11 @@ def open_path(d: str) -> Optional[str]:
     return _OPEN.get(d, d)
 
 
-def reach(shm: Optional[str], mqueue: Optional[str], name_pids_ours: bool = True) -> None:
+def reach(shm: Optional[str], mqueue: Optional[str]) -> None:
     """Read and remove the objects of these directories (paths of fds, or None) in
-    place of /dev/shm and /dev/mqueue, for the rest of this process (a sweep's child);
-    `name_pids_ours` False: their processes number pids in another PID namespace, so a
-    pid in a file's name is not evidence here."""
+    place of /dev/shm and /dev/mqueue, for the rest of this process (a sweep's child)."""
     _OPEN[SHM_DIR] = shm
     _OPEN[MQUEUE_DIR] = mqueue
-    _NAME_PIDS_OURS[0] = name_pids_ours
     forget()
 
 
@@ -438,7 +430,7 @@ def objects(cls: type[PosixObject], path: str, keep: Optional[Callable[[str], bo
     if not found:
         return []
     blocked = s.blocked.get(path, ())
-    pids_ours = _NAME_PIDS_OURS[0] and not s.unseen.get(path, False)
+    pids_ours = not s.unseen.get(path, False)
     dev = found[0][1].st_dev  # read_dir keeps the files of the directory's own device
     held = {ino: tuple(sorted(hs)) for (d, ino), hs in s.holdings.held.items() if d == dev}
     leases: dict[int, Optional[str]] = {}

@@ -251,19 +251,38 @@ def test_every_namespace_is_listed_with_its_own_objects_in_their_states(world: W
     }
 
 
+SMALL_QUEUE = r"""
+import ctypes, os
+class Attr(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_long), ("maxmsg", ctypes.c_long),
+                ("msgsize", ctypes.c_long), ("curmsgs", ctypes.c_long),
+                ("pad", ctypes.c_long * 4)]
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.mq_open(b"/shared", os.O_CREAT | os.O_RDWR, 0o600, ctypes.byref(Attr(0, 1, 8, 0)))
+assert fd >= 0, os.strerror(ctypes.get_errno())
+"""
+
+
 def test_a_dev_shm_seen_by_two_namespaces_is_read_once(world: World) -> None:
     """A pod's way: two IPC namespaces, one /dev/shm (B's mount namespace is a copy of
     A's, with the same tmpfs): its files are listed once, with the first (lowest pid)."""
+    # a small queue: touch(1) would make one of the default size, which RLIMIT_MSGQUEUE
+    # (per uid, over every namespace) may refuse while a previous test's namespaces
+    # are still being freed
     a = world.spawn(["unshare", "--ipc", "--mount", "--propagation", "private", "sh", "-c",
-                     f"{FRESH} && touch /dev/shm/torch_1_shared /dev/mqueue/shared && "
-                     'echo $$ && exec sleep 1000'])  # fmt: skip
+                     f'{FRESH} && touch /dev/shm/torch_1_shared && "$0" -c "$1" && '
+                     'echo $$ && exec sleep 1000', PY, SMALL_QUEUE])  # fmt: skip
     assert a.stdout is not None
-    pid_a = int(a.stdout.readline())
+    line = a.stdout.readline()
+    assert line, f"A did not start: exit {a.wait()}"
+    pid_a = int(line)
     b = world.spawn(["nsenter", "-t", str(pid_a), "-m", "--", "unshare", "--ipc", "--mount",
                      "--propagation", "private", "sh", "-c",
                      '"$0" -c "$1" 777 && echo $$ && exec sleep 1000', PY, SHM_ONLY])  # fmt: skip
     assert b.stdout is not None
-    pid_b = int(b.stdout.readline())
+    line = b.stdout.readline()
+    assert line, f"B did not start: exit {b.wait()}"
+    pid_b = int(line)
     ipc = {}
     for pid in (pid_a, pid_b):
         r = world.run(["stat", "-L", "-c", "%i", f"/proc/{pid}/ns/ipc"], check=True)
