@@ -3,13 +3,19 @@
 
     python benchmarks/bench.py            # N = 32,000 and 4,096; updates docs/benchmarks.md
     python benchmarks/bench.py --quick    # a small N, a few runs, docs left alone
-    python benchmarks/bench.py --only sem,msg   # some rows only (shm, sem, msg, posix, history)
+    python benchmarks/bench.py --only sem,msg   # some rows only (shm, sem, msg, posix, history, ns)
 
 Everything happens in private IPC namespaces: the script re-executes itself under
 `unshare --ipc` unless it already runs in one, and keeps each data set (32,000 orphans
 of one creator, 32,000 orphans of as many creators, 4,096 orphans, the reap runs) in a
 namespace of its own, entered with setns(2) around each command. The machine's own
 /proc/sysvipc/shm is never touched. Needs root (setns, setuid to an ordinary account).
+
+The ns row (issue 14) runs `list -A`, which reads every IPC namespace a process of /proc
+is in: the run is therefore always sealed (re-executed in a PID namespace of its own,
+with its own /proc, whose pid 1 is already in a private IPC namespace and a private
+mount namespace with its own /run, /dev/shm and /dev/mqueue), and it refuses to start
+when any process its /proc shows is in the IPC namespace it was started in.
 
 Orphans are made as shmjanitor's users leave them: a process of uid 1000 (an ordinary
 account, >= UID_MIN, so `reap`'s default policy takes them) creates IPC_PRIVATE
@@ -22,6 +28,7 @@ time; a ratio is A's median over B's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import datetime
 import errno
@@ -30,6 +37,7 @@ import os
 import platform
 import pty
 import shutil
+import signal
 import statistics
 import struct
 import subprocess
@@ -49,6 +57,8 @@ SEGMENT_SIZE = 4096
 MAX_N = 32000  # the issue's size; IPCMNI (the most a namespace may hold) is 32,768
 SMALL_N = 4096
 ENV_OUTER_NS = "SHMJANITOR_BENCH_OUTER_IPC_NS"
+ENV_OUTER_INIT_NS = "SHMJANITOR_BENCH_OUTER_INIT_IPC_NS"  # pid 1's, as the starter saw it
+ENV_OUTER_SHM = "SHMJANITOR_BENCH_OUTER_SHM_DEV"
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
 
@@ -99,37 +109,66 @@ def _ipc_ns(pid: str = "self") -> Optional[str]:
         return None
 
 
-def in_private_namespace() -> bool:
-    """Not in the machine's IPC namespace: pid 1's differs from ours, or we re-executed
-    ourselves under unshare (pid 1's namespace is not always readable, e.g. in a sandbox)."""
-    mine = _ipc_ns()
-    outer = os.environ.get(ENV_OUTER_NS)
-    if outer is not None:
-        return outer != mine
-    init = _ipc_ns("1")
-    return init is not None and init != mine
-
-
 def ensure_private_namespace() -> None:
-    if in_private_namespace():
+    """Re-execute this script sealed, unless it is the sealed run already (then check)."""
+    if os.environ.get(ENV_OUTER_NS) is not None:
+        check_sealed()
         return
     unshare = shutil.which("unshare")
     if unshare is None:
         sys.exit("bench: needs unshare(1) (util-linux) to run in a private IPC namespace")
     os.environ[ENV_OUTER_NS] = _ipc_ns() or "?"
+    os.environ[ENV_OUTER_INIT_NS] = _ipc_ns("1") or "?"  # unreadable in some sandboxes
+    os.environ[ENV_OUTER_SHM] = str(os.stat("/dev/shm").st_dev)
     # A private mount namespace too, with its own /run: the reaper takes its lock in
     # /run/shmjanitor, which must stay the machine's as it was. mount -n: without it,
     # libmount writes /run/mount/utab into the machine's /run before the tmpfs hides it.
-    # And a PID namespace with its own /proc, whose pid 1 (sh, which does not exec) stays
-    # outside the IPC namespaces the data sets get: then /proc shows every task that
-    # could wait on a queue or hold a user's process (procs.unseen_ipc_peers), and no
-    # process of the machine is read (this machine's own pid 1 cannot be: every queue
-    # would be unknown).
+    # Its own /dev/shm and /dev/mqueue (a mqueue mounted here is the new IPC namespace's):
+    # `list -A` reads the POSIX directories of every namespace, ours included.
+    # And a PID namespace with its own /proc, whose pid 1 (sh, which does not exec) is in
+    # the run's private IPC namespace, outside the data sets' own: then /proc shows every
+    # task that could wait on a queue or hold a user's process (procs.unseen_ipc_peers),
+    # no process of the machine is read (this machine's own pid 1 cannot be: every queue
+    # would be unknown), and `list -A` finds no namespace but the run's.
+    script = (
+        "mount -n -t tmpfs -o mode=0755 shmjanitor-bench /run"
+        " && mount -n -t tmpfs -o mode=1777,nosuid,nodev shmjanitor-bench /dev/shm"
+        " && { [ ! -d /dev/mqueue ] || mount -n -t mqueue -o nosuid,nodev,noexec none /dev/mqueue; }"
+        ' && "$0" "$@"; exit $?'
+    )
     argv = [unshare, "--ipc", "--mount", "--propagation", "private", "--pid", "--fork",
-            "--kill-child", "--mount-proc", "sh", "-c",
-            'mount -n -t tmpfs -o mode=0755 shmjanitor-bench /run && "$0" "$@"; exit $?',
+            "--kill-child", "--mount-proc", "sh", "-c", script,
             sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]]  # fmt: skip
     os.execv(unshare, argv)
+
+
+def sealed_why() -> Optional[str]:
+    """Why this run is not sealed (None: it is): a process of our /proc in the IPC
+    namespace the run was started in (or in its starter's pid 1's), or the starter's
+    /dev/shm. `list -A` enters every IPC namespace of /proc: one of those would be the
+    machine's."""
+    outer = {os.environ.get(ENV_OUTER_NS), os.environ.get(ENV_OUTER_INIT_NS)} - {None, "?"}
+    if not outer:
+        return "the IPC namespace it was started in is not known"
+    if os.getpid() == 1 or _ipc_ns("1") is None:
+        return "not in a PID namespace of its own whose pid 1 it can read"
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        ns = _ipc_ns(name)
+        if ns is None and os.path.exists(f"/proc/{name}"):
+            return f"the IPC namespace of process {name} cannot be read"
+        if ns in outer:
+            return f"process {name} is in the IPC namespace the run was started in ({ns})"
+    if str(os.stat("/dev/shm").st_dev) == os.environ.get(ENV_OUTER_SHM):
+        return "/dev/shm is the one the run was started with"
+    return None
+
+
+def check_sealed() -> None:
+    why = sealed_why()
+    if why is not None:
+        sys.exit(f"bench: refusing to run, not sealed: {why}")
 
 
 class Namespace:
@@ -381,7 +420,8 @@ def ratio_figure(name: str, a: str, b: str, pair: Pair, limit: Optional[float],
 
 
 # the benchmark's rows: by kind of object, and the cost of the history store (issue 15)
-KINDS = ("shm", "sem", "msg", "posix", "history")
+# and every IPC namespace (issue 14)
+KINDS = ("shm", "sem", "msg", "posix", "history", "ns")
 
 
 class Options(NamedTuple):
@@ -430,6 +470,8 @@ def benchmark(opt: Options, say: Callable[[str], None]) -> tuple[list[Figure], d
                 figures += posix_figures(opt, sj, tmp, say)
             if "history" in opt.only:
                 figures += history_figures(opt, sj, tmp, say)
+            if "ns" in opt.only:
+                figures += ns_figures(opt, sj, tmp, say)
             return figures, notes
         # Start-up: an empty namespace, shmjanitor vs the interpreter doing nothing.
         empty = Namespace(shmmni)
@@ -573,6 +615,8 @@ def benchmark(opt: Options, say: Callable[[str], None]) -> tuple[list[Figure], d
         if "history" in opt.only:
             figures += history_figures(opt, sj, tmp, say)
         empty.close()
+        if "ns" in opt.only:  # last: every other data set is gone, ours is empty
+            figures += ns_figures(opt, sj, tmp, say)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return figures, notes
@@ -730,6 +774,122 @@ def history_figures(opt: Options, sj: list[str], tmp: Path,
     figures.append(ratio_figure(f"history: first list --json, {n:,} new rows",
                                 "with history", "without", pair, None))  # fmt: skip
     ns.close()
+    return figures
+
+
+NS_COUNT, NS_SEGMENTS = 100, 100  # the issue's size: 100 namespaces of 100 segments
+
+
+def ns_sizes(n: int) -> tuple[int, int]:
+    """(namespaces, segments in each): the issue's 100 x 100, or for a small N (the
+    suite's test) N/4 x N/4."""
+    if n >= 400:
+        return NS_COUNT, NS_SEGMENTS
+    k = max(2, n // 4)
+    return k, k
+
+
+class NamespaceFarm:
+    """`count` IPC namespaces, each held by one long-lived process of its own: a child
+    that unshare(2)s its IPC namespace (what `unshare --ipc` does), becomes uid 1000,
+    makes `per` segments and stays (pause). Nothing but those processes keeps them."""
+
+    def __init__(self, count: int, per: int) -> None:
+        r, w = os.pipe()
+        self.pids: list[int] = []
+        try:
+            for _ in range(count):
+                pid = os.fork()
+                if pid == 0:
+                    ok = False
+                    try:
+                        os.close(r)
+                        if _libc.unshare(CLONE_NEWIPC) == 0:
+                            _become_ordinary()
+                            ok = all(_shmget() for _ in range(per))
+                    finally:
+                        os.write(w, b"+" if ok else b"-")
+                        if not ok:
+                            os._exit(1)
+                    while True:
+                        signal.pause()
+                self.pids.append(pid)
+            os.close(w)
+            w = -1
+            said = b""
+            while len(said) < count:
+                chunk = os.read(r, count)
+                if not chunk:
+                    break
+                said += chunk
+            if said != b"+" * count:
+                raise RuntimeError(f"{said.count(b'+')} of {count} namespaces of {per} "
+                                   "segments made")  # fmt: skip
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            os.close(r)
+            if w >= 0:
+                os.close(w)
+        self.inodes = {os.stat(f"/proc/{pid}/ns/ipc").st_ino for pid in self.pids}
+        if len(self.inodes) != count:
+            self.close()
+            raise RuntimeError(f"{count} holders share {len(self.inodes)} IPC namespaces")
+
+    def close(self) -> None:
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in self.pids:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        self.pids = []
+
+
+def nsenter_loop(pids: Sequence[int], cmd: str) -> list[str]:
+    """What admins run today: `cmd` inside each namespace, one nsenter per pid."""
+    return ["sh", "-c", f'for pid in "$@"; do nsenter -t "$pid" -i {cmd}; done', "sh",
+            *map(str, pids)]  # fmt: skip
+
+
+def ns_figures(opt: Options, sj: list[str], tmp: Path,
+               say: Callable[[str], None]) -> list[Figure]:  # fmt: skip
+    """Issue 14's rows: `list -A --json` over 100 IPC namespaces of 100 segments each,
+    against a shell loop of `nsenter -t PID -i lsipc -m --json` over one pid per
+    namespace (and, for information, of `ipcs -m -p`). Before the timing, list -A must
+    show every namespace's segments, and the lsipc loop as many."""
+    import json
+
+    count, per = ns_sizes(opt.n)
+    out = tmp / "out-ns"
+    say(f"ns: {count} IPC namespaces of {per} segments, each held by a process ...")
+    farm = NamespaceFarm(count, per)
+    try:
+        check_sealed()  # -A enters every namespace of /proc: none may be the machine's
+        every = [*sj, "list", "-A", "--json"]
+        run(every, out)
+        segments = json.loads(out.read_text())["segments"]
+        if len(segments) != count * per:
+            raise RuntimeError(f"list -A showed {len(segments)} segments, not {count * per}")
+        lsipc = nsenter_loop(farm.pids, "lsipc -m --json")
+        run(lsipc, out)
+        seen = out.read_text().count('"id":')
+        if seen != count * per:
+            raise RuntimeError(f"the lsipc loop showed {seen} segments, not {count * per}")
+        say("ns: list -A --json vs the nsenter lsipc loop ...")
+        pair = alternate(opt.runs, lambda: run(every, out), lambda: run(lsipc, out))
+        name = f"ns: list -A --json, {count} namespaces x {per} segments"
+        figures = [ratio_figure(name, "shmjanitor list -A --json",
+                                "nsenter -i lsipc -m --json, each", pair, 0.5)]  # fmt: skip
+        say("ns: list -A --json vs the nsenter ipcs loop ...")
+        ipcs = nsenter_loop(farm.pids, "ipcs -m -p")
+        pair = alternate(opt.runs, lambda: run(every, out), lambda: run(ipcs, out))
+        figures.append(ratio_figure(f"ns: list -A --json vs ipcs, {count} namespaces x {per}",
+                                    "shmjanitor list -A --json", "nsenter -i ipcs -m -p, each",
+                                    pair, None))  # fmt: skip
+    finally:
+        farm.close()
     return figures
 
 
@@ -921,8 +1081,21 @@ def markdown(figures: Sequence[Figure], notes: dict[str, str], opt: Options,
         "made by a process of uid 1000 that exits: nobody ever operated on them and "
         "their user has no process left, so each is an orphan. Their reap is timed "
         "against the look-then-remove it replaces, `ipcs -s -p` (or `-q`) and then "
-        "`ipcrm --all=sem` (or `msg`), summed. The whole run is in a PID namespace "
-        "of its own, whose pid 1 stays outside the data sets' IPC namespaces.",
+        "`ipcrm --all=sem` (or `msg`), summed. The whole run is sealed: a PID namespace "
+        "of its own with its own /proc, whose pid 1 is in a private IPC namespace (not "
+        "the machine's, and outside the data sets' own) and a private mount namespace "
+        "with its own /run, /dev/shm and /dev/mqueue; the script refuses to start when "
+        "any process its /proc shows is in the IPC namespace it was started from.",
+        "",
+        "The ns rows (issue 14) make 100 IPC namespaces of 100 segments each (4 KiB, "
+        "uid 1000), each held by one long-lived process that unshare(2)d it (what "
+        "`unshare --ipc` does), made its segments and stays. `list -A --json` (every "
+        "namespace, ours too) is timed against what admins run today, a shell loop of "
+        "`nsenter -t PID -i lsipc -m --json` over one pid per namespace (and, for "
+        "information, of `ipcs -m -p`); before the timing, list -A must show all 10,000 "
+        "segments and the lsipc loop as many. `-A` enters every IPC namespace a process "
+        "of /proc is in, which is why the run is sealed: /proc shows no process of the "
+        "machine's namespaces.",
         "",
         "The posix rows (issue 13) mount a tmpfs of their own on /dev/shm (in the run's "
         "private mount namespace) and fill it with files of 4 KiB of uid 1000, held by "
@@ -949,7 +1122,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help=f"write the results here (default: {DOCS.relative_to(ROOT)}, "
                     "only for a full run at the default N)")  # fmt: skip
     ap.add_argument("--only", default=",".join(KINDS), metavar="KINDS",
-                    help="the rows to run: of shm, sem, msg, posix, history, separated by commas (default: "
+                    help="the rows to run: of shm, sem, msg, posix, history, ns, separated by commas (default: "
                     "all; docs are written only for all)")  # fmt: skip
     args = ap.parse_args(argv)
     if args.quick:
@@ -959,7 +1132,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     small = args.small_n or (SMALL_N if args.n >= SMALL_N * 2 else max(1, args.n // 8))
     only = tuple(k for k in KINDS if k in args.only.split(","))
     if not only or set(args.only.split(",")) - set(only):
-        ap.error("--only takes shm, sem, msg, posix, history, separated by commas")
+        ap.error("--only takes shm, sem, msg, posix, history, ns, separated by commas")
     every = len(only) == len(KINDS)
     docs = args.docs or (DOCS if args.n == MAX_N and args.runs >= 5 and every else None)
     opt = Options(args.n, small, args.runs, args.workers, docs, only)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from itertools import chain
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple, Optional
@@ -48,6 +47,68 @@ def take(path: Path = scan.PROC_SHM, now: Optional[float] = None,
     `ns` (namespaces.Namespace): the namespace a sweep reads, for every verdict.
     """
     names = _kinds.names() if kinds is None else _ordered(kinds)
+    tables = read(names, path)
+    clock = liveness.observe(state_dir, record)
+    # One pass of process facts for every kind: each distinct pid is looked up once.
+    facts = procs.look_up(tables.pids(), clock.btime or None)  # 0: no btime, no start times
+    # Users (a party without a pid) only when some object names one: a walk of /proc.
+    uids = tables.uids() if tables.users is None else None
+    users = tables.users if uids is None else procs.users(uids) if uids else {}
+    taken_at = time.time() if now is None else now
+    verdicts = classify_all(tables.objects, facts, taken_at, clock, users, tables.parties, ns)
+    limits, kind_limits = _limits(names)
+    return Survey(verdicts, limits, taken_at, MappingProxyType(kind_limits), names)
+
+
+class Tables(NamedTuple):
+    """A namespace's objects as read inside it, and each one's parties (kinds.Kind
+    .parties), before any process is looked at: what a sweep's child sends back."""
+
+    objects: list[IpcObject]
+    parties: list[tuple[Party, ...]]
+    # procs.users of the uids some party names, when looked up where the tables were
+    # read (whether /proc shows every process of a user depends on the reader's IPC
+    # namespace: procs.unseen_ipc_peers); None: not yet.
+    users: Optional[Mapping[int, procs.User]] = None
+
+    def pids(self) -> set[int]:
+        return {p.pid for ps in self.parties for p in ps}  # a user party's is 0: skipped
+
+    def uids(self) -> set[int]:
+        return {p.uid for ps in self.parties for p in ps if p.uid is not None}
+
+    def packed(self) -> Packed:
+        """These tables as a child sends them: each object and party a plain tuple. A
+        NamedTuple is pickled through a Python-level __getnewargs__ and unpickled through
+        its class's Python-level __new__; plain tuples are C's work both ways, half the
+        cost of a 100-segment namespace's answer. Nested fields stay as they are."""
+        runs: list[tuple[type, list[tuple[Any, ...]]]] = []
+        last = None
+        for o in self.objects:
+            if type(o) is not last:
+                last = type(o)
+                runs.append((last, []))
+            runs[-1][1].append(tuple(o))  # type: ignore[arg-type]  # a NamedTuple
+        return runs, [tuple(map(tuple, ps)) for ps in self.parties], self.users
+
+    @staticmethod
+    def unpacked(p: Packed) -> Tables:
+        runs, parties, users = p
+        objects: list[IpcObject] = []
+        for cls, rows in runs:
+            objects += [_new(cls, row) for row in rows]
+        return Tables(objects, [tuple([_new(Party, x) for x in ps]) for ps in parties], users)
+
+
+# Tables.packed: runs of objects of one class, each object's parties, Tables.users
+Packed = tuple[list[tuple[type, list[tuple[Any, ...]]]], list[tuple[tuple[Any, ...], ...]],
+               Optional[Mapping[int, procs.User]]]  # fmt: skip
+_new = tuple.__new__
+
+
+def read(names: tuple[str, ...], path: Path = scan.PROC_SHM, users: bool = False) -> Tables:
+    """The tables of `names` (in the registry's order), read here. `users`: also which
+    users some party names have a process (only when one does: a user party is rare)."""
     # The POSIX kinds share one read of /dev/shm and /dev/mqueue and one pass over /proc
     # (posixfs.snapshot): this survey's own, not one a survey before it left.
     posixfs.forget()
@@ -55,24 +116,24 @@ def take(path: Path = scan.PROC_SHM, now: Optional[float] = None,
     parties: list[tuple[Party, ...]] = []
     for name in names:
         k = _kinds.of(name)
-        read = k.read(path if k.TABLE == scan.PROC_SHM else k.TABLE)
-        objects.extend(read)
-        parties.extend(map(k.parties, read))
-    clock = liveness.observe(state_dir, record)
-    # One pass of process facts for every kind: each distinct pid is looked up once,
-    # and users (a party without a pid) only when some object names one.
-    every = list(chain.from_iterable(parties))
-    pids = {p.pid for p in every}  # a user party's pid is 0, which look_up skips
-    uids = {p.uid for p in every if p.uid is not None}
-    facts = procs.look_up(pids, clock.btime or None)  # 0: no btime, no start times
-    users = procs.users(uids) if uids else {}
-    taken_at = time.time() if now is None else now
-    verdicts = classify_all(objects, facts, taken_at, clock, users, parties, ns)
+        found = k.read(path if k.TABLE == scan.PROC_SHM else k.TABLE)
+        objects.extend(found)
+        parties.extend(map(k.parties, found))
     posixfs.forget()
-    kind_limits = {name: _kinds.of(name).limits() for name in names}
+    tables = Tables(objects, parties)
+    if users:
+        uids = tables.uids()
+        tables = tables._replace(users=procs.users(uids) if uids else {})
+    return tables
+
+
+def _limits(names: tuple[str, ...]) -> tuple[scan.Limits, dict[str, Mapping[str, Optional[int]]]]:
+    """shm's limits (Survey.limits) and each kind's, of the namespace we are in."""
+    kind_limits: dict[str, Mapping[str, Optional[int]]] = {
+        name: _kinds.of(name).limits() for name in names
+    }
     shm = kind_limits.get(_SHM)
-    limits = scan.Limits(**shm) if shm is not None else scan.read_limits()
-    return Survey(verdicts, limits, taken_at, MappingProxyType(kind_limits), names)
+    return (scan.Limits(**shm) if shm is not None else scan.read_limits()), kind_limits
 
 
 _kinds = kinds  # `kinds` is also take()'s parameter
@@ -116,30 +177,63 @@ def kinds_at(place: Any, names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(n for n in names if (place.sysv if n in _SYSV else posix))
 
 
+JUDGE_BATCH = 16  # namespaces judged together at least, but the last ones (take_all)
+
+
 def take_all(sweep: Any, kinds: Optional[Iterable[str]] = None,
              state_dir: Optional[Path] = None, record: bool = False) -> Survey:  # fmt: skip
     """One survey of every place of a sweep (namespaces.sweep): each read inside its
-    namespace (inside.run), its verdicts marked with it; ours gives the limits. A
+    namespace (inside.run_all), its verdicts marked with it; ours gives the limits. A
     namespace that ended before we entered it is said in `notes`, not an error."""
     from shmjanitor import inside
 
     names = _kinds.names() if kinds is None else _ordered(kinds)
+    for name in names:
+        _kinds.of(name)  # imported here, once, not again in each child
     notes = list(sweep.notes)
-    parts: list[Survey] = []
-    for place in sweep.places:
-        wanted = kinds_at(place, names)
 
-        def job(place: Any = place, wanted: tuple[str, ...] = wanted) -> Survey:
-            return take(kinds=wanted, state_dir=state_dir, record=record,
-                        ns=place.ns).portable()  # fmt: skip
+    # A child reads a place's tables only, and the users their parties name (as seen
+    # from inside: procs.users); process facts and verdicts are made here: our PID
+    # namespace is the child's (setns(CLONE_NEWIPC) changes none), so a pid in any
+    # table is one of our /proc, and the kernel printed it as our /proc numbers it.
+    def job(place: Any) -> Packed:
+        return read(kinds_at(place, names), users=True).packed()
 
-        try:
-            parts.append(inside.run(place, job))
-        except inside.Vanished:
+    # The answers are judged as they come, while the children read on: a namespace's
+    # processes are looked at after its tables were read (as take() does), in one
+    # look_up with those of the others that came meanwhile, JUDGE_BATCH at least (each
+    # look_up lists /proc: thousands of processes on a busy host).
+    clock = liveness.observe(state_dir, record)
+    judged: dict[int, list[Verdict]] = {}
+    taken_at = time.time()
+    waiting: list[tuple[int, Tables]] = []
+
+    def judge(came: list[tuple[int, Any]], last: bool = False) -> None:
+        nonlocal taken_at
+        waiting.extend((i, Tables.unpacked(t)) for i, t in came if isinstance(t, tuple))
+        if not waiting or (len(waiting) < JUDGE_BATCH and not last):
+            return
+        facts = procs.look_up(set().union(*(t.pids() for _, t in waiting)), clock.btime or None)
+        taken_at = time.time()
+        for i, t in waiting:
+            judged[i] = classify_all(t.objects, facts, taken_at, clock, t.users, t.parties,
+                                     sweep.places[i].ns)  # fmt: skip
+        waiting.clear()
+
+    verdicts: list[Verdict] = []
+    answers = inside.run_all(sweep.places, job, each=judge)
+    judge([], last=True)
+    for i, (place, got) in enumerate(zip(sweep.places, answers)):
+        if isinstance(got, inside.Vanished):
             notes.append(f"{place.ns.said()} ended before it was read: its objects went with it")
-        except inside.Unreachable as e:
-            notes.append(str(e))
-    return merged(parts, notes, names)
+        elif isinstance(got, inside.Unreachable):
+            notes.append(str(got))
+        elif isinstance(got, Exception):
+            raise got
+        else:
+            verdicts += judged[i]
+    limits, kind_limits = _limits(names)  # ours, as merged() gives
+    return Survey(verdicts, limits, taken_at, MappingProxyType(kind_limits), names, tuple(notes))
 
 
 def merged(parts: list[Survey], notes: Iterable[str] = (),

@@ -31,6 +31,7 @@ FIGURES = (
     "msg: reap --no-quarantine, 40 orphans",
     "posix: list --json, 400 objects x 10 holders",
     "history: list --json recording, 40 segments known",
+    "ns: list -A --json, 10 namespaces x 10 segments",
 )
 INFORMATION = (  # shown with no target
     "floor: python, typer, read and int(), 40 rows",
@@ -46,6 +47,7 @@ INFORMATION = (  # shown with no target
     "posix scaling: x10 objects (400 vs 40, 10 holders)",
     "posix scaling: x4 holders (40 vs 10, 400 objects)",
     "history: first list --json, 40 new rows",
+    "ns: list -A --json vs ipcs, 10 namespaces x 10",
 )
 
 
