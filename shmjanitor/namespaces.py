@@ -24,6 +24,7 @@ import ctypes
 import errno
 import os
 import re
+import stat
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
@@ -340,16 +341,36 @@ def _reach(pid: int, rel: str, proc: str, ours: dict[int, list[str]],
         os.close(fd)
 
 
+NSFS_MAGIC = 0x6E736673
+
+
+def open_nsfile(path: str) -> Optional[int]:
+    """An fd (O_RDONLY, as setns(2) wants) of the namespace file `path`, None when it is
+    not one. Looked at through O_PATH first, which opens nothing: an open(2) for reading
+    waits for a writer on a FIFO (--namespace /run/f hung for ever) and has effects on
+    some devices (a watchdog starts, a tape rewinds); an nsfs file is a regular file on
+    the nsfs file system, reopened only then. Raises OSError."""
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or fs_type(fd) != NSFS_MAGIC:
+            return None
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(fd)
+
+
 def named(text: str, proc: str = PROC) -> int:
     """The inode of the IPC namespace `--namespace` names: a pid (of a process in it) or
     the path of a namespace file (/proc/PID/ns/ipc, or one bind-mounted under /run).
     Raises ValueError with what to do."""
     path = f"{proc}/{text}/ns/ipc" if text.isdigit() else text
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_nsfile(path)
     except OSError as e:
         what = f"no process {text}" if text.isdigit() and e.errno == errno.ENOENT else e.strerror
         raise ValueError(f"{text}: {what}") from None
+    if fd is None:
+        raise ValueError(f"{text}: not a namespace file (a pid or /proc/PID/ns/ipc)")
     try:
         import fcntl
 

@@ -8,7 +8,6 @@ test runs in a sealed world (tests/worlds.py): -A never sees the machine."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -93,3 +92,51 @@ def test_an_attackers_dev_shm_that_is_not_theirs_is_never_reaped(world, tmp_path
     # its own System V orphan went: it was swept, only its /dev/shm was refused
     assert any(x["action"] == "removed" and x["kind"] == "shm" for x in results), results
     assert world.run(["test", "-e", f"/proc/{pid}"]).returncode == 0
+
+
+# --namespace PATH as an unlucky admin types it: a FIFO (an open(2) for reading waits
+# for a writer: it must not hang), a directory, a plain file, a device, another kind of
+# namespace, and -A as an ordinary user.
+NOT_IPC = {
+    "fifo": "mkfifo /run/f && echo /run/f",
+    "directory": "echo /run",
+    "regular file": "echo x > /run/r && echo /run/r",
+    "net namespace": "echo /proc/self/ns/net",
+    "device": "echo /dev/null",
+    "missing": "echo /run/nothing",
+    "pid 0": "echo 0",
+}
+
+
+@pytest.mark.parametrize("what", sorted(NOT_IPC))
+def test_namespace_that_is_not_an_ipc_namespace_is_a_usage_error(world, tmp_path, what):
+    path = world.sh(NOT_IPC[what], check=True).stdout.strip()
+    for cmd in (["list"], ["reap", "--dry-run"], ["explain", "-m", "0"]):
+        r = world.run([PY, "-m", "shmjanitor", *cmd, "--namespace", path], timeout=20)
+        assert r.returncode == 2, (what, cmd, r.stdout, r.stderr)
+        assert r.stderr.startswith(f"shmjanitor: error: --namespace {path}: "), r.stderr
+        assert "Traceback" not in r.stderr
+
+
+def python_in(world: World, uid: int) -> list[str]:
+    """conftest.python_as(uid) inside the world: its readable copy of the package, copied
+    into the world's own /run (which hides the suite's)."""
+    import shutil
+
+    from conftest import python_as
+
+    argv = python_as(uid)
+    venv = Path(argv[-2]).parent.parent
+    dst = Path(f"/proc/{world.init}/root/run/py")
+    if not dst.exists():
+        shutil.copytree(venv, dst, symlinks=True)
+    return [*argv[:-2], "/run/py/bin/python", "-I"]
+
+
+def test_all_namespaces_as_an_ordinary_user_is_refused(world, tmp_path):
+    for cmd in (["list"], ["reap", "--dry-run"], ["rm", "-m", "0"]):
+        for flag in (["-A"], ["--namespace", "1"]):
+            r = world.run([*python_in(world, 1000), "-m", "shmjanitor", *cmd, *flag],
+                          env=dict(world.env, STATE_DIRECTORY="/tmp"), timeout=20)  # fmt: skip
+            assert r.returncode == 2, (cmd, flag, r.stdout, r.stderr)
+            assert "CAP_SYS_ADMIN" in r.stderr and "Traceback" not in r.stderr, r.stderr
