@@ -131,6 +131,54 @@ def container_of(cgroup: str) -> Optional[str]:
     return None
 
 
+def cgroup_dirs(cgroup: str, mountinfo: str) -> list[tuple[str, str]]:
+    """(mount point, path below it) of each cgroup a /proc/PID/cgroup text names, in the
+    cgroup file systems a /proc/self/mountinfo text mounts ("0::/p" in a cgroup2
+    mount, "N:memory:/p" in the cgroup mount whose options hold memory). Pure."""
+    mounts: list[tuple[str, str, str, set[str]]] = []  # fstype, root, point, options
+    for line in mountinfo.splitlines():
+        f = line.split(" ")
+        t = line.partition(" - ")[2].split(" ")
+        if len(f) < 5 or len(t) < 3 or t[0] not in ("cgroup", "cgroup2"):
+            continue
+        mounts.append((t[0], _unescape_mount(f[3]), _unescape_mount(f[4]), set(t[2].split(","))))
+    out: list[tuple[str, str]] = []
+    for line in cgroup.splitlines():
+        hid, _, rest = line.partition(":")
+        ctrls, _, path = rest.partition(":")
+        for fstype, root, point, opts in mounts:
+            if (fstype == "cgroup2") != (hid == "0" and ctrls == ""):
+                continue
+            if fstype == "cgroup" and not set(ctrls.split(",")) <= opts:
+                continue
+            if path == root or path.startswith(root.rstrip("/") + "/"):
+                out.append((point, path[len(root.rstrip("/")) :].strip("/")))
+                break
+    return out
+
+
+def given_by_root(pid: int, proc: str = PROC) -> bool:
+    """Is every cgroup of `pid` (and every one above it) a directory root owns? A user
+    may make cgroups below a subtree delegated to them (user@UID.service: Delegate=yes)
+    with any name, "machine.slice/machine-web.scope" or "docker-<id>.scope" as well: a
+    container name read from such a path is the user's choice, not the container's.
+    False when it cannot be told (a cgroup not in our mounts)."""
+    text = _read(f"{proc}/{pid}/cgroup")
+    found = cgroup_dirs(text or "", _read(f"{proc}/self/mountinfo") or "")
+    if not found:
+        return False
+    for point, rel in found:
+        d = point
+        for part in ["", *(x for x in rel.split("/") if x)]:
+            d = os.path.join(d, part) if part else d
+            try:
+                if os.stat(d).st_uid != 0:
+                    return False
+            except OSError:
+                return False
+    return True
+
+
 def _read(path: str) -> Optional[str]:
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
@@ -440,7 +488,9 @@ def home(ipc: int, container: Optional[str], pid: Optional[int], pid_start: Opti
         raise ValueError(f"its IPC namespace ipc:[{ipc}]{f' ({container})' if container else ''} "
                          "no longer exists (no process is in it): its objects went with it")  # fmt: skip
     same_process = pid is not None and pid in places[0].pids and start_time(pid, proc) == pid_start
-    same_container = container is not None and places[0].ns.container == container
+    # a name a user gave their own cgroup is no proof (given_by_root)
+    same_container = (container is not None and places[0].ns.container == container
+                      and given_by_root(places[0].ns.pid, proc))  # fmt: skip
     if not (same_process or same_container):
         raise ValueError(f"its IPC namespace ipc:[{ipc}] may be another one now ({places[0].ns.said()}), "
                          "or cannot be told from one: its recorded process has exited and it "

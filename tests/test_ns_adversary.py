@@ -7,10 +7,12 @@ test runs in a sealed world (tests/worlds.py): -A never sees the machine."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 from worlds import World
@@ -40,10 +42,16 @@ def roots_files(world: World) -> set[str]:
     return {f"{d}/torch_{dead}_{n}_x" for d in ("/run/victim", "/dev/shm/rootdir") for n in (1, 2)}
 
 
-def attacker(world: World, script: str) -> int:
+def attacker(world: World, script: str, cgroup: Optional[str] = None) -> int:
     """uid 1000 in a user, IPC and mount namespace of their own, after `script` (which
-    shapes its /dev/shm); a System V orphan of its own too. Its pid, as the world sees it."""
-    p = world.spawn([*ROOTLESS, "sh", "-c",
+    shapes its /dev/shm); a System V orphan of its own too. Its pid, as the world sees it.
+    `cgroup`: a cgroup it makes first in its delegated subtree and moves into."""
+    into = (
+        []
+        if cgroup is None
+        else ["sh", "-c", 'mkdir "$0" && echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup]
+    )
+    p = world.spawn([*USER, *into, *ROOTLESS[len(USER):], "sh", "-c",
                      f"set -e; {script}\nipcmk -M 4096 >/dev/null; echo $$; exec sleep 1000"])  # fmt: skip
     assert p.stdout is not None
     line = p.stdout.readline()
@@ -140,3 +148,138 @@ def test_all_namespaces_as_an_ordinary_user_is_refused(world, tmp_path):
                           env=dict(world.env, STATE_DIRECTORY="/tmp"), timeout=20)  # fmt: skip
             assert r.returncode == 2, (cmd, flag, r.stdout, r.stderr)
             assert "CAP_SYS_ADMIN" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+# --- names a user chooses -------------------------------------------------------------
+# A user's systemd instance (user@UID.service) is delegated its cgroup subtree
+# (Delegate=yes): they may make any cgroup below it and move their processes there, as
+# rootless podman does (.../user@1000.service/user.slice/libpod-<id>.scope). Its name is
+# theirs: any byte but '/' and NUL (cgroup_mkdir refuses a newline; systemd's \x0a
+# escape, which container_of undoes, makes one).
+CGROUP_V1 = Path("/sys/fs/cgroup/systemd")
+
+
+@pytest.fixture
+def delegated() -> Any:
+    """uid 1000's delegated subtree, in the name=systemd hierarchy (no controller: moving
+    a process there limits nothing); removed after the test, its processes moved out."""
+    if not (CGROUP_V1 / "cgroup.procs").exists():
+        pytest.skip("no name=systemd cgroup hierarchy to delegate a subtree of")
+    base = CGROUP_V1 / f"shmjt-{os.getpid()}"
+    user = base / "user.slice" / "user-1000.slice" / "user@1000.service"
+    user.mkdir(parents=True)
+    os.chown(user, 1000, 1000)
+    for f in ("cgroup.procs", "tasks"):
+        os.chown(user / f, 1000, 1000)
+    yield str(user)
+    for d in sorted(base.rglob("*"), key=lambda p: -len(p.parts)) + [base]:
+        if d.is_dir():
+            for pid in (d / "cgroup.procs").read_text().split():
+                with contextlib.suppress(OSError):
+                    (CGROUP_V1 / "cgroup.procs").write_text(pid)
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+# ESC, BEL, CR, and "\\x0a" as it is (systemd's escape of a newline: unescape_unit's)
+EVIL = "e\x1b]0;pwn\x07\r\\x0aX\x1b[2K"
+
+
+def test_a_container_name_a_user_chose_is_printed_escaped_on_one_line(world, tmp_path, delegated):
+    name = f"machine-{EVIL}.scope"
+    cg = f"{delegated}/machine.slice/{name}"
+    Path(cg).parent.mkdir()
+    os.chown(Path(cg).parent, 1000, 1000)
+    roots_files(world)
+    pid = attacker(world, SHAPES["bind of /run"], cgroup=cg)
+    outs = [world.run([PY, "-m", "shmjanitor", "list", "-A"]),
+            reap_all(world, tmp_path / "s", "--dry-run"),
+            world.run([PY, "-m", "shmjanitor", "reap", "-A", "--min-age", "0", "-v",
+                       "--state-dir", str(tmp_path / "s")])]  # fmt: skip
+    for r in outs:
+        assert r.returncode == 0, r.stderr
+        for text in (r.stdout, r.stderr):
+            assert not any(c in text for c in "\x1b\x07\r"), text
+        # the note that its /dev/shm was refused, and the log line of its removal, are
+        # each one line that names it
+        assert any(f"pid {pid}" in line and "not read" in line for line in r.stderr.splitlines()), (
+            r.stderr
+        )
+    assert any("container=" in line and "removed" in line for line in outs[2].stdout.splitlines())
+
+
+SECRET = ("import sysv_ipc; m = sysv_ipc.SharedMemory(0x5EC12E7, sysv_ipc.IPC_CREX, size=4096); "
+          "m.write(b'the secret of web'); print(m.id)")  # fmt: skip
+
+
+def test_restore_never_goes_into_a_later_namespace_that_took_a_containers_name(
+    world, tmp_path, delegated
+):
+    """A machine (root's cgroup machine.slice/machine-web.scope) leaks a segment holding
+    a secret; reap --namespace quarantines it; the machine stops. Its IPC namespace's
+    inode is given to the next namespace made (nsfs numbers come from one IDA,
+    proc_alloc_inum: the lowest free one): here a user's, in a cgroup of their own
+    delegated subtree with the same name (.../user@1000.service/machine.slice/
+    machine-web.scope). The reuse is made certain by writing the user's inode in the
+    quarantine run's record (a hunt for the number works, but not on every try). Root's
+    restore must not put the secret into the user's namespace: a name a user can give
+    their cgroup is not the container's."""
+    base = Path(delegated).parents[2]
+    web = base / "machine.slice" / "machine-web.scope"
+    web.mkdir(parents=True)
+    state = tmp_path / "state"
+    p = world.spawn(["sh", "-c", f'echo $$ > {web}/cgroup.procs && exec unshare --ipc sh -c '
+                     f'"{PY} -c \\"{SECRET}\\" && echo \\$\\$ && exec sleep 1000"'])  # fmt: skip
+    assert p.stdout is not None
+    p.stdout.readline()  # the segment's id
+    pid = int(p.stdout.readline())
+    ipc = os.readlink(f"/proc/{world.init}/root/proc/{pid}/ns/ipc")[5:-1]
+    r = world.run([PY, "-m", "shmjanitor", "reap", "--namespace", str(pid), "--min-age", "0",
+                   "--include-system", "--json", "--state-dir", str(state)])  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    entries = json.loads(world.run([PY, "-m", "shmjanitor", "quarantine", "list", "--json",
+                                    "--state-dir", str(state)]).stdout)["entries"]  # fmt: skip
+    (entry,) = [e for e in entries if e.get("key") == 0x5EC12E7]
+    world.run(["kill", "-KILL", str(pid)], check=True)
+    mine = f"{delegated}/machine.slice/machine-web.scope"
+    Path(mine).parent.mkdir()
+    os.chown(Path(mine).parent, 1000, 1000)
+    theirs = attacker(world, "true", cgroup=mine)
+    later = os.readlink(f"/proc/{world.init}/root/proc/{theirs}/ns/ipc")[5:-1]
+    (run,) = (state / "quarantine").glob("*.json")
+    text = run.read_text()
+    assert f'"ipc_ns": {ipc},' in text and '"container": "machine:web"' in text, text
+    run.write_text(text.replace(f'"ipc_ns": {ipc},', f'"ipc_ns": {later},'))
+    listed = json.loads(world.run([PY, "-m", "shmjanitor", "list", "-A", "--json"]).stdout)
+    assert any(o["cpid"] == 0 or o["uid"] == 1000 for o in listed["segments"])  # theirs is seen
+    r = world.run([PY, "-m", "shmjanitor", "restore", entry["entry"], "--state-dir", str(state)])
+    assert "Traceback" not in r.stderr
+    shown = world.run(["nsenter", "-t", str(theirs), "-i", "ipcs", "-m"], check=True).stdout
+    assert "0x05ec12e7" not in shown, (r.stdout, r.stderr)
+    assert r.returncode == 1 and "may be another one now" in r.stderr, (r.stdout, r.stderr)
+
+
+def test_restore_finds_a_root_containers_namespace_by_its_name(world, tmp_path, delegated):
+    """The other side: a container root named (its cgroup root's own) is found again by
+    its name when the process recorded has exited but the namespace lives on."""
+    web = Path(delegated).parents[2] / "machine.slice" / "machine-web.scope"
+    web.mkdir(parents=True)
+    state = tmp_path / "state"
+    p = world.spawn(["sh", "-c", f'echo $$ > {web}/cgroup.procs && exec unshare --ipc sh -c '
+                     f'"{PY} -c \\"{SECRET}\\" && sleep 1000 & echo \\$\\$; exec sleep 1000"'])  # fmt: skip
+    assert p.stdout is not None
+    first = int(p.stdout.readline())
+    world.run([PY, "-c", "import time; time.sleep(1)"])  # the segment made, its maker gone
+    r = world.run([PY, "-m", "shmjanitor", "reap", "--namespace", str(first), "--min-age", "0",
+                   "--include-system", "--json", "--state-dir", str(state)])  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    entries = json.loads(world.run([PY, "-m", "shmjanitor", "quarantine", "list", "--json",
+                                    "--state-dir", str(state)]).stdout)["entries"]  # fmt: skip
+    (entry,) = [e for e in entries if e.get("key") == 0x5EC12E7]
+    world.run(["kill", "-KILL", str(first)], check=True)
+    r = world.run([PY, "-m", "shmjanitor", "restore", entry["entry"], "--state-dir", str(state)])
+    assert r.returncode == 0, r.stderr
+    left = world.sh(f"cat {web}/cgroup.procs").stdout.split()
+    (other,) = [x for x in left if x != str(first)]
+    shown = world.run(["nsenter", "-t", other, "-i", "ipcs", "-m"], check=True).stdout
+    assert "0x05ec12e7" in shown
