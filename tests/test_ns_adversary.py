@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -283,3 +284,82 @@ def test_restore_finds_a_root_containers_namespace_by_its_name(world, tmp_path, 
     (other,) = [x for x in left if x != str(first)]
     shown = world.run(["nsenter", "-t", other, "-i", "ipcs", "-m"], check=True).stdout
     assert "0x05ec12e7" in shown
+
+
+# --- pids another PID namespace has --------------------------------------------------
+
+IDLE = ("import sys, sysv_ipc, time; m = sysv_ipc.SharedMemory(None, sysv_ipc.IPC_CREX, "
+        "size=4096); m.detach(); print(m.id, flush=True); time.sleep(1000)")  # fmt: skip
+
+
+def test_a_creator_in_a_pid_namespace_we_cannot_see_is_not_judged_dead(world, tmp_path):
+    """A namespace of the world, entered from outside it (as a pod's containers share one
+    IPC namespace, each in its own PID namespace): the segment's live creator has no pid
+    in the world's PID namespace, and the kernel prints its cpid as 0 there. Its segment
+    must not be reaped as an orphan."""
+    import psutil
+
+    p = world.spawn(["unshare", "--ipc", "sh", "-c", "echo $$; exec sleep 1000"])
+    assert p.stdout is not None
+    inner = int(p.stdout.readline())
+    (outer,) = psutil.Process(p.pid).children()
+    outside = subprocess.Popen(["nsenter", "-t", str(outer.pid), "--ipc", PY, "-c", IDLE],
+                               stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert outside.stdout is not None
+        shmid = int(outside.stdout.readline())
+        listed = json.loads(world.run([PY, "-m", "shmjanitor", "list", "--namespace",
+                                       str(inner), "--json"]).stdout)  # fmt: skip
+        (seg,) = [s for s in listed["segments"] if s["id"] == shmid]
+        assert seg["cpid"] == 0, seg
+        assert seg["state"] != "orphan", seg
+        r = world.run([PY, "-m", "shmjanitor", "reap", "--namespace", str(inner), "--min-age",
+                       "0", "--include-system", "--json", "--state-dir", str(tmp_path / "s")])  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        shown = world.run(["nsenter", "-t", str(inner), "-i", "ipcs", "-m", "-i", str(shmid)])
+        assert shown.returncode == 0, (r.stdout, shown.stderr)
+    finally:
+        outside.kill()
+        outside.wait()
+
+
+# --- a child killed mid-reap -----------------------------------------------------------
+
+KILLED_AFTER_RMID = """
+import os, signal, sys
+from shmjanitor import namespaces
+import shmjanitor.kinds.shm as shm
+real = shm.rmid
+def rmid(id):
+    real(id)
+    if namespaces.working is not None:  # the child inside the namespace: killed there
+        os.kill(os.getpid(), signal.SIGKILL)
+shm.rmid = rmid
+from shmjanitor.cli import main
+sys.argv[0] = "shmjanitor"
+main()
+"""
+
+
+def test_a_child_killed_mid_reap_is_exit_1_and_its_run_settles_next_time(world, tmp_path):
+    from test_ns_reap import ids, make_ns
+
+    a = make_ns(world, "a")
+    state = tmp_path / "state"
+    args = ["reap", "--namespace", str(a["pid"]), "--min-age", "0", "--include-system",
+            "--state-dir", str(state), "-m"]  # fmt: skip
+    r = world.run([PY, "-c", KILLED_AFTER_RMID, *args])
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "died without an answer (killed by signal 9)" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    # removed, and no journal line said so
+    assert ids(world, a["pid"], "-m") == {a["shm"]["attached"], a["shm"]["idle"]}
+    r = world.run([PY, "-m", "shmjanitor", *args])  # the next run there settles it
+    assert r.returncode == 0, r.stderr
+    entries = json.loads(world.run([PY, "-m", "shmjanitor", "quarantine", "list", "--json",
+                                    "--state-dir", str(state)]).stdout)["entries"]  # fmt: skip
+    (e,) = [e for e in entries if e["kind"] == "shm" and e["id"] == a["shm"]["orphan"]]
+    r = world.run([PY, "-m", "shmjanitor", "restore", e["entry"], "--state-dir", str(state)])
+    assert r.returncode == 0, (e, r.stderr)
+    shown = world.run(["nsenter", "-t", str(a["pid"]), "-i", "ipcs", "-m"], check=True).stdout
+    assert f"0x{e['key']:08x}" in shown
