@@ -483,7 +483,8 @@ def home(ipc: int, container: Optional[str], pid: Optional[int], pid_start: Opti
     is reused once it has ended, so it is the same namespace only when the very
     process recorded (its pid and start time) is still in it, or, for a container, when
     the process in it now is of the same container."""
-    places = sweep(proc, only=ipc).places
+    found = sweep(proc, only=ipc)
+    places = found.places
     if not places or places[0].ns.pid is None:
         raise ValueError(f"its IPC namespace ipc:[{ipc}]{f' ({container})' if container else ''} "
                          "no longer exists (no process is in it): its objects went with it")  # fmt: skip
@@ -501,4 +502,8 @@ def home(ipc: int, container: Optional[str], pid: Optional[int], pid_start: Opti
         for p in places:
             if (p.shm if rel == SHM else p.mqueue) is not None:
                 return p._replace(sysv=True)
+        # its directory is not its own now (a bind of ours, a symlink out, gone): the
+        # sweep's note says why; never "does not exist" from an empty place
+        why = "; ".join(found.notes) or f"it has no {posix_dir} of its own now"
+        raise ValueError(f"its {posix_dir} is not one to restore into: {why}")
     return places[0]

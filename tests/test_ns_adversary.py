@@ -363,3 +363,32 @@ def test_a_child_killed_mid_reap_is_exit_1_and_its_run_settles_next_time(world, 
     assert r.returncode == 0, (e, r.stderr)
     shown = world.run(["nsenter", "-t", str(a["pid"]), "-i", "ipcs", "-m"], check=True).stdout
     assert f"0x{e['key']:08x}" in shown
+
+
+# --- restore into a namespace that changed its /dev/shm ---------------------------------
+
+
+@pytest.mark.parametrize("now", ["bind of /run", "absolute symlink"])
+def test_restore_into_a_dev_shm_that_is_now_roots_is_refused(world, tmp_path, now):
+    mine = roots_files(world)
+    dead = next(iter(mine)).split("_")[1]
+    pid = attacker(
+        world, f"mount -n -t tmpfs none /dev/shm; echo theirs > /dev/shm/torch_{dead}_7_y"
+    )
+    state = tmp_path / "state"
+    r = reap_all(world, state)
+    assert r.returncode == 0, r.stderr
+    entries = json.loads(world.run([PY, "-m", "shmjanitor", "quarantine", "list", "--json",
+                                    "--state-dir", str(state)]).stdout)["entries"]  # fmt: skip
+    (e,) = [e for e in entries if e.get("path", "").endswith("_7_y")]
+    # the user now gives their namespace root's directory as its /dev/shm
+    change = SHAPES[now].replace("mount -n -t tmpfs none /dev;", "mount -n -t tmpfs none /dev &&")
+    world.run(["nsenter", "-t", str(pid), "-m", "sh", "-c", f"umount /dev/shm; {change}"],
+              check=True)  # fmt: skip
+    before = world.sh("ls -A /run/victim /dev/shm/rootdir").stdout
+    r = world.run([PY, "-m", "shmjanitor", "restore", e["entry"], "--state-dir", str(state)])
+    assert "Traceback" not in r.stderr
+    assert world.sh("ls -A /run/victim /dev/shm/rootdir").stdout == before, r.stdout
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "/dev/shm is not one to restore into" in r.stderr, r.stderr
+    assert exist(world, mine) == mine
