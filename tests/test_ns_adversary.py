@@ -392,3 +392,52 @@ def test_restore_into_a_dev_shm_that_is_now_roots_is_refused(world, tmp_path, no
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert "/dev/shm is not one to restore into" in r.stderr, r.stderr
     assert exist(world, mine) == mine
+
+
+# --- races between the sweep and the child's work ---------------------------------------
+
+RACE = """
+import os, signal, subprocess, sys, time
+from shmjanitor import config, namespaces, reaping
+mode, a, b = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+sweep = namespaces.sweep(only=int(os.stat(f"/proc/{a}/ns/ipc").st_ino))
+if mode == "recycled":  # a's last process exits; its pid is given to one in b's namespace
+    os.kill(a, signal.SIGKILL)
+    while os.path.exists(f"/proc/{a}"):
+        time.sleep(0.01)
+    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+        f.write(str(a - 1))
+    p = subprocess.Popen(["nsenter", "-t", str(b), "-i", "-m", "sleep", "1000"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert p.pid == a, (p.pid, a)
+else:  # a's /dev/shm is now a bind of root's directory of /run
+    subprocess.run(["nsenter", "-t", str(a), "-m", "sh", "-c",
+                    "umount /dev/shm && mount -n --bind /run/victim /dev/shm"], check=True)
+cfg = config.load(None).with_overrides(min_age=0, include_system=True)
+o = reaping.reap_all(sweep, cfg, dry_run=False, quarantine=True, state_dir=None,
+                     hooks=reaping.Hooks(on_note=lambda t: print("NOTE", t)))
+done = [(r.action.value, getattr(r.verdict.obj, "path", None)) for r in o.results]
+print("OK", o.ok, sorted(done, key=str), flush=True)
+if mode == "recycled":
+    p.kill()
+"""
+
+
+def test_a_pid_recycled_into_another_namespace_is_not_entered(world, tmp_path):
+    from test_ns_reap import left_in, make_ns
+
+    a, b = make_ns(world, "a"), make_ns(world, "b")
+    before = left_in(world, b)
+    r = world.run([PY, "-c", RACE, "recycled", str(a["pid"]), str(b["pid"])])
+    assert r.returncode == 0, r.stderr
+    assert "ended before it was entered" in r.stdout and "OK True []" in r.stdout, r.stdout
+    assert left_in(world, b) == before
+
+
+def test_a_dev_shm_replaced_after_the_sweep_is_not_read(world, tmp_path):
+    mine = roots_files(world)
+    pid = attacker(world, "mount -n -t tmpfs none /dev/shm")
+    r = world.run([PY, "-c", RACE, "replaced", str(pid), "0"])
+    assert r.returncode == 0, r.stderr
+    assert "OK True [('removed', None)]" in r.stdout, r.stdout  # its segment only
+    assert exist(world, mine) == mine
