@@ -441,3 +441,34 @@ def test_a_dev_shm_replaced_after_the_sweep_is_not_read(world, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "OK True [('removed', None)]" in r.stdout, r.stdout  # its segment only
     assert exist(world, mine) == mine
+
+
+def test_what_else_a_user_puts_in_their_own_dev_shm_is_never_followed(world, tmp_path):
+    """Their own tmpfs as /dev/shm, holding (each named as an exited program's leak): a
+    FIFO, a socket, a symlink to root's file, root's file and /dev/null bind-mounted
+    over names of theirs, and a file of theirs with the very name of root's file in our
+    /dev/shm (held by a root process). Only their own file goes."""
+    mine = roots_files(world)
+    dead = next(iter(mine)).split("_")[1]
+    held = world.spawn(["sh", "-c", f"echo root > /dev/shm/torch_{dead}_9_x; "
+                        f"exec sleep 1000 3</dev/shm/torch_{dead}_9_x"])  # fmt: skip
+    mine.add(f"/dev/shm/torch_{dead}_9_x")
+    n = f"/dev/shm/torch_{dead}"
+    script = (
+        f"mount -n -t tmpfs none /dev/shm; mkfifo {n}_3_x; "
+        f"/usr/bin/python3 -c \"import socket; socket.socket(socket.AF_UNIX).bind('{n}_4_x')\"; "
+        f"ln -s /run/victim/torch_{dead}_1_x {n}_5_x; "
+        f"touch {n}_6_x {n}_8_x; mount -n --bind /run/victim/torch_{dead}_2_x {n}_6_x; "
+        f"mount -n --bind /dev/null {n}_8_x; echo theirs > {n}_9_x"
+    )
+    pid = attacker(world, script)
+    r = reap_all(world, tmp_path / "state")
+    assert r.returncode == 0, r.stderr
+    posix = [(x["action"], x["path"]) for x in json.loads(r.stdout)["results"] if "path" in x]
+    assert posix == [("removed", f"{n}_9_x")], posix
+    left = world.run(["nsenter", "-t", str(pid), "-m", "ls", "/dev/shm"]).stdout.split()
+    assert sorted(left) == [f"torch_{dead}_{i}_x" for i in (3, 4, 5, 6, 8)], left
+    assert exist(world, mine) == mine
+    assert world.run(["cat", f"/run/victim/torch_{dead}_2_x"]).stdout.startswith("root's")
+    assert world.run(["cat", f"/dev/shm/torch_{dead}_9_x"]).stdout == "root\n"
+    held.kill()
