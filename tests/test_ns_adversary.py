@@ -472,3 +472,33 @@ def test_what_else_a_user_puts_in_their_own_dev_shm_is_never_followed(world, tmp
     assert world.run(["cat", f"/run/victim/torch_{dead}_2_x"]).stdout.startswith("root's")
     assert world.run(["cat", f"/dev/shm/torch_{dead}_9_x"]).stdout == "root\n"
     held.kill()
+
+
+# The parent of a restore's child had already looked at its own /dev/shm (as settling a
+# pending run of its own namespace does, posixrm's directory fd kept open): the child
+# inherits that fd, and must not restore into it.
+OPENED_OURS_FIRST = """
+import sys
+from shmjanitor import posixrm
+posixrm.SHM.fd()
+from shmjanitor.cli import main
+sys.argv[0] = "shmjanitor"
+main()
+"""
+
+
+def test_a_posix_restore_goes_into_its_namespace_even_when_ours_was_opened_first(world, tmp_path):
+    from test_ns_reap import files, make_ns
+
+    b = make_ns(world, "b")
+    state = tmp_path / "state"
+    r = world.run([PY, "-m", "shmjanitor", "reap", "--namespace", str(b["pid"]), "--min-age",
+                   "0", "--include-system", "--state-dir", str(state)])  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    entries = json.loads(world.run([PY, "-m", "shmjanitor", "quarantine", "list", "--json",
+                                    "--state-dir", str(state)]).stdout)["entries"]  # fmt: skip
+    (e,) = [e for e in entries if e.get("path", "").startswith("/dev/shm/torch_")]
+    r = world.run([PY, "-c", OPENED_OURS_FIRST, "restore", e["entry"], "--state-dir", str(state)])
+    assert r.returncode == 0, r.stderr
+    assert e["path"] not in files(world, 1, "/dev/shm"), "restored into ours"
+    assert e["path"] in files(world, b["pid"], "/dev/shm")
