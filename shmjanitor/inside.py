@@ -89,8 +89,11 @@ def _handle(place: Place, proc: str) -> Optional[int]:
     when it ended."""
     fd = namespaces.enter(place.pids, place.ns.ipc, proc)
     if fd is None and place.nsfile is not None:
-        fd = os.open(place.nsfile, os.O_RDONLY | os.O_CLOEXEC)
-        if os.fstat(fd).st_ino != place.ns.ipc:
+        try:
+            fd = namespaces.open_nsfile(place.nsfile)
+        except OSError:
+            fd = None  # unmounted since: as ended
+        if fd is not None and os.fstat(fd).st_ino != place.ns.ipc:
             os.close(fd)
             fd = None
     return fd

@@ -142,6 +142,54 @@ def container_of(cgroup: str) -> Optional[str]:
     return None
 
 
+def cgroup_dirs(cgroup: str, mountinfo: str) -> list[tuple[str, str]]:
+    """(mount point, path below it) of each cgroup a /proc/PID/cgroup text names, in the
+    cgroup file systems a /proc/self/mountinfo text mounts ("0::/p" in a cgroup2
+    mount, "N:memory:/p" in the cgroup mount whose options hold memory). Pure."""
+    mounts: list[tuple[str, str, str, set[str]]] = []  # fstype, root, point, options
+    for line in mountinfo.splitlines():
+        f = line.split(" ")
+        t = line.partition(" - ")[2].split(" ")
+        if len(f) < 5 or len(t) < 3 or t[0] not in ("cgroup", "cgroup2"):
+            continue
+        mounts.append((t[0], _unescape_mount(f[3]), _unescape_mount(f[4]), set(t[2].split(","))))
+    out: list[tuple[str, str]] = []
+    for line in cgroup.splitlines():
+        hid, _, rest = line.partition(":")
+        ctrls, _, path = rest.partition(":")
+        for fstype, root, point, opts in mounts:
+            if (fstype == "cgroup2") != (hid == "0" and ctrls == ""):
+                continue
+            if fstype == "cgroup" and not set(ctrls.split(",")) <= opts:
+                continue
+            if path == root or path.startswith(root.rstrip("/") + "/"):
+                out.append((point, path[len(root.rstrip("/")) :].strip("/")))
+                break
+    return out
+
+
+def given_by_root(pid: int, proc: str = PROC) -> bool:
+    """Is every cgroup of `pid` (and every one above it) a directory root owns? A user
+    may make cgroups below a subtree delegated to them (user@UID.service: Delegate=yes)
+    with any name, "machine.slice/machine-web.scope" or "docker-<id>.scope" as well: a
+    container name read from such a path is the user's choice, not the container's.
+    False when it cannot be told (a cgroup not in our mounts)."""
+    text = _read(f"{proc}/{pid}/cgroup")
+    found = cgroup_dirs(text or "", _read(f"{proc}/self/mountinfo") or "")
+    if not found:
+        return False
+    for point, rel in found:
+        d = point
+        for part in ["", *(x for x in rel.split("/") if x)]:
+            d = os.path.join(d, part) if part else d
+            try:
+                if os.stat(d).st_uid != 0:
+                    return False
+            except OSError:
+                return False
+    return True
+
+
 def _read(path: str) -> Optional[str]:
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
@@ -367,20 +415,36 @@ def _reach(pid: int, rel: str, proc: str, ours: dict[int, list[str]],
         os.close(fd)
 
 
+NSFS_MAGIC = 0x6E736673
+
+
+def open_nsfile(path: str) -> Optional[int]:
+    """An fd (O_RDONLY, as setns(2) wants) of the namespace file `path`, None when it is
+    not one. Looked at through O_PATH first, which opens nothing: an open(2) for reading
+    waits for a writer on a FIFO (--namespace /run/f hung for ever) and has effects on
+    some devices (a watchdog starts, a tape rewinds); an nsfs file is a regular file on
+    the nsfs file system, reopened only then. Raises OSError."""
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or fs_type(fd) != NSFS_MAGIC:
+            return None
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(fd)
+
+
 def named(text: str, proc: str = PROC) -> int:
     """The inode of the IPC namespace `--namespace` names: a pid (of a process in it) or
     the path of a namespace file (/proc/PID/ns/ipc, or one bind-mounted under /run).
     Raises ValueError with what to do."""
     path = f"{proc}/{text}/ns/ipc" if text.isdigit() else text
     try:
-        # a namespace file is a regular file of nsfs: anything else (a FIFO, whose open
-        # would wait; a device, whose open may act) is refused before it is opened
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise ValueError(f"{text}: not a namespace file (a pid or /proc/PID/ns/ipc)")
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        fd = open_nsfile(path)
     except OSError as e:
         what = f"no process {text}" if text.isdigit() and e.errno == errno.ENOENT else e.strerror
         raise ValueError(f"{text}: {what}") from None
+    if fd is None:
+        raise ValueError(f"{text}: not a namespace file (a pid or /proc/PID/ns/ipc)")
     try:
         import fcntl
 
@@ -447,12 +511,15 @@ def home(ipc: int, container: Optional[str], pid: Optional[int], pid_start: Opti
     is reused once it has ended, so it is the same namespace only when the very
     process recorded (its pid and start time) is still in it, or, for a container, when
     the process in it now is of the same container."""
-    places = sweep(proc, only=ipc).places
+    found = sweep(proc, only=ipc)
+    places = found.places
     if not places or places[0].ns.pid is None:
         raise ValueError(f"its IPC namespace ipc:[{ipc}]{f' ({container})' if container else ''} "
                          "no longer exists (no process is in it): its objects went with it")  # fmt: skip
     same_process = pid is not None and pid in places[0].pids and start_time(pid, proc) == pid_start
-    same_container = container is not None and places[0].ns.container == container
+    # a name a user gave their own cgroup is no proof (given_by_root)
+    same_container = (container is not None and places[0].ns.container == container
+                      and given_by_root(places[0].ns.pid, proc))  # fmt: skip
     if not (same_process or same_container):
         raise ValueError(f"its IPC namespace ipc:[{ipc}] may be another one now ({places[0].ns.said()}), "
                          "or cannot be told from one: its recorded process has exited and it "
@@ -463,4 +530,8 @@ def home(ipc: int, container: Optional[str], pid: Optional[int], pid_start: Opti
         for p in places:
             if (p.shm if rel == SHM else p.mqueue) is not None:
                 return p._replace(sysv=True)
+        # its directory is not its own now (a bind of ours, a symlink out, gone): the
+        # sweep's note says why; never "does not exist" from an empty place
+        why = "; ".join(found.notes) or f"it has no {posix_dir} of its own now"
+        raise ValueError(f"its {posix_dir} is not one to restore into: {why}")
     return places[0]

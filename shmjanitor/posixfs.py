@@ -48,6 +48,13 @@ def reach(shm: Optional[str], mqueue: Optional[str]) -> None:
     _OPEN[SHM_DIR] = shm
     _OPEN[MQUEUE_DIR] = mqueue
     forget()
+    # posixrm keeps each directory's fd open once used: one our own parent opened before
+    # it forked us (settling a pending run of its namespace) is OUR /dev/shm, and a
+    # restore (which reads nothing first) put a container's file there.
+    from shmjanitor import posixrm
+
+    for place in (posixrm.SHM, posixrm.MQUEUE):
+        place.reset()
 
 
 class MqAttr(NamedTuple):
