@@ -126,7 +126,8 @@ def container_of(cgroup: str) -> Optional[str]:
     the path names a pod), "machine:<name>" (systemd-nspawn, machinectl), else the
     systemd unit it runs in ("unit:<name>.service"), else None (a login session's or
     the root cgroup: nothing to name). Pure: the cgroup path is all it reads."""
-    path = "\n".join(line.split(":", 2)[-1] for line in cgroup.splitlines())
+    # lines end at "\n" alone: a cgroup's name may hold "\r" (and any byte but "/")
+    path = "\n".join(line.split(":", 2)[-1] for line in cgroup.split("\n"))
     for rx, runtime in _CONTAINERS:
         m = rx.search(path)
         if m is not None:
@@ -154,7 +155,9 @@ def cgroup_dirs(cgroup: str, mountinfo: str) -> list[tuple[str, str]]:
             continue
         mounts.append((t[0], _unescape_mount(f[3]), _unescape_mount(f[4]), set(t[2].split(","))))
     out: list[tuple[str, str]] = []
-    for line in cgroup.splitlines():
+    for line in cgroup.split("\n"):
+        if not line:
+            continue
         hid, _, rest = line.partition(":")
         ctrls, _, path = rest.partition(":")
         for fstype, root, point, opts in mounts:
@@ -191,8 +194,10 @@ def given_by_root(pid: int, proc: str = PROC) -> bool:
 
 
 def _read(path: str) -> Optional[str]:
+    """A /proc file's text as the kernel wrote it (newline="": a "\r" in a cgroup's name
+    stays one, not a line break)."""
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
             return f.read()
     except OSError:
         return None

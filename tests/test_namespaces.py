@@ -17,10 +17,10 @@ import json
 import os
 import signal
 import sys
-import sysconfig
 from typing import Any, Optional
 
 import pytest
+from conftest import REAL_ROOT, python_as
 from worlds import World, wait_for
 
 from shmjanitor import namespaces
@@ -442,16 +442,8 @@ def test_all_namespaces_needs_cap_sys_admin(world: World) -> None:
     # interpreter never has it), and an ordinary uid
     runs = [["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin", "--",
              PY, "-m", "shmjanitor"]]  # fmt: skip
-    system = "/usr/bin/python3"
-    probe = world.run([system, "-c", "import sys; print(tuple(sys.version_info[:2]))"])
-    if probe.stdout.strip() == str(tuple(sys.version_info[:2])):
-        # the venv may sit under /root, closed to uid 1000: the system interpreter of
-        # the same version, given this checkout and the venv's packages
-        where = [os.path.dirname(os.path.dirname(namespaces.__file__)),
-                 sysconfig.get_paths()["purelib"]]  # fmt: skip
-        runs.append(["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "--",
-                     system, "-c", f"import sys; sys.path[:0] = {where!r}; "
-                     "from shmjanitor.cli import main; main()"])  # fmt: skip
+    if REAL_ROOT:  # an ordinary uid, through python_as: this checkout wherever it lives
+        runs.append([*python_as(1000), "-m", "shmjanitor"])
     for prefix in runs:
         for args in (["-A"], ["--namespace", "1"]):
             r = world.run([*prefix, "list", *args], cwd="/")

@@ -24,7 +24,14 @@ from typing import Any, Optional
 import psutil
 
 _INIT = r"""
+# The suite's own directory of /run (conftest.SUITE_RUN: python_as's copy of this
+# checkout, readable by every uid) stays visible under the world's fresh /run: bound on
+# /dev/shm for a moment (about to get a tmpfs of its own), then moved.
+keep=/run/shmjt-suite
+kept=
+if [ -d "$keep" ]; then mount -n --bind "$keep" /dev/shm && kept=1 || exit 99; fi
 mount -n -t tmpfs -o mode=0755 none /run || exit 99
+if [ -n "$kept" ]; then mkdir "$keep" && mount -n --move /dev/shm "$keep" || exit 99; fi
 mount -n -t tmpfs -o mode=1777,nosuid,nodev none /dev/shm || exit 99
 if [ -d /dev/mqueue ]; then mount -n -t mqueue -o nosuid,nodev,noexec none /dev/mqueue || exit 99; fi
 for p in /proc/[0-9]*; do
