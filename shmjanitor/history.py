@@ -72,6 +72,9 @@ CREATE TABLE IF NOT EXISTS objects(id INTEGER PRIMARY KEY, ns TEXT NOT NULL,
     last_user INTEGER REFERENCES procs, removed_at REAL, removed_run INTEGER,
     quarantined INTEGER, restored_at REAL);
 CREATE INDEX IF NOT EXISTS objects_live ON objects(ns, kind) WHERE gone_at IS NULL;
+-- one live object by its ident (removed, restored, look_up): without it each of a
+-- reap's 32,000 removals scanned every live row of its kind (32,000 x 32,000)
+CREATE INDEX IF NOT EXISTS objects_ident ON objects(ns, kind, objid) WHERE gone_at IS NULL;
 CREATE INDEX IF NOT EXISTS objects_gone ON objects(gone_at);
 CREATE INDEX IF NOT EXISTS objects_made ON objects(ns, kind)
     WHERE gone_at IS NULL AND creator IS NOT NULL;
