@@ -16,7 +16,9 @@ forked into the world's PID namespace and sees its /proc).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -50,6 +52,11 @@ class World:
     def __init__(self, machine_ipc: str, env: Optional[dict[str, str]] = None) -> None:
         self.env = dict(os.environ if env is None else env)
         self.env["MACHINE_IPC"] = machine_ipc
+        # A world shares the machine's /var/lib: shmjanitor's state (the history a
+        # `list` writes, the quarantine) goes to a directory of its own, always.
+        if not self.env.get("STATE_DIRECTORY"):
+            self._state = tempfile.mkdtemp(prefix="shmjt-world-state.")
+            self.env["STATE_DIRECTORY"] = self._state
         self._unshare = subprocess.Popen(
             ["unshare", "--ipc", "--mount", "--propagation", "private", "--pid", "--fork",
              "--kill-child", "--mount-proc", "sh", "-c", _INIT],
@@ -95,6 +102,8 @@ class World:
             p.wait()
         assert self._unshare.stdout is not None
         self._unshare.stdout.close()
+        if getattr(self, "_state", None):
+            shutil.rmtree(self._state, ignore_errors=True)
 
 
 def wait_for(predicate: Any, timeout: float = 10.0) -> None:
