@@ -1241,12 +1241,17 @@ def restore(
         except _Interrupted as stop:
             typer.echo(f"shmjanitor: interrupted by {stop.name}: nothing restored", err=True)
             raise typer.Exit(128 + stop.signum) from None
-        doc = store.find(which if isinstance(which, str) else which.name).doc
+        found = store.find(which if isinstance(which, str) else which.name)
+        doc = found.doc
         path = quarantine.entry_path(doc)
         from shmjanitor import history
+        from shmjanitor.lock import ipc_namespace
 
-        history.restored(doc.get("kind", "shm"), doc["id"], doc.get("key", 0), path,
-                         store.state_dir, _note)  # fmt: skip
+        if store.load(found.run).get("ipc_ns") in (None, ipc_namespace()):
+            # the history keeps our own namespace's objects: a container's same id
+            # is not one of them
+            history.restored(doc.get("kind", "shm"), doc["id"], doc.get("key", 0), path,
+                             store.state_dir, _note)  # fmt: skip
         if as_json:
             typer.echo(json.dumps({"id": new_id, "key": k, **({"path": path} if path else {})}))
         else:

@@ -371,7 +371,9 @@ def remove_command(v: Verdict, caller: policy.Caller) -> str:
     force = " --force" if v.state in reaping._IN_USE else ""
     sudo = "sudo " if reaping.not_yours(o, caller) is not None else ""
     ns = v.ns
-    where = f" --namespace {ns.pid}" if ns is not None and not ns.own and ns.pid else ""
+    where = ""
+    if ns is not None and not ns.own:  # its namespace, by a process in it or its file
+        where = f" --namespace {ns.pid}" if ns.pid else " --namespace NSFILE"
     return f"{sudo}shmjanitor rm{where} {what}{force}"
 
 

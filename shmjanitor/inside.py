@@ -122,13 +122,21 @@ def _in_child(place: Place, fd: int, job: Callable[[], T], stop: Any, proc: str)
     told = False
     try:
         while True:
-            ready, _, _ = select.select([r], [], [], 0.2)
-            if not ready:
+            try:
+                ready, _, _ = select.select([r], [], [], 0.2)
+                chunk = os.read(r, 1 << 20) if ready else None
+            except BaseException:  # a signal handler of ours raised (restore's)
+                # The child is doing the work: it is told and says what it did (undone,
+                # or done too far to undo); we wait for its answer, not for nothing.
+                if not told:
+                    os.kill(pid, signal.SIGTERM)
+                    told = True
+                continue
+            if chunk is None:
                 if stop is not None and stop.signum is not None and not told:
                     os.kill(pid, stop.signum)  # stop it as we stop
                     told = True
                 continue
-            chunk = os.read(r, 1 << 20)
             if not chunk:
                 break
             chunks.append(chunk)
@@ -146,6 +154,8 @@ def _in_child(place: Place, fd: int, job: Callable[[], T], stop: Any, proc: str)
         raise value
     if what == "unreachable":
         raise Unreachable(value)
+    if what == "interrupted":
+        raise value  # as it was raised in the child (restore's _Interrupted: undone)
     raise RuntimeError(f"in {place.ns.said()}: {value}")
 
 
@@ -266,7 +276,9 @@ def _answer(place: Place, fd: int, job: Callable[[Place], Any], proc: str) -> tu
         return ("ok", job(place))
     except JanitorError as e:
         return ("janitor", e)
-    except BaseException:
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt) or hasattr(e, "signum"):
+            return ("interrupted", e)  # a signal stopped it: the parent says so
         return ("bug", traceback.format_exc())
     finally:
         posixfs.reach(None, None)  # the next place's directories are its own

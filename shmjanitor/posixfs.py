@@ -11,7 +11,6 @@ files are not), and it has no key (0), as lsipc 2.40 shows none.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import time
@@ -464,19 +463,20 @@ _UNNAMED: tuple[Optional[str], Optional[int]] = (None, None)
 
 
 def _seen_by_other_pid_ns(dev: int, proc: str = "/proc") -> bool:
-    """Does a process of another PID namespace than ours see the file system `dev` as
-    its /dev/shm or /dev/mqueue (a container with its own PID namespace, sharing the
-    host's /dev/shm as `docker --ipc=host` does; or the container whose directory a
-    sweep's child reads)? Then a pid its programs put in a name (torch_<pid>_...) is a
-    pid of that namespace, which our /proc numbers otherwise: a live creator would look
-    dead. A process whose namespaces cannot be read counts as one (cannot know).
+    """Does a process of another PID namespace than ours have the file system `dev`
+    mounted (a container with its own PID namespace sharing the host's /dev/shm, as
+    `docker --ipc=host` does; or the container whose directory a sweep's child reads)?
+    Then a pid its programs put in a name (torch_<pid>_...) may be a pid of that
+    namespace, which our /proc numbers otherwise: a live creator would look dead. Read
+    from /proc/PID/mountinfo, text the kernel writes: no path is looked up through
+    another process's root (a FUSE root whose daemon a user stopped would hang root's
+    run). A process whose namespaces cannot be read counts as one (cannot know).
     Walked only when some name carries a pid."""
-    from shmjanitor.namespaces import MQUEUE, SHM, open_in_root
-
     try:
         ours = os.readlink(f"{proc}/self/ns/pid")
     except OSError:
         return True
+    mine = f" {os.major(dev)}:{os.minor(dev)} "
     seen: set[str] = set()
     for name in os.listdir(proc):
         if not name.isdigit():
@@ -491,20 +491,14 @@ def _seen_by_other_pid_ns(dev: int, proc: str = "/proc") -> bool:
         if pidns == ours or mnt in seen:
             continue
         seen.add(mnt)
-        for rel in (SHM, MQUEUE):
-            try:
-                fd = open_in_root(f"{proc}/{name}/root", rel)
-            except FileNotFoundError:
-                continue
-            except OSError as e:
-                if e.errno in (errno.ENOENT, errno.ESRCH, errno.ENOTDIR):
-                    continue
-                return True
-            try:
-                if os.fstat(fd).st_dev == dev:
+        try:
+            with open(f"{proc}/{name}/mountinfo", encoding="utf-8", errors="replace") as f:
+                if any(mine in line for line in f):
                     return True
-            finally:
-                os.close(fd)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return True
     return False
 
 

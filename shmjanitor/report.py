@@ -64,6 +64,7 @@ def _cpid(v: Verdict) -> Optional[int]:
 
 def result_json(r: Result) -> dict[str, Any]:
     s = r.verdict.obj
+    ns = r.verdict.ns
     return {
         "kind": s.kind, "id": s.id, "key": s.key, "size": s.size, "uid": s.uid,
         "owner": owner_name(s.uid), "cpid": _cpid(r.verdict), "idle_seconds": r.verdict.idle_for,
@@ -71,7 +72,8 @@ def result_json(r: Result) -> dict[str, Any]:
         "rule": r.rule,
         **({} if _path(s) is None else {"path": _path(s)}),
         "namespace": ns_of(r.verdict).as_json(),  # the IPC namespace it is (was) in
-        "made_by": history.made_by(s),
+        # the history keeps our own namespace's objects: another's same id is not one
+        "made_by": history.made_by(s) if ns is None or ns.own else None,
     }  # fmt: skip
 
 

@@ -246,3 +246,25 @@ def test_explain_namespace_explains_the_object_of_that_namespace(world, tmp_path
     r = world.run([PY, "-m", "shmjanitor", "explain", "--namespace", str(a["pid"]),
                    b["posix"]["orphans"][0]])  # b's file is not in a  # fmt: skip
     assert r.returncode == 1 and "no POSIX object" in r.stderr, r.stderr
+
+
+def test_a_removal_in_another_namespace_is_not_credited_to_our_objects_maker(world, tmp_path):
+    """Ids start at 0 in every namespace: the history's maker of OUR segment 0 must not
+    be said of a container's segment 0 (reap --json's made_by)."""
+    state = tmp_path / "state"
+    make = ("import sysv_ipc, time; m = sysv_ipc.SharedMemory(sysv_ipc.IPC_PRIVATE, "
+            "sysv_ipc.IPC_CREX, size=4096); print(m.id, flush=True)")  # fmt: skip
+    # IPC_PRIVATE: key 0 in both, id 0 in both: the same (kind, id, key) ident
+    ours = world.spawn([PY, "-c", make + "; time.sleep(1000)"])  # our 0, its maker alive
+    assert ours.stdout is not None and ours.stdout.readline().strip() == "0"
+    theirs = world.spawn(["unshare", "--ipc", "sh", "-c",
+                          f"{PY} -c '{make}' >/dev/null; echo ok; exec sleep 1000"])  # fmt: skip
+    assert theirs.stdout is not None and theirs.stdout.readline().strip() == "ok"
+    env = dict(world.env, STATE_DIRECTORY=str(state))
+    r = world.run([PY, "-m", "shmjanitor", "list", "--json"], env=env)  # records our maker
+    assert json.loads(r.stdout)["segments"][0]["made_by"] is not None, r.stdout
+    r = reap(world, state, "-A", "--json")
+    assert r.returncode == 0, r.stderr
+    (removed,) = [x for x in json.loads(r.stdout)["results"] if x["action"] == "removed"]
+    assert removed["id"] == 0 and removed["namespace"]["pid"] != 1, removed
+    assert removed["made_by"] is None, removed
