@@ -1105,9 +1105,13 @@ def _same(text: str) -> str:
 
 
 def _ns_cell(ns) -> str:  # type: ignore[no-untyped-def]
+    """A quarantine run's namespace ({"ipc", "container"}) as reap's table says it."""
+    from shmjanitor.namespaces import Namespace
+    from shmjanitor.report import where
+
     if not ns or ns.get("ipc") is None:
         return "-"
-    return printable(ns.get("container") or f"ipc:[{ns['ipc']}]")
+    return where(Namespace(ns["ipc"], None, ns.get("container")))
 
 
 @quarantine_app.command("purge", short_help="Delete entries for good.")

@@ -26,7 +26,7 @@ import os
 import re
 import stat
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple, Optional
 
@@ -486,10 +486,6 @@ def setns(fd: int, nstype: int = CLONE_NEWIPC) -> None:
     if _libc().setns(fd, nstype) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns: {os.strerror(err)}")
-
-
-def lowest(pids: Iterable[int]) -> Optional[int]:
-    return min(pids, default=None)
 
 
 # The namespace a sweep's child works in (inside.run sets it): the quarantine records it
