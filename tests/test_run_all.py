@@ -129,3 +129,39 @@ def test_a_failing_job_fails_its_own_place_only(holders: list[Holder]) -> None:
     assert isinstance(got[2], Refused) and str(got[2]) == "said to the user as it is"
     for i in (0, 3, 4):
         assert got[i][:2] == (holders[i].ipc, holders[i].segments)
+
+
+class _Stopped(BaseException):
+    """As cli._Interrupted: raised by a signal handler, the signal it was for."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+
+def test_a_signal_to_the_parent_alone_is_passed_on_and_the_childs_answer_said(holders, tmp_path):
+    """restore's parent gets SIGTERM (its handler raises) while its child works inside a
+    namespace: the child is told, stops as it would itself, and the parent says what the
+    child did (stopped), not something of its own over a job that went on."""
+    done = tmp_path / "done"
+
+    def job() -> str:
+        import time
+
+        for _ in range(100):  # 10 s at most: the signal comes long before
+            time.sleep(0.1)
+        done.write_text("finished")
+        return "finished"
+
+    def raising(signum: int, _frame: Any) -> None:
+        raise _Stopped(signum)
+
+    old = signal.signal(signal.SIGTERM, raising)
+    timer = subprocess.Popen(["sh", "-c", f"sleep 0.5; kill -TERM {os.getpid()}"])
+    try:
+        with pytest.raises(_Stopped) as stopped:
+            inside.run(holders[0].place, job)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        timer.wait()
+    assert stopped.value.signum == signal.SIGTERM
+    assert not done.exists()  # the child stopped: the job did not go on unsaid
