@@ -7,6 +7,7 @@ through text.printable: it may quote a process name, a user name or a path.
 
 from __future__ import annotations
 
+import copy
 import gc
 import os
 import sys
@@ -21,6 +22,7 @@ from typing import Any, Callable, NoReturn, Optional, Union
 import click
 import typer
 import typer.core
+import typer.main
 from click.utils import PacifyFlushWrapper
 
 from shmjanitor.classify import State
@@ -1614,6 +1616,37 @@ def man_(
     raise typer.Exit(subprocess.run([man, "-l", file]).returncode)
 
 
+def _named_command(args: Sequence[str]) -> Optional[str]:
+    """The command `args` name, after nothing but the root's --color ("list" in "--color
+    never list -s"), or None: no command, a word that names none (click then says so),
+    or another root option first (-h and -V answer for the root, with every command)."""
+    i = 0
+    while i < len(args) and args[i].startswith("--color"):
+        i += 2 if args[i] == "--color" else 1  # "--color WHEN" or "--color=WHEN"
+    if i < len(args) and args[i] in _COMMAND_NAMES:
+        return args[i]
+    return None
+
+
+def _name(info: Any) -> str:
+    return info.name or typer.main.get_command_name(info.callback.__name__)
+
+
+def only(name: Optional[str]) -> typer.Typer:
+    """The app with only the command `name` (None: every command). typer builds a click
+    command of every registered one, its options from each function's signature and
+    type hints, at every start: 30 ms of a 200 ms `list` (benchmarks/bench.py counts
+    start-up in every ratio). A run needs one. The root's help, an unknown command and
+    completion (completion.py) get them all; `shmjanitor CMD --help` and CMD's usage
+    errors read as before, since they name CMD alone."""
+    if name is None:
+        return app
+    one = copy.copy(app)
+    one.registered_commands = [c for c in app.registered_commands if _name(c) == name]
+    one.registered_groups = [g for g in app.registered_groups if g.name == name]
+    return one
+
+
 def main() -> None:
     # A run lives for a second and allocates a few objects per segment (tuples, strings,
     # dicts), none in a reference cycle: reference counting frees them all. The cyclic
@@ -1628,7 +1661,7 @@ def main() -> None:
         sys.exit(ccode)
     code: Union[str, int, None] = 0
     try:
-        app()  # typer ends with SystemExit, whatever happened
+        only(_named_command(sys.argv[1:]))()  # typer ends with SystemExit, whatever happened
     except SystemExit as e:
         code = e.code
         if isinstance(sys.stdout, PacifyFlushWrapper):
@@ -1649,3 +1682,9 @@ def main() -> None:
         _silence_stdout()
         code = code or fail(f"error: cannot write the output: {e}", 1).exit_code
     sys.exit(code)
+
+
+# Every command's and group's name, as a user types it (for `only`).
+_COMMAND_NAMES = frozenset(
+    [_name(c) for c in app.registered_commands] + [g.name for g in app.registered_groups]
+)
