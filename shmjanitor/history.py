@@ -71,11 +71,17 @@ CREATE TABLE IF NOT EXISTS objects(id INTEGER PRIMARY KEY, ns TEXT NOT NULL,
     last_seen REAL, gone_at REAL, orphan_at REAL, creator INTEGER REFERENCES procs,
     last_user INTEGER REFERENCES procs, removed_at REAL, removed_run INTEGER,
     quarantined INTEGER, restored_at REAL);
-CREATE INDEX IF NOT EXISTS objects_live ON objects(ns, kind) WHERE gone_at IS NULL;
--- one live object by its ident (removed, restored, look_up): without it each of a
--- reap's 32,000 removals scanned every live row of its kind (32,000 x 32,000)
+-- The live objects of a kind (a run's read), and one by its ident (removed, restored,
+-- look_up): without it each of a reap's 32,000 removals scanned every live row of its
+-- kind (32,000 x 32,000).
 CREATE INDEX IF NOT EXISTS objects_ident ON objects(ns, kind, objid) WHERE gone_at IS NULL;
-CREATE INDEX IF NOT EXISTS objects_gone ON objects(gone_at);
+-- The rows to prune (gone_at < cutoff); a live row (NULL) is in no such index, so a
+-- new object costs it nothing.
+CREATE INDEX IF NOT EXISTS objects_gone_at ON objects(gone_at) WHERE gone_at IS NOT NULL;
+-- Each index costs every insert and every removal: objects_ident answers what these
+-- two did (a store made before this release has them).
+DROP INDEX IF EXISTS objects_live;
+DROP INDEX IF EXISTS objects_gone;
 CREATE INDEX IF NOT EXISTS objects_made ON objects(ns, kind)
     WHERE gone_at IS NULL AND creator IS NOT NULL;
 """
@@ -605,7 +611,7 @@ def watched(new: Sequence[tuple[Any, list[int], list[int]]], gone: Sequence[Iden
 def _watched(db: sqlite3.Connection, new: Sequence[tuple[Any, list[int], list[int]]],
              gone: Sequence[Ident], at: float, last_seen: Optional[float]) -> None:  # fmt: skip
     ns = _namespace()
-    # The live rows of the kinds concerned, read once (objects_live): a poll that finds
+    # The live rows of the kinds concerned, read once (objects_ident): a poll that finds
     # 32,000 new objects must not look each one up by a scan of the others.
     kinds = {o.kind for o, _, _ in new} | {g[0] for g in gone}
     live: dict[Ident, tuple[int, Optional[int]]] = {}

@@ -333,3 +333,24 @@ def test_old_rows_are_pruned(state, monkeypatch):
     monkeypatch.setenv(history.NOW_ENV, str(time.time() + 91 * DAY))  # default: 90 days
     listed()
     assert rows(state, "SELECT count(*) FROM objects") == [(0,)]
+
+
+def test_a_store_of_an_older_release_loses_the_indexes_that_only_cost(state):
+    """Every index costs each insert and each removal (32,000 of each in a big reap):
+    a store made with the two older indexes has them dropped, and its rows are still
+    read, marked removed and pruned through the ones that remain."""
+    orphans(2)
+    listed()
+    history.forget()  # as a new run would, open the store afresh
+    db = sqlite3.connect(str(state / history.FILE))
+    db.executescript(
+        "CREATE INDEX objects_live ON objects(ns, kind) WHERE gone_at IS NULL;"
+        "CREATE INDEX objects_gone ON objects(gone_at);"
+        "DROP INDEX objects_gone_at;"
+    )
+    db.close()
+    assert cli("reap", "--min-age", "0", "--include-system").exit_code == 0
+    names = {n for (n,) in rows(state, "SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"objects_live", "objects_gone"}.isdisjoint(names)
+    assert {"objects_ident", "objects_gone_at", "objects_made"} <= names
+    assert rows(state, "SELECT count(*) FROM objects WHERE removed_at IS NOT NULL") == [(2,)]
