@@ -46,8 +46,9 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Callable, NamedTuple, Optional
 
 from shmjanitor.classify import State, Verdict
@@ -363,6 +364,9 @@ class Seen(NamedTuple):
 
     made_by: dict[Ident, MadeBy]
     run: Optional[int]
+    # The row of each object this run read or wrote (a kind skipped by its digest: none),
+    # for `removed` to mark by row id rather than look each one up by its ident.
+    rows: Mapping[Ident, int] = MappingProxyType({})
 
 
 _last: dict[Ident, MadeBy] = {}  # the last run's, for made_by()
@@ -436,6 +440,9 @@ def record(verdicts: Sequence[Verdict], kinds: Iterable[str], command: str,
 
 _INSERT = ("INSERT INTO objects(ns, kind, objid, key, path, size, uid, first_seen, orphan_at)"
            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")  # fmt: skip
+# The same, with the row id chosen by the run (_record: max(id) + 1 on, in its transaction)
+_INSERT_ROW = ("INSERT INTO objects(id, ns, kind, objid, key, path, size, uid, first_seen,"
+               " orphan_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")  # fmt: skip
 # What a run compares, of each object alive at the last run: as few columns as that needs
 # (32,000 rows are read every run), the last user's pid to tell a new one.
 _LIVE = """SELECT o.id, o.objid, o.key, o.path, o.size, o.uid, o.orphan_at, o.creator, lu.pid
@@ -498,6 +505,11 @@ def _record(db: sqlite3.Connection, verdicts: Sequence[Verdict], kinds: tuple[st
         verdicts.extend(vs)
         for row in db.execute(_LIVE, (ns, kind)):
             stored[(kind, row[1], row[2], row[3])] = row
+    # Each new row's id is ours to choose: BEGIN IMMEDIATE (_write) keeps every other
+    # writer out until we commit, so max(id) + 1 on are free. Then every row of this run
+    # is known by id (Seen.rows) without inserting the rows one by one.
+    next_id = db.execute("SELECT coalesce(max(id), 0) + 1 FROM objects").fetchone()[0]
+    ids: dict[Ident, int] = {}
     new: list[tuple[Any, ...]] = []
     changed: list[tuple[Any, ...]] = []
     orphaned: list[tuple[float, int]] = []
@@ -513,14 +525,13 @@ def _record(db: sqlite3.Connection, verdicts: Sequence[Verdict], kinds: tuple[st
         if row is None:
             c, lu = witnesses(v)
             orphan_at = at if state is ORPHAN else None
-            values = (ns, o.kind, o.id, o.key, key[3], o.size, o.uid, at, orphan_at)
-            if c or lu:  # its row id is needed: inserted alone
-                oid = db.execute(_INSERT, values).lastrowid
-                assert oid is not None
-                wanted.append((oid, c, lu))
-            else:
-                new.append(values)
+            ids[key] = next_id
+            new.append((next_id, ns, o.kind, o.id, o.key, key[3], o.size, o.uid, at, orphan_at))
+            if c or lu:
+                wanted.append((next_id, c, lu))
+            next_id += 1
             continue
+        ids[key] = row[0]
         if row[4] != o.size or row[5] != o.uid:
             changed.append((o.size, o.uid, row[0]))
         if state is ORPHAN:
@@ -533,7 +544,7 @@ def _record(db: sqlite3.Connection, verdicts: Sequence[Verdict], kinds: tuple[st
             c = c if row[7] is None and o.kind == "shm" else []
             if c or (lu and lu[0] != row[8]):
                 wanted.append((row[0], c, lu))
-    db.executemany(_INSERT, new)
+    db.executemany(_INSERT_ROW, new)
     db.executemany("UPDATE objects SET size = ?, uid = ? WHERE id = ?", changed)
     db.executemany("UPDATE objects SET orphan_at = ? WHERE id = ?", orphaned)
     if stored:  # not in this survey of their kinds: gone since the previous run
@@ -548,7 +559,7 @@ def _record(db: sqlite3.Connection, verdicts: Sequence[Verdict], kinds: tuple[st
     for kind in kinds:
         for r in db.execute(_MADE, (ns, kind)):
             made[(kind, r[0], r[1], r[2])] = MadeBy(r[3], r[4], r[5], r[6], r[7], r[8], r[9])
-    return Seen(made, run)
+    return Seen(made, run, ids)
 
 
 def _witness(db: sqlite3.Connection, wanted: list[tuple[int, list[int], list[int]]],
@@ -656,18 +667,36 @@ def _prune(db: sqlite3.Connection, at: float, max_age: int) -> None:
 
 
 def removed(objs: Sequence[tuple[Any, bool]], run: Optional[int], state_dir: Path,
-            note: Callable[[str], None]) -> None:  # fmt: skip
-    """Record removals: (object, whether a copy went to the quarantine) each."""
+            note: Callable[[str], None], rows: Mapping[Ident, int] = MappingProxyType({})
+            ) -> None:  # fmt: skip
+    """Record removals: (object, whether a copy went to the quarantine) each. `rows`
+    (Seen.rows): the row of an object by its ident, when the run knows it; others are
+    looked up by ident."""
     if not objs or run is None:
         return
     at = now()
     ns = _namespace()
-    rows = [(at, run, int(q), at, at, ns, *ident(o)) for o, q in objs]
-    sql = ("UPDATE objects SET removed_at = ?, removed_run = ?, quarantined = ?, gone_at = ?,"
-           " last_seen = ? WHERE ns = ? AND kind = ? AND objid = ? AND key = ? AND path IS ?"
-           " AND gone_at IS NULL")  # fmt: skip
+    by_row, by_ident = [], []
+    for o, q in objs:
+        i = ident(o)
+        row = rows.get(i)
+        if row is None:
+            by_ident.append((at, run, int(q), at, at, ns, *i))
+        else:
+            by_row.append((at, run, int(q), at, at, row))
+    set_ = ("UPDATE objects SET removed_at = ?, removed_run = ?, quarantined = ?,"
+            " gone_at = ?, last_seen = ?")  # fmt: skip
+    # A row gone since (pruned, or marked gone by another run) is left as it is, either way.
+    sql_row = f"{set_} WHERE id = ? AND gone_at IS NULL"
+    sql_ident = (f"{set_} WHERE ns = ? AND kind = ? AND objid = ? AND key = ? AND path IS ?"
+                 " AND gone_at IS NULL")  # fmt: skip
+
+    def work(db: sqlite3.Connection) -> None:
+        db.executemany(sql_row, by_row)  # sqlite: 32,000 by id 0.19 s, by ident 0.38 s
+        db.executemany(sql_ident, by_ident)
+
     try:
-        _write(state_dir, note, at, lambda db: db.executemany(sql, rows))
+        _write(state_dir, note, at, work)
     except Unusable as e:
         note(f"history not recorded: {e}")
 

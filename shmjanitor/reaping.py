@@ -206,7 +206,7 @@ def _removed(done: Sequence[Result], quarantine: bool, seen: Any, cfg: _config.C
     from shmjanitor import history
 
     gone = [(r.verdict.obj, quarantine) for r in done if r.action is Action.REMOVED]
-    history.removed(gone, seen.run, _history_dir(cfg, state_dir), hooks.on_note)
+    history.removed(gone, seen.run, _history_dir(cfg, state_dir), hooks.on_note, seen.rows)
 
 
 def owner_present(u: procs.User) -> str:
