@@ -21,7 +21,7 @@ from shmjanitor.durations import format_age, format_size
 from shmjanitor.layout import Col, draw, wrap_lines
 from shmjanitor.reaping import Outcome
 from shmjanitor.remove import LEGACY_KIND, Action, Result
-from shmjanitor.render import ns_of
+from shmjanitor.render import ours
 from shmjanitor.text import printable
 
 ACTION_STYLE = {  # layout.paint styles
@@ -62,7 +62,8 @@ def _cpid(v: Verdict) -> Optional[int]:
     return getattr(v.obj, "cpid", None)
 
 
-def result_json(r: Result) -> dict[str, Any]:
+def result_json(r: Result, here: Any = None) -> dict[str, Any]:
+    """`here`: render.ours(), when the caller looked it up once for many results."""
     s = r.verdict.obj
     ns = r.verdict.ns
     return {
@@ -71,14 +72,16 @@ def result_json(r: Result) -> dict[str, Any]:
         "state": r.verdict.state.value, "action": r.action.value, "reason": r.reason,
         "rule": r.rule,
         **({} if _path(s) is None else {"path": _path(s)}),
-        "namespace": ns_of(r.verdict).as_json(),  # the IPC namespace it is (was) in
+        # the IPC namespace it is (was) in
+        "namespace": (ns or here or ours()).as_json(),
         # the history keeps our own namespace's objects: another's same id is not one
         "made_by": history.made_by(s) if ns is None or ns.own else None,
     }  # fmt: skip
 
 
 def to_json(o: Outcome) -> str:
-    doc = {"dry_run": o.dry_run, "results": [result_json(r) for r in o.results],
+    here = ours()  # a stat(2) a call: once for the 32,000 results of a big reap
+    doc = {"dry_run": o.dry_run, "results": [result_json(r, here) for r in o.results],
            "summary": summary(o)}  # fmt: skip
     return json.dumps(doc, separators=(",", ":")) + "\n"
 
