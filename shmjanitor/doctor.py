@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -116,6 +117,7 @@ class Facts:
     proc_options: str = ""  # the super options of the /proc mount
     history: Optional[str] = None  # PRAGMA quick_check's answer; None: no store yet
     history_aside: tuple[str, ...] = ()  # corrupt stores set aside (their file names)
+    all_namespaces: bool = False  # the config's all_namespaces
 
 
 # --- pure helpers ----------------------------------------------------------------------
@@ -462,6 +464,77 @@ def check_hidepid(f: Facts) -> list[Finding]:
                     "sees through it (CAP_SYS_PTRACE, ProtectProc=default)")]  # fmt: skip
 
 
+_NAMESPACE_TYPES = frozenset({"cgroup", "ipc", "net", "mnt", "pid", "user", "uts", "time"})
+
+
+def namespaces_allowed(service_files: Sequence[tuple[str, str]]) -> frozenset[str]:
+    """The namespace types RestrictNamespaces= leaves the service, as systemd reads the
+    lines (src/core/load-fragment.c, config_parse_restrict_namespaces): yes none, no all,
+    an empty assignment back to unrestricted; a first list allows its types alone (a "~"
+    list all but its types), a later one adds them to what is allowed (a "~" list takes
+    them away): the unit's `yes` and the drop-in's `ipc` leave ipc."""
+    allowed: Optional[frozenset[str]] = None  # None: never restricted
+    for value, _ in unit_values(service_files, "Service", "RestrictNamespaces"):
+        word = value.lower()
+        if not word:
+            allowed = None
+        elif word in _TRUE:
+            allowed = frozenset()
+        elif word in _FALSE:
+            allowed = _NAMESPACE_TYPES
+        else:
+            types = set(word.lstrip("~").split()) & _NAMESPACE_TYPES
+            invert = word.startswith("~")
+            if allowed is None:
+                allowed = _NAMESPACE_TYPES - types if invert else frozenset(types)
+            else:
+                allowed = allowed - types if invert else allowed | types
+    return _NAMESPACE_TYPES if allowed is None else allowed
+
+
+def reap_args(service_files: Sequence[tuple[str, str]]) -> list[str]:
+    """The words of SHMJANITOR_REAP_ARGS as the unit's Environment= lines set it (the
+    last one wins), which ExecStart= passes to reap."""
+    words: list[str] = []
+    for value, _ in unit_values(service_files, "Service", "Environment"):
+        try:
+            items = shlex.split(value)
+        except ValueError:  # an unbalanced quote: systemd would not start it either
+            items = value.split()
+        for item in items:
+            name, sep, text = item.partition("=")
+            if sep and name == "SHMJANITOR_REAP_ARGS":
+                words = text.split()
+    return words
+
+
+def check_namespaces(f: Facts) -> list[Finding]:
+    """Whether the timer's reap may enter the IPC namespaces it is asked to sweep: with
+    all_namespaces (or -A in SHMJANITOR_REAP_ARGS) and the unit's RestrictNamespaces=yes
+    alone, systemd's seccomp filter refuses every setns(2): each other namespace is a
+    note, never read nor reaped, and the run still exits 0."""
+    name = "all_namespaces"
+    if not f.service_files:
+        return [Finding(name, Severity.OK, "shmjanitor.service is not installed")]
+    args = reap_args(f.service_files)
+    asked = [w for w in args if w in ("-A", "--all-namespaces") or w.startswith("--namespace")]
+    if not f.all_namespaces and not asked:
+        return [Finding(name, Severity.OK, "the timer's reap works in its own IPC namespace "
+                        "(all_namespaces is off)")]  # fmt: skip
+    why = (f"SHMJANITOR_REAP_ARGS has {' '.join(asked)}" if asked
+           else f"all_namespaces = true in {f.config_path}")  # fmt: skip
+    units = ", ".join(path for path, _ in f.service_files)
+    if "ipc" not in namespaces_allowed(f.service_files):
+        return [Finding(name, Severity.WARNING, f"{why}, but shmjanitor.service ({units}) "
+                        "has RestrictNamespaces= without ipc: its setns(2) into any other "
+                        "IPC namespace is refused, so containers' objects are never read "
+                        "nor reaped (each run says so in a note and exits 0)",
+                        "shmjanitor install-units --all-namespaces (the drop-in "
+                        "RestrictNamespaces=ipc), then systemctl daemon-reload")]  # fmt: skip
+    return [Finding(name, Severity.OK, f"{why}, and shmjanitor.service ({units}) may "
+                    "enter IPC namespaces (RestrictNamespaces= allows ipc)")]  # fmt: skip
+
+
 def has_ptrace(service_files: Sequence[tuple[str, str]]) -> bool:
     """Whether CapabilityBoundingSet= leaves CAP_SYS_PTRACE (systemd.exec(5): lines
     merge; a first plain list restricts to it, later ones add; "~" lists remove; an
@@ -481,7 +554,7 @@ def has_ptrace(service_files: Sequence[tuple[str, str]]) -> bool:
 
 CHECKS = (check_logind, check_rmid_forced, check_limits, check_dev_shm_size, check_timer,
           check_last_run, check_metrics, check_config, check_state_dir, check_history,
-          check_hidepid)  # fmt: skip
+          check_hidepid, check_namespaces)  # fmt: skip
 
 
 def diagnose(f: Facts) -> list[Finding]:

@@ -304,6 +304,7 @@ def gather(root: Path = Path("/"), config_path: Optional[Path] = None,
         proc_options=proc_options(),
         history=history_check(state),
         history_aside=tuple(sorted(p.name for p in state.glob("history.sqlite3.corrupt-*"))),
+        all_namespaces=cfg.all_namespaces,
     )  # fmt: skip
 
 

@@ -30,6 +30,7 @@ CHECKS = {
     "logind_remove_ipc", "shm_rmid_forced", "limit_shmmni", "limit_semmni", "limit_semmns",
     "limit_msgmni", "limit_dev_shm_bytes", "limit_dev_shm_inodes", "dev_shm_size", "timer",
     "last_run", "metrics_fresh", "config", "state_dir", "history", "proc_hidepid",
+    "all_namespaces",
 }  # fmt: skip
 MQUEUE_CHECK = "limit_mqueue_queues"  # only where an mqueue file system is mounted
 MS_REMOUNT = 32
@@ -516,6 +517,44 @@ def test_hidepid_without_what_the_unit_needs(root: Path, tmp_path: Path) -> None
         dataclasses.replace(doctor_facts.gather(root), proc_options=options)
     )
     assert warn.severity is Severity.WARNING and "ProtectProc=invisible" in warn.found
+
+
+def test_all_namespaces_without_the_drop_in_that_lets_the_unit_enter_them(root: Path) -> None:
+    """all_namespaces (or -A in SHMJANITOR_REAP_ARGS) with the unit's
+    RestrictNamespaces=yes alone: every setns(2) is refused and the runs exit 0 having
+    read no container; the shipped drop-in (install-units --all-namespaces) mends it."""
+    code, found = run(root)
+    assert code == 0 and "all_namespaces is off" in found["all_namespaces"]["found"]
+    write(root, "/etc/shmjanitor.toml", "all_namespaces = true\n")
+    code, found = run(root)
+    f = found["all_namespaces"]
+    assert (code, f["severity"]) == (1, "warning"), f
+    assert "all_namespaces = true in " in f["found"] and "without ipc" in f["found"]
+    assert "install-units --all-namespaces" in f["todo"]
+    drop_in = "/etc/systemd/system/shmjanitor.service.d/all-namespaces.conf"
+    write(root, drop_in, units.unit_texts((units.ALL_NAMESPACES,))[units.ALL_NAMESPACES])
+    code, found = run(root)
+    assert (code, found["all_namespaces"]["severity"]) == (0, "ok"), found["all_namespaces"]
+    assert "all-namespaces.conf" in found["all_namespaces"]["found"]
+    # Asked for by the reap's arguments rather than the config: the same judgement.
+    (root / "etc/shmjanitor.toml").unlink()
+    (root / drop_in.lstrip("/")).unlink()
+    write(root, "/etc/systemd/system/shmjanitor.service.d/args.conf",
+          '[Service]\nEnvironment="SHMJANITOR_REAP_ARGS=--min-age 2h -A"\n')  # fmt: skip
+    code, found = run(root)
+    assert (code, found["all_namespaces"]["severity"]) == (1, "warning")
+    assert "SHMJANITOR_REAP_ARGS has -A" in found["all_namespaces"]["found"]
+
+
+@pytest.mark.parametrize(("lines", "ipc"), [
+    ([], True), (["yes"], False), (["yes", "ipc"], True), (["yes", "net mnt"], False),
+    (["ipc"], True), (["~ipc"], False), (["~net"], True), (["yes", "ipc", "~ipc"], False),
+    (["yes", ""], True), (["yes", "no"], True), (["ipc", "yes"], False), (["net"], False),
+    (["net", "ipc"], True), (["~net", "~ipc"], False), (["", "~ipc", "ipc"], True),
+])  # fmt: skip
+def test_restrict_namespaces_merges_as_systemd(lines: list[str], ipc: bool) -> None:
+    text = "[Service]\n" + "".join(f"RestrictNamespaces={v}\n" for v in lines)
+    assert ("ipc" in doctor.namespaces_allowed([("unit", text)])) is ipc
 
 
 @pytest.mark.parametrize(("lines", "has"), [

@@ -212,6 +212,9 @@ def test_timer_service_sweeps_the_machines_namespaces(machine: tuple[Any, Contai
     journal = c.journal("shmjanitor.service")
     assert "not read: setns: Operation not permitted" in journal, journal
     assert len(table().splitlines()) == 2, journal  # not reaped: it could not get in
+    # doctor reads the unit's lines as this systemd does (RestrictNamespaces=yes: no
+    # type allowed), and says what the run exited 0 over.
+    assert doctor_says(c) == "warning"
 
     c.run("mkdir -p /etc/systemd/system/shmjanitor.service.d")
     c.write("/etc/systemd/system/shmjanitor.service.d/all-namespaces.conf",
@@ -225,6 +228,17 @@ def test_timer_service_sweeps_the_machines_namespaces(machine: tuple[Any, Contai
     assert len(table().splitlines()) == 1, journal  # the header alone: reaped
     removed = [ln for ln in journal.splitlines() if "action=removed" in ln]
     assert any('container="unit:shmjt-leaky.service"' in ln for ln in removed), journal
+    # systemd merged the drop-in's line into the unit's as doctor does: ipc alone.
+    shown = c.run("systemctl show -p RestrictNamespaces --value shmjanitor.service")
+    assert shown.stdout.split() == ["ipc"], shown.stdout
+    assert doctor_says(c) == "ok"
+
+
+def doctor_says(c: Container) -> str:
+    """The severity of doctor's all_namespaces finding inside the machine."""
+    r = c.run(f"{VENV}/bin/shmjanitor doctor --json", check=False)
+    found = {f["check"]: f for f in json.loads(r.stdout)["findings"]}
+    return str(found["all_namespaces"]["severity"])
 
 
 def leaky_pid(c: Container) -> str:
