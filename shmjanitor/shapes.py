@@ -619,13 +619,17 @@ def _with_made_by(encode: Callable[[Verdict], str],
     # maker recorded, and its full ident (a POSIX path encoded with os.fsencode, 15 ms
     # for 10,000 files) is not worked out. Most objects are then one set lookup.
     known = {(k[0], k[1]) for k in made}
+    # Each distinct maker encoded once: the objects one program made, seen in one run,
+    # have equal records (a command line is often a kilobyte of text to escape: 7 us
+    # an object, 1,000 held objects of one farm).
+    tails: dict[Any, str] = {}
 
     def with_it(v: Verdict) -> str:
         o = v.segment
         # the history keeps our own namespace's objects: another's same id is not one
         m = made.get(ident(o)) if (o.kind, o.id) in known and (v.ns is None or v.ns.own) \
             else None  # fmt: skip
-        tail = "null" if m is None else _encode(m.as_json())
+        tail = "null" if m is None else tails.get(m) or tails.setdefault(m, _encode(m.as_json()))
         return f'{encode(v)[:-1]},"made_by":{tail}}}'
 
     return with_it
