@@ -583,6 +583,7 @@ def json_chunks(sv: _survey.Survey, shown: Mapping[str, list[Verdict]],
     `made_by` (history.record's: ident -> MadeBy): each object ends with "made_by",
     its maker as recorded or null; None: no "made_by" at all (no history asked)."""
     summary: dict[str, Any] = {}
+    known: Optional[set[tuple[str, int]]] = None  # _known(made_by), once, if a POSIX kind
     sep = "{"
     array = None
     some = False  # the open array has an element
@@ -590,7 +591,9 @@ def json_chunks(sv: _survey.Survey, shown: Mapping[str, list[Verdict]],
         shape = of(name)
         encode = shape.encoder()
         if made_by is not None:
-            encode = _with_made_by(encode, made_by)
+            if name.startswith(POSIX) and known is None:
+                known = _known(made_by)
+            encode = _with_made_by(encode, made_by, known if name.startswith(POSIX) else None)
         if shape.array != array:
             if array is not None:
                 yield "]"
@@ -607,18 +610,24 @@ def json_chunks(sv: _survey.Survey, shown: Mapping[str, list[Verdict]],
     yield f'{sep}"summary":' + _encode(summary) + "}\n"
 
 
-def _with_made_by(encode: Callable[[Verdict], str],
-                  made: Mapping[Any, Any]) -> Callable[[Verdict], str]:  # fmt: skip
+def _known(made: Mapping[Any, Any]) -> set[tuple[str, int]]:
+    """(kind, id) of every ident in `made`. A POSIX object's ident holds its path
+    encoded with os.fsencode (15 ms at 10,000 files): it is worked out only for a (kind,
+    inode) the history knows, most objects being then one set lookup. (A System V
+    ident is cheap: looked up directly.)"""
+    return {(k[0], k[1]) for k in made}
+
+
+def _with_made_by(encode: Callable[[Verdict], str], made: Mapping[Any, Any],
+                  known: Optional[set[tuple[str, int]]] = None,
+                  ) -> Callable[[Verdict], str]:  # fmt: skip
     """`encode` with a last member "made_by" (an added key: the documented members are
-    unchanged): null for nearly every object, looked up only when something is known."""
+    unchanged): null for nearly every object, looked up only when something is known.
+    `known`: _known(made), for objects whose ident holds a path (the POSIX kinds)."""
     if not made:
         return lambda v: encode(v)[:-1] + ',"made_by":null}'
     from shmjanitor.history import ident
 
-    # (kind, id) of every ident known: an object whose pair is not among them has no
-    # maker recorded, and its full ident (a POSIX path encoded with os.fsencode, 15 ms
-    # for 10,000 files) is not worked out. Most objects are then one set lookup.
-    known = {(k[0], k[1]) for k in made}
     # Each distinct maker encoded once: the objects one program made, seen in one run,
     # have equal records (a command line is often a kilobyte of text to escape: 7 us
     # an object, 1,000 held objects of one farm).
@@ -627,8 +636,8 @@ def _with_made_by(encode: Callable[[Verdict], str],
     def with_it(v: Verdict) -> str:
         o = v.segment
         # the history keeps our own namespace's objects: another's same id is not one
-        m = made.get(ident(o)) if (o.kind, o.id) in known and (v.ns is None or v.ns.own) \
-            else None  # fmt: skip
+        m = made.get(ident(o)) if (v.ns is None or v.ns.own) and \
+            (known is None or (o.kind, o.id) in known) else None  # fmt: skip
         tail = "null" if m is None else tails.get(m) or tails.setdefault(m, _encode(m.as_json()))
         return f'{encode(v)[:-1]},"made_by":{tail}}}'
 
