@@ -306,13 +306,13 @@ def remember(objects: Iterable[Any]) -> None:
     what stat(id) and the rest find them by. A directory read again is opened again
     (it may be another mount by now); the names of earlier reads stay (a name that
     no longer is its id's is "gone" to stat, which compares the inode)."""
-    seen: set[int] = set()
-    for o in objects:
-        p = place(o.dir)
-        if id(p) not in seen:
-            seen.add(id(p))
-            p.reset(names=False)
-        p.names[o.id] = o.name
+    # A kind's read is of one directory: its names are set in one dict.update (a call
+    # of place() per object was 3 ms of a list of 10,000 files).
+    objects = list(objects)
+    for d in dict.fromkeys([o.dir for o in objects]):
+        p = place(d)
+        p.reset(names=False)
+        p.names.update([(o.id, o.name) for o in objects if o.dir == d])
     # An inode number is reused by a later file: no copy outlives the read it was for.
     _copies.clear()
     _saved_empty.clear()

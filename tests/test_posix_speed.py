@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,6 +106,66 @@ def test_the_posix_json_encoder_writes_what_json_dumps_writes():
         for v in sv.of(name) * 2:  # twice: the second time from the shared parts
             want = json.dumps(shapes.posix_json(kind, v), separators=(",", ":"))
             assert encode(v) == want
+
+
+def test_made_by_of_posix_objects_is_what_the_plain_lookup_gives():
+    """list --json's made_by works out a POSIX object's ident (its path, fsencoded) only
+    for a (kind, inode) the history knows, and encodes each distinct maker once: the
+    text must be what looking every object up by its full ident writes. Here one file
+    is known by its ident, one by its inode under another name (a file made again under
+    that inode: not its maker), two share one maker's record, and one is unknown."""
+    from shmjanitor.history import MadeBy, ident
+
+    for name in ("known", "renamed", "twin-a", "twin-b", "unknown", "sem.known"):
+        os.close(os.open(SHM / name, os.O_CREAT | os.O_RDWR, 0o600))
+    sv = survey.take(kinds=["posix-shm", "posix-sem"])
+    by_name = {v.obj.name: v.obj for v in sv.verdicts}
+    maker = MadeBy('cmd "x"\n', "/bin/x", "alice", None, 1.5, 1.0, None)
+    made = {ident(by_name["known"]): maker, ident(by_name["sem.known"]): maker,
+            ident(by_name["twin-a"]): maker._replace(command="twin"),
+            ident(by_name["twin-b"]): maker._replace(command="twin"),
+            ident(by_name["renamed"])[:3] + (b"/dev/shm/other",): maker}  # fmt: skip
+    known = shapes._known(made)
+    seen = 0
+    for name in sv.kinds:
+        plain, encode = shapes.of(name).encoder(), shapes._with_made_by(
+            shapes.of(name).encoder(), made, known)  # fmt: skip
+        for v in sv.of(name) * 2:  # twice: the second time from the encoded makers
+            m = made.get(ident(v.obj))
+            tail = json.dumps(m and m.as_json(), separators=(",", ":"))
+            want = f'{plain(v)[:-1]},"made_by":{tail}}}'
+            assert encode(v) == want, v.obj.name
+            seen += m is not None
+    assert seen == 2 * 4  # known, sem.known, twin-a, twin-b; not renamed, unknown
+
+
+def test_a_posix_objects_key_size_and_last_used_are_what_the_properties_say():
+    """PosixShm and PosixSem take key and size from class attributes (size: the
+    used_bytes field's own getter), not PosixObject's properties; last_used compares
+    by hand: the same numbers, for a sparse file, a written one and a queue."""
+    from shmjanitor.posixfs import PosixObject
+
+    fd = os.open(SHM / "sparse", os.O_CREAT | os.O_RDWR, 0o600)
+    os.ftruncate(fd, 1 << 20)
+    os.pwrite(fd, b"x", 4096)
+    os.close(fd)
+    fd = os.open(SHM / "sem.x", os.O_CREAT | os.O_RDWR, 0o600)
+    os.write(fd, b"s" * 32)  # a sem_t: 32 bytes long, a page used
+    os.close(fd)
+    attr = (ctypes.c_long * 8)(0, 4, 32, 0)
+    q = _libc.mq_open(b"/q", os.O_CREAT | os.O_RDWR, 0o600, attr)
+    assert q >= 0 and _libc.mq_send(q, b"hi", 2, 0) == 0
+    os.close(q)
+    os.utime(SHM / "sparse", ns=(10**9, 10**9))  # ctime (now) after mtime and atime
+    # atime after ctime (utime sets ctime to now): the latest of the three is atime
+    os.utime(SHM / "sem.x", ns=(time.time_ns() + 10**12, 2_000_000_000))
+    objs = survey.read(("posix-shm", "posix-sem", "posix-mqueue")).objects
+    assert {o.kind for o in objs} == {"posix-shm", "posix-sem", "posix-mqueue"}
+    for o in objs:
+        assert o.size == PosixObject.size.fget(o) and o.key == PosixObject.key.fget(o) == 0
+        assert o.last_used == max(o.mtime_ns, o.ctime_ns, o.atime_ns) // 1_000_000_000
+    assert {o.name: (o.size, o.st_size) for o in objs if o.mq is None} == {
+        "sparse": (4096, 1 << 20), "sem.x": (4096, 32)}  # fmt: skip
 
 
 HOLD = r"""
