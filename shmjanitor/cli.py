@@ -1681,7 +1681,32 @@ def main() -> None:
     except OSError as e:
         _silence_stdout()
         code = code or fail(f"error: cannot write the output: {e}", 1).exit_code
-    sys.exit(code)
+    _leave(code)
+
+
+def _leave(code: Union[str, int, None]) -> NoReturn:
+    """Exit with `code` as sys.exit would, without the interpreter's teardown: it frees
+    every object the run made one by one (32,000 verdicts, their strings and tuples),
+    about 30-50 ms of a `list` at that size that nobody waits for. What teardown would
+    still do is done here: the exit handlers (history.forget closes the store) and the
+    last flush. Every file the janitor writes is closed where it is written (`with`),
+    so nothing is left in a buffer for teardown to flush."""
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # sys.exit's way with a message: printed, exit 1
+        with suppress(Exception):
+            sys.stderr.write(f"{code}\n")
+        status = 1
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):
+            if stream is not None:
+                stream.flush()
+    os._exit(status & 0xFF)
 
 
 # Every command's and group's name, as a user types it (for `only`).

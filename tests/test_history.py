@@ -354,3 +354,18 @@ def test_a_store_of_an_older_release_loses_the_indexes_that_only_cost(state):
     assert {"objects_live", "objects_gone"}.isdisjoint(names)
     assert {"objects_ident", "objects_gone_at", "objects_made"} <= names
     assert rows(state, "SELECT count(*) FROM objects WHERE removed_at IS NOT NULL") == [(2,)]
+
+
+def test_a_run_that_leaves_without_teardown_still_closes_the_store(state):
+    """cli._leave skips the interpreter's teardown (os._exit) but runs the exit
+    handlers: the store is closed (its WAL checkpointed and deleted, as closing the last
+    connection does), and every byte of a long output is written, exit code kept."""
+    orphans(300)
+    r = subprocess.run([sys.executable, "-m", "shmjanitor", "list", "--json"],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)["segments"]) == 300
+    assert sorted(os.listdir(state)) == [history.FILE]  # no -wal, no -shm left
+    bad = subprocess.run([sys.executable, "-m", "shmjanitor", "list", "--bogus"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "no such option" in bad.stderr
