@@ -78,10 +78,15 @@ class Tables(NamedTuple):
         return {p.uid for ps in self.parties for p in ps if p.uid is not None}
 
     def packed(self) -> Packed:
-        """These tables as a child sends them: each object and party a plain tuple. A
-        NamedTuple is pickled through a Python-level __getnewargs__ and unpickled through
-        its class's Python-level __new__; plain tuples are C's work both ways, half the
-        cost of a 100-segment namespace's answer. Nested fields stay as they are."""
+        """These tables as a child sends them: each object a plain tuple, and each
+        distinct tuple of parties once. A NamedTuple is pickled through a Python-level
+        __getnewargs__ and unpickled through its class's Python-level __new__; plain
+        tuples are C's work both ways, half the cost of a 100-segment namespace's answer.
+        Parties repeat (a leak's segments: one creator, made in the same second), and
+        pickle shares only the very same object, not an equal one: sent by index, they
+        are unpickled and made Parties once each (a third of the parent's unpacking at
+        100 namespaces of 100 segments), and come back as one object, which classify_all
+        recognizes without hashing. Nested fields stay as they are."""
         runs: list[tuple[type, list[tuple[Any, ...]]]] = []
         last = None
         for o in self.objects:
@@ -89,20 +94,24 @@ class Tables(NamedTuple):
                 last = type(o)
                 runs.append((last, []))
             runs[-1][1].append(tuple(o))  # type: ignore[arg-type]  # a NamedTuple
-        return runs, [tuple(map(tuple, ps)) for ps in self.parties], self.users
+        distinct: dict[tuple[Party, ...], int] = {}
+        index = [distinct.setdefault(ps, len(distinct)) for ps in self.parties]
+        return runs, [tuple(map(tuple, ps)) for ps in distinct], index, self.users
 
     @staticmethod
     def unpacked(p: Packed) -> Tables:
-        runs, parties, users = p
+        runs, distinct, index, users = p
         objects: list[IpcObject] = []
         for cls, rows in runs:
             objects += [_new(cls, row) for row in rows]
-        return Tables(objects, [tuple([_new(Party, x) for x in ps]) for ps in parties], users)
+        shared = [tuple([_new(Party, x) for x in ps]) for ps in distinct]
+        return Tables(objects, list(map(shared.__getitem__, index)), users)
 
 
-# Tables.packed: runs of objects of one class, each object's parties, Tables.users
+# Tables.packed: runs of objects of one class, the distinct tuples of parties, each
+# object's (an index into those), Tables.users
 Packed = tuple[list[tuple[type, list[tuple[Any, ...]]]], list[tuple[tuple[Any, ...], ...]],
-               Optional[Mapping[int, procs.User]]]  # fmt: skip
+               list[int], Optional[Mapping[int, procs.User]]]  # fmt: skip
 _new = tuple.__new__
 
 
