@@ -85,12 +85,17 @@ class Tables(NamedTuple):
     # read (whether /proc shows every process of a user depends on the reader's IPC
     # namespace: procs.unseen_ipc_peers); None: not yet.
     users: Optional[Mapping[int, procs.User]] = None
+    # The distinct tuples among `parties`, when known (unpacked): what pids() and uids()
+    # go through, rather than every object's (one tuple for 100 segments of a leak).
+    distinct: Optional[list[tuple[Party, ...]]] = None
 
     def pids(self) -> set[int]:
-        return {p.pid for ps in self.parties for p in ps}  # a user party's is 0: skipped
+        every = self.parties if self.distinct is None else self.distinct
+        return {p.pid for ps in every for p in ps}  # a user party's is 0: skipped
 
     def uids(self) -> set[int]:
-        return {p.uid for ps in self.parties for p in ps if p.uid is not None}
+        every = self.parties if self.distinct is None else self.distinct
+        return {p.uid for ps in every for p in ps if p.uid is not None}
 
     def packed(self) -> Packed:
         """These tables as a child sends them: each object a plain tuple, and each
@@ -118,7 +123,7 @@ class Tables(NamedTuple):
         for cls, rows in runs:
             objects += [_new(cls, row) for row in rows]
         shared = [tuple([_new(Party, x) for x in ps]) for ps in distinct]
-        return Tables(objects, list(map(shared.__getitem__, index)), users)
+        return Tables(objects, list(map(shared.__getitem__, index)), users, shared)
 
 
 # Tables.packed: runs of objects of one class, the distinct tuples of parties, each
