@@ -107,7 +107,7 @@ def run(
                                history.note, history.max_age).made_by  # fmt: skip
         if made:
             sv = sv._replace(verdicts=attributed(sv.verdicts, made, _history.now()))
-    by_kind = {name: select(sv.of(name), states, uid) for name in sv.kinds}
+    by_kind = {name: select(vs, states, uid) for name, vs in sv.by_kind().items()}
     if fmt is not render.Format.JSON:
         by_kind = _shown(by_kind, bool(chosen), view.columns)
     # NS and CONTAINER are default columns when the listing spans namespaces.

@@ -353,7 +353,11 @@ def sweep(proc: str = PROC, only: Optional[int] = None) -> Sweep:
         if ipc is None:
             continue  # exited, or its namespaces are closed to us (said below if ours)
         ipc_pids.setdefault(ipc, []).append(pid)
-        mnt_of[pid] = _ns_inode(str(pid), "mnt", proc)
+        # The mount namespace says where a namespace's POSIX directories are: only asked
+        # of other namespaces' processes (ours reads its own /dev/shm), which on a host
+        # are a few among thousands: a readlink(2) each saved.
+        if ipc != me:
+            mnt_of[pid] = _ns_inode(str(pid), "mnt", proc)
     order = [me] + sorted((i for i in ipc_pids if i != me), key=lambda i: ipc_pids[i][0])
     if only is not None:
         order = [i for i in order if i == only]
