@@ -118,6 +118,7 @@ class Facts:
     history: Optional[str] = None  # PRAGMA quick_check's answer; None: no store yet
     history_aside: tuple[str, ...] = ()  # corrupt stores set aside (their file names)
     all_namespaces: bool = False  # the config's all_namespaces
+    env_files: tuple[tuple[str, str], ...] = ()  # the unit's EnvironmentFile=s: (path, text)
 
 
 # --- pure helpers ----------------------------------------------------------------------
@@ -472,19 +473,22 @@ def namespaces_allowed(service_files: Sequence[tuple[str, str]]) -> frozenset[st
     lines (src/core/load-fragment.c, config_parse_restrict_namespaces): yes none, no all,
     an empty assignment back to unrestricted; a first list allows its types alone (a "~"
     list all but its types), a later one adds them to what is allowed (a "~" list takes
-    them away): the unit's `yes` and the drop-in's `ipc` leave ipc."""
+    them away): the unit's `yes` and the drop-in's `ipc` leave ipc. Types are matched as
+    written (lower case), and a line naming one systemd does not know is ignored whole,
+    as systemd ignores it ("Failed to parse namespace type string")."""
     allowed: Optional[frozenset[str]] = None  # None: never restricted
     for value, _ in unit_values(service_files, "Service", "RestrictNamespaces"):
-        word = value.lower()
-        if not word:
+        if not value:
             allowed = None
-        elif word in _TRUE:
+        elif value.lower() in _TRUE:
             allowed = frozenset()
-        elif word in _FALSE:
+        elif value.lower() in _FALSE:
             allowed = _NAMESPACE_TYPES
         else:
-            types = set(word.lstrip("~").split()) & _NAMESPACE_TYPES
-            invert = word.startswith("~")
+            invert = value.startswith("~")
+            types = set((value[1:] if invert else value).split())
+            if not types <= _NAMESPACE_TYPES:
+                continue
             if allowed is None:
                 allowed = _NAMESPACE_TYPES - types if invert else frozenset(types)
             else:
@@ -492,36 +496,98 @@ def namespaces_allowed(service_files: Sequence[tuple[str, str]]) -> frozenset[st
     return _NAMESPACE_TYPES if allowed is None else allowed
 
 
-def reap_args(service_files: Sequence[tuple[str, str]]) -> list[str]:
-    """The words of SHMJANITOR_REAP_ARGS as the unit's Environment= lines set it (the
-    last one wins), which ExecStart= passes to reap."""
-    words: list[str] = []
+def _words(text: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError:  # an unbalanced quote: systemd would refuse the line too
+        return text.split()
+
+
+def reap_args_env(service_files: Sequence[tuple[str, str]],
+                  env_files: Sequence[tuple[str, str]] = ()) -> Optional[str]:  # fmt: skip
+    """SHMJANITOR_REAP_ARGS as the service gets it (systemd.exec(5)): Environment= lines
+    in order, an empty one clearing them all; then EnvironmentFile= files (`env_files`:
+    their text, read by doctor_facts), which win; UnsetEnvironment= takes it away."""
+    name = "SHMJANITOR_REAP_ARGS"
+    found: Optional[str] = None
     for value, _ in unit_values(service_files, "Service", "Environment"):
-        try:
-            items = shlex.split(value)
-        except ValueError:  # an unbalanced quote: systemd would not start it either
-            items = value.split()
-        for item in items:
-            name, sep, text = item.partition("=")
-            if sep and name == "SHMJANITOR_REAP_ARGS":
-                words = text.split()
+        if not value:
+            found = None
+        for item in _words(value):
+            key, sep, text = item.partition("=")
+            if sep and key == name:
+                found = text
+    for _, text in env_files:
+        for line in text.splitlines():
+            line = line.strip()
+            if line and line[0] not in "#;":
+                key, sep, rest = line.partition("=")
+                if sep and key.strip() == name:
+                    words = _words(rest)
+                    found = " ".join(words) if words else ""
+    for value, _ in unit_values(service_files, "Service", "UnsetEnvironment"):
+        if name in value.split():
+            found = None
+    return found
+
+
+# reap's short options that take a value: in a cluster ("-vc FILE"), what follows one is
+# its value, not more flags.
+_VALUED_SHORT = "cu"
+
+
+def asks_every_namespace(words: Sequence[str]) -> list[str]:
+    """The words of a reap command line that ask for other namespaces than ours: -A,
+    --all-namespaces, --namespace[=...], or a cluster of short flags with A ("-qA") before
+    any that takes a value. A word after "--" is an argument, not an option."""
+    found = []
+    for w in words:
+        if w == "--":
+            break
+        if w in ("--all-namespaces", "--namespace") or w.startswith("--namespace="):
+            found.append(w)
+        elif w.startswith("-") and not w.startswith("--"):
+            for letter in w[1:]:
+                if letter == "A":
+                    found.append(w)
+                    break
+                if letter in _VALUED_SHORT:
+                    break
+    return found
+
+
+def reap_command(service_files: Sequence[tuple[str, str]],
+                 env_files: Sequence[tuple[str, str]] = ()) -> list[str]:  # fmt: skip
+    """The words the service's ExecStart= lines run (an empty ExecStart= clears those
+    before it: a drop-in's override), $SHMJANITOR_REAP_ARGS and ${...} replaced by their
+    words, as systemd splits an unquoted variable."""
+    lines: list[str] = []
+    for value, _ in unit_values(service_files, "Service", "ExecStart"):
+        lines = [] if not value else [*lines, value]
+    env = reap_args_env(service_files, env_files) or ""
+    words: list[str] = []
+    for line in lines:
+        for w in _words(line.lstrip("@-:+!")):
+            if w in ("$SHMJANITOR_REAP_ARGS", "${SHMJANITOR_REAP_ARGS}"):
+                words.extend(env.split())
+            else:
+                words.append(w)
     return words
 
 
 def check_namespaces(f: Facts) -> list[Finding]:
     """Whether the timer's reap may enter the IPC namespaces it is asked to sweep: with
-    all_namespaces (or -A in SHMJANITOR_REAP_ARGS) and the unit's RestrictNamespaces=yes
+    all_namespaces (or -A on its command line) and the unit's RestrictNamespaces=yes
     alone, systemd's seccomp filter refuses every setns(2): each other namespace is a
     note, never read nor reaped, and the run still exits 0."""
     name = "all_namespaces"
     if not f.service_files:
         return [Finding(name, Severity.OK, "shmjanitor.service is not installed")]
-    args = reap_args(f.service_files)
-    asked = [w for w in args if w in ("-A", "--all-namespaces") or w.startswith("--namespace")]
+    asked = asks_every_namespace(reap_command(f.service_files, f.env_files))
     if not f.all_namespaces and not asked:
         return [Finding(name, Severity.OK, "the timer's reap works in its own IPC namespace "
-                        "(all_namespaces is off)")]  # fmt: skip
-    why = (f"SHMJANITOR_REAP_ARGS has {' '.join(asked)}" if asked
+                        "(all_namespaces is off, and its command line has no -A)")]  # fmt: skip
+    why = (f"the service's reap is given {' '.join(asked)}" if asked
            else f"all_namespaces = true in {f.config_path}")  # fmt: skip
     units = ", ".join(path for path, _ in f.service_files)
     if "ipc" not in namespaces_allowed(f.service_files):

@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -224,6 +224,20 @@ def metrics_path(service_files: Sequence[tuple[str, str]]) -> Optional[str]:
     return found
 
 
+def environment_files(root: Path, service: Sequence[tuple[str, str]]
+                      ) -> Iterator[tuple[str, str]]:  # fmt: skip
+    """The unit's EnvironmentFile= files below `root`, in order, with their text; one
+    prefixed "-" that is missing is skipped, as systemd skips it (so is one unreadable
+    here: doctor then judges without it)."""
+    for value, _ in unit_values(service, "Service", "EnvironmentFile"):
+        path = value.lstrip("-")
+        file = under(root, path)
+        if path and file.is_file():  # never a fifo's open, which would wait forever
+            text = _read(file)
+            if text is not None:
+                yield path, text
+
+
 def read_metrics(root: Path, path: Optional[str], now: float) -> Optional[MetricsFile]:
     if path is None:
         return None
@@ -305,6 +319,7 @@ def gather(root: Path = Path("/"), config_path: Optional[Path] = None,
         history=history_check(state),
         history_aside=tuple(sorted(p.name for p in state.glob("history.sqlite3.corrupt-*"))),
         all_namespaces=cfg.all_namespaces,
+        env_files=tuple(environment_files(root, service)),
     )  # fmt: skip
 
 

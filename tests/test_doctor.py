@@ -543,7 +543,42 @@ def test_all_namespaces_without_the_drop_in_that_lets_the_unit_enter_them(root: 
           '[Service]\nEnvironment="SHMJANITOR_REAP_ARGS=--min-age 2h -A"\n')  # fmt: skip
     code, found = run(root)
     assert (code, found["all_namespaces"]["severity"]) == (1, "warning")
-    assert "SHMJANITOR_REAP_ARGS has -A" in found["all_namespaces"]["found"]
+    assert "the service's reap is given -A" in found["all_namespaces"]["found"]
+
+
+@pytest.mark.parametrize(("drop_ins", "env_file", "asked"), [
+    # Environment=: the last assignment; an empty line clears them all; UnsetEnvironment=
+    (["Environment=SHMJANITOR_REAP_ARGS=-A"], None, True),
+    (["Environment=SHMJANITOR_REAP_ARGS=-A", "Environment="], None, False),
+    (["Environment=SHMJANITOR_REAP_ARGS=-A", "UnsetEnvironment=SHMJANITOR_REAP_ARGS"], None,
+     False),
+    (['Environment="SHMJANITOR_REAP_ARGS=-v --namespace=/run/ns/x" OTHER=1'], None, True),
+    # short flags clustered as click reads them: A after -c is the config file's name
+    (["Environment=SHMJANITOR_REAP_ARGS=-qA"], None, True),
+    (["Environment=SHMJANITOR_REAP_ARGS=-cA"], None, False),
+    (["Environment=SHMJANITOR_REAP_ARGS=--min-age 1h"], None, False),
+    # a drop-in's ExecStart= override (the empty line clears the unit's)
+    (["ExecStart=", "ExecStart=/usr/local/bin/shmjanitor reap --all-namespaces"], None, True),
+    (["ExecStart=", "ExecStart=/usr/local/bin/shmjanitor reap -- -A"], None, False),
+    # EnvironmentFile= wins over Environment=
+    (["Environment=SHMJANITOR_REAP_ARGS=-A", "EnvironmentFile=/etc/default/shmjanitor"],
+     "SHMJANITOR_REAP_ARGS=\"--min-age 2h\"\n", False),
+    (["EnvironmentFile=-/etc/default/shmjanitor"], "# hourly\nSHMJANITOR_REAP_ARGS=-A\n", True),
+    (["EnvironmentFile=-/etc/default/missing"], None, False),
+])  # fmt: skip
+def test_the_reaps_own_command_line_asks_for_every_namespace(
+    root: Path, drop_ins: list[str], env_file: Optional[str], asked: bool
+) -> None:
+    """-A reaches the timer's reap however the unit's files say it (systemd.exec(5)'s
+    Environment=, EnvironmentFile=, UnsetEnvironment=, an ExecStart= override): with
+    the unit's RestrictNamespaces=yes alone, each way is the warning, or none."""
+    write(root, "/etc/systemd/system/shmjanitor.service.d/args.conf",
+          "[Service]\n" + "".join(f"{line}\n" for line in drop_ins))  # fmt: skip
+    if env_file is not None:
+        write(root, "/etc/default/shmjanitor", env_file)
+    code, found = run(root)
+    f = found["all_namespaces"]
+    assert (f["severity"], code) == (("warning", 1) if asked else ("ok", 0)), f
 
 
 @pytest.mark.parametrize(("lines", "ipc"), [
@@ -551,6 +586,8 @@ def test_all_namespaces_without_the_drop_in_that_lets_the_unit_enter_them(root: 
     (["ipc"], True), (["~ipc"], False), (["~net"], True), (["yes", "ipc", "~ipc"], False),
     (["yes", ""], True), (["yes", "no"], True), (["ipc", "yes"], False), (["net"], False),
     (["net", "ipc"], True), (["~net", "~ipc"], False), (["", "~ipc", "ipc"], True),
+    # systemd ignores a line with a type it does not know (names are lower case)
+    (["yes", "IPC"], False), (["yes", "ipc bogus"], False), (["yes", "ipc net"], True),
 ])  # fmt: skip
 def test_restrict_namespaces_merges_as_systemd(lines: list[str], ipc: bool) -> None:
     text = "[Service]\n" + "".join(f"RestrictNamespaces={v}\n" for v in lines)
