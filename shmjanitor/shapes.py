@@ -341,8 +341,7 @@ class FactsJson(_Shared):
     reason once per pair (see render._Shared)."""
 
     def __init__(self, kind: kinds.Kind, keep: int = 4096, tail: str = "") -> None:
-        super().__init__(keep)
-        self._tail = tail  # members after "namespace" (render.ns_json)
+        super().__init__(keep, tail)
         self._head = f'{{"kind":{json_string(kind.NAME)},'
         self._facts = [(json_string(f.json), f.get) for f in kind.FACTS]
         # A kind may write its facts itself, in one call (kinds/sem.py, kinds/msg.py:
@@ -366,7 +365,7 @@ class FactsJson(_Shared):
         kv = (v.state, v.reason, v.rule, v.ns)  # the namespace ends it (render.ns_json)
         verdict = self._verdict.get(kv) or self._learn(self._verdict, kv, (
             f'"state":"{v.state.value}","reason":{json_string(v.reason)},"rule":"{v.rule}"'
-            + render.ns_json(render.ns_of(v), self._tail)
+            + self._namespace(v)
         ))  # fmt: skip
         return f'{self._head}"id":{o.id},"key":{o.key},{who}"ctime":{o.ctime},{facts}{verdict}'
 
@@ -500,14 +499,12 @@ class PosixJson(_Shared):
     would, the owner's part once per (uid, gid, mode), the verdict's once per pair."""
 
     def __init__(self, kind: kinds.Kind, keep: int = 4096, tail: str = "") -> None:
-        super().__init__(keep)
-        self._tail = tail  # members after "namespace" (render.ns_json)
+        super().__init__(keep, tail)
         self._head = f'{{"kind":{json_string(kind.NAME)},'
         self._facts = [(json_string(f.json), f.get) for f in kind.FACTS]
         self._who: dict[tuple[int, int, int], str] = {}
         self._verdict: dict[tuple[State, str, str, Any], str] = {}
         self._dirs: dict[str, str] = {}  # '"/dev/shm/': a path's JSON up to its name
-        self._ns: dict[Any, str] = {}  # verdict.ns -> its namespace's part (one a run)
 
     def __call__(self, v: Verdict) -> str:
         o: Any = v.segment  # the field (v.obj is a property: a Python call per object)
@@ -523,18 +520,12 @@ class PosixJson(_Shared):
         facts = "".join([f"{key}:{_json_value(get(o))}," for key, get in self._facts]) \
             if self._facts else ""  # fmt: skip
         kv = (v.state, v.reason, v.rule, v.ns)  # the namespace ends it (render.ns_json)
-        verdict = self._verdict.get(kv)
-        if verdict is None:
-            # A held object's reason names its holders: one part per held object. Its
-            # namespace's part is the encoder's (render.ns_of(v) of a verdict without a
-            # namespace is namespaces.here(), a stat(2) each: 1,000 held, 4 ms).
-            ns = self._ns.get(v.ns)
-            if ns is None:
-                ns = self._ns[v.ns] = render.ns_json(render.ns_of(v), self._tail)
-            verdict = self._learn(self._verdict, kv, (
-                f'"state":"{v.state.value}","reason":{json_string(v.reason)},"rule":"{v.rule}"'
-                + ns
-            ))  # fmt: skip
+        # A held object's reason names its holders: one part per held object, its
+        # namespace's made once (_Shared._namespace).
+        verdict = self._verdict.get(kv) or self._learn(self._verdict, kv, (
+            f'"state":"{v.state.value}","reason":{json_string(v.reason)},"rule":"{v.rule}"'
+            + self._namespace(v)
+        ))  # fmt: skip
         pid = "null" if o.name_pid is None else o.name_pid
         program = "null" if o.program is None else json_string(o.program)
         # mtime, ctime, atime as the properties compute them, without their calls
