@@ -49,6 +49,13 @@ class Verdict(NamedTuple):
         return self.segment
 
 
+def in_own_namespace(ns: Optional[Any]) -> bool:
+    """Whether a verdict's `ns` is the IPC namespace this shmjanitor runs in: None (a
+    plain survey's) or the one a sweep marks its own. The history keeps these objects
+    alone: ids and keys repeat from namespace to namespace."""
+    return ns is None or bool(ns.own)
+
+
 NOBODY = Creator(0, None, None)  # the first party of an object whose table names none
 
 

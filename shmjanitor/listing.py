@@ -10,7 +10,7 @@ from typing import IO, Any, Callable, NamedTuple, Optional
 from shmjanitor import kinds as registry
 from shmjanitor import render, shapes, survey
 from shmjanitor.accounts import uid_of
-from shmjanitor.classify import State, Verdict
+from shmjanitor.classify import State, Verdict, in_own_namespace
 from shmjanitor.errors import ConfigError
 from shmjanitor.text import printable
 
@@ -102,7 +102,7 @@ def run(
         from shmjanitor import history as _history
 
         # The history keeps our own namespace's objects (their ids are ours alone).
-        ours = [v for v in sv.verdicts if v.ns is None or v.ns.own]
+        ours = [v for v in sv.verdicts if in_own_namespace(v.ns)]
         made = _history.record(ours, sv.kinds, "list", history.state_dir,
                                history.note, history.max_age).made_by  # fmt: skip
         if made:
@@ -150,7 +150,7 @@ def attributed(verdicts: list[Verdict], made: Mapping[Any, Any], at: float) -> l
 
     out = []
     for v in verdicts:
-        if (v.state is State.ORPHAN or v.state is State.UNKNOWN) and (v.ns is None or v.ns.own):
+        if (v.state is State.ORPHAN or v.state is State.UNKNOWN) and in_own_namespace(v.ns):
             m = made.get(ident(v.segment))
             if m is not None:
                 v = v._replace(reason=f"{v.reason}; {m.said(at)}")

@@ -15,7 +15,7 @@ from typing import Any, Callable, NamedTuple, Optional
 from shmjanitor import config as _config
 from shmjanitor import kernel, kinds, lock, policy, procs, remove, rules, survey
 from shmjanitor.accounts import owner_name
-from shmjanitor.classify import State, Verdict
+from shmjanitor.classify import State, Verdict, in_own_namespace
 from shmjanitor.errors import ConfigError, JanitorError
 from shmjanitor.model import IpcObject
 from shmjanitor.remove import Action, Candidate, Result, Stop
@@ -143,7 +143,7 @@ def reap(cfg: _config.Config, *, dry_run: bool, quarantine: bool, state_dir: Opt
         # one left, so two reapers never both try the same object.
         sv = survey.take(proc_shm, state_dir=state_dir or cfg.state_dir, record=not dry_run,
                          kinds=only if ns is not None else None, ns=ns)  # fmt: skip
-        seen = _history(sv, cfg, state_dir, hooks, dry_run or not _ours(ns))
+        seen = _history(sv, cfg, state_dir, hooks, dry_run or not in_own_namespace(ns))
         if if_owner_gone:
             # Asked after the survey, so that any process of the owner that lived while
             # it was taken is seen (one started since is seen by each object's re-check
@@ -165,7 +165,7 @@ def reap(cfg: _config.Config, *, dry_run: bool, quarantine: bool, state_dir: Opt
                         state_dir=state_dir, hooks=hooks, held=held)  # fmt: skip
     # execute gives a result per candidate, in order; candidates are the decisions to
     # remove, in order: walk both (no dict of 32,000 ids to build and look up).
-    if not dry_run and _ours(ns):
+    if not dry_run and in_own_namespace(ns):
         _removed(done, quarantine, seen, cfg, state_dir, hooks)
     done_in_order = iter(done)
     results = []
@@ -277,7 +277,7 @@ def rm(named: Sequence[Named], cfg: _config.Config, *, force: bool, dry_run: boo
     with _locked(dry_run, cfg, state_dir, hooks) as held:
         sv = survey.take(proc_shm, state_dir=state_dir or cfg.state_dir, record=not dry_run,
                          ns=ns)  # fmt: skip
-        seen = _history(sv, cfg, state_dir, hooks, dry_run or not _ours(ns))
+        seen = _history(sv, cfg, state_dir, hooks, dry_run or not in_own_namespace(ns))
         # Ids and keys are per kind: a segment and a semaphore set may share both.
         by_id = {(v.obj.kind, v.obj.id): v for v in sv.verdicts}
         problems: list[str] = []
@@ -325,7 +325,7 @@ def rm(named: Sequence[Named], cfg: _config.Config, *, force: bool, dry_run: boo
     # larger than quarantine_max_bytes, changed since the scan) leaves the job undone,
     # exit 1. One "gone" is done: someone else removed it first.
     results = refused + done
-    if not dry_run and _ours(ns):
+    if not dry_run and in_own_namespace(ns):
         _removed(done, quarantine, seen, cfg, state_dir, hooks)
     problems.extend(f"{said(r.verdict, escape=False)}: {r.reason}" for r in results
                     if r.action is Action.KEPT)  # fmt: skip
@@ -339,18 +339,14 @@ def said(v: Verdict, escape: bool = True) -> str:
     o = v.obj
     path = getattr(o, "path", None)
     # in a sweep (-A), an object of another namespace says which: ids are per namespace
-    there = "" if v.ns is None or v.ns.own else f" in {v.ns.said()}"
+    ns: Any = v.ns  # a Namespace when not ours
+    there = "" if in_own_namespace(ns) else f" in {ns.said()}"
     if path is not None:
         return f"{kinds.kind_of(o).NOUN} {printable(path) if escape else path}{there}"
     return f"{kinds.kind_of(o).NOUN} {o.id}{there}"
 
 
 # --- every namespace (issue 14): the same run inside each, one child per namespace ------
-
-
-def _ours(ns: Any) -> bool:
-    """The history keeps our own namespace's objects only: ids are per namespace."""
-    return ns is None or bool(ns.own)
 
 
 def _inside(job: Callable[[Any], Outcome], place: Any) -> Outcome:

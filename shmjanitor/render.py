@@ -85,11 +85,12 @@ def _sv(f: Callable[[Segment], Any]) -> Callable[[Verdict], Any]:
     return lambda v: f(v.segment)
 
 
-def ns_of(v: Verdict) -> Any:
+def ns_of(v: Verdict, here: Any = None) -> Any:
     """The IPC namespace (namespaces.Namespace) a verdict's object is in: the one a
-    sweep read it in, else ours (a verdict of a plain survey has none)."""
+    sweep read it in, else ours (a verdict of a plain survey has none): `here`, when
+    the caller looked ours() up once for many verdicts (a stat(2) a call)."""
     ns = v.ns
-    return ns if ns is not None else ours()
+    return ns if ns is not None else here or ours()
 
 
 def ours() -> Any:

@@ -16,12 +16,12 @@ from typing import IO, Any, Optional
 
 from shmjanitor import history
 from shmjanitor.accounts import owner_name
-from shmjanitor.classify import Verdict
+from shmjanitor.classify import Verdict, in_own_namespace
 from shmjanitor.durations import format_age, format_size
 from shmjanitor.layout import Col, draw, wrap_lines
 from shmjanitor.reaping import Outcome
 from shmjanitor.remove import LEGACY_KIND, Action, Result
-from shmjanitor.render import ours
+from shmjanitor.render import ns_of, ours
 from shmjanitor.text import printable
 
 ACTION_STYLE = {  # layout.paint styles
@@ -72,10 +72,9 @@ def result_json(r: Result, here: Any = None) -> dict[str, Any]:
         "state": r.verdict.state.value, "action": r.action.value, "reason": r.reason,
         "rule": r.rule,
         **({} if _path(s) is None else {"path": _path(s)}),
-        # the IPC namespace it is (was) in
-        "namespace": (ns or here or ours()).as_json(),
+        "namespace": ns_of(r.verdict, here).as_json(),  # the IPC namespace it is (was) in
         # the history keeps our own namespace's objects: another's same id is not one
-        "made_by": history.made_by(s) if ns is None or ns.own else None,
+        "made_by": history.made_by(s) if in_own_namespace(ns) else None,
     }  # fmt: skip
 
 
@@ -124,7 +123,7 @@ def log_line(r: Result) -> str:
     s = v.obj
     cpid = _cpid(v)
     path = _path(s)
-    made = history.said(s) if v.ns is None or v.ns.own else None  # the history is ours
+    made = history.said(s) if in_own_namespace(v.ns) else None  # the history is ours
     # Built from cached pieces in one f-string: a big reap logs 32,000 of these.
     return (
         f"action={r.action.value} id={s.id} kind={s.kind}{_ns_fields(v.ns)}"

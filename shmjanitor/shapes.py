@@ -20,6 +20,7 @@ from typing import IO, Any, Callable, NamedTuple, Optional, Union
 from shmjanitor import kinds, render
 from shmjanitor import survey as _survey
 from shmjanitor.accounts import group_name, owner_name
+from shmjanitor.classify import in_own_namespace
 from shmjanitor.durations import format_age, format_size
 from shmjanitor.layout import Col
 from shmjanitor.model import Fact, State
@@ -636,7 +637,7 @@ def _with_made_by(encode: Callable[[Verdict], str], made: Mapping[Any, Any],
     def with_it(v: Verdict) -> str:
         o = v.segment
         # the history keeps our own namespace's objects: another's same id is not one
-        m = made.get(ident(o)) if (v.ns is None or v.ns.own) and \
+        m = made.get(ident(o)) if in_own_namespace(v.ns) and \
             (known is None or (o.kind, o.id) in known) else None  # fmt: skip
         tail = "null" if m is None else tails.get(m) or tails.setdefault(m, _encode(m.as_json()))
         return f'{encode(v)[:-1]},"made_by":{tail}}}'

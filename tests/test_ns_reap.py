@@ -268,3 +268,34 @@ def test_a_removal_in_another_namespace_is_not_credited_to_our_objects_maker(wor
     (removed,) = [x for x in json.loads(r.stdout)["results"] if x["action"] == "removed"]
     assert removed["id"] == 0 and removed["namespace"]["pid"] != 1, removed
     assert removed["made_by"] is None, removed
+
+
+def test_a_sweep_records_only_our_namespaces_objects_in_the_history(world, tmp_path):
+    """list -A and reap -A see a container's objects, whose ids and keys repeat ours:
+    the history (one store, keyed by our namespace) gets a row for ours alone, and a
+    container's object is never said to be made by our object's maker."""
+    import sqlite3
+
+    state = tmp_path / "state"
+    make = ("import sysv_ipc, time; m = sysv_ipc.SharedMemory(sysv_ipc.IPC_PRIVATE, "
+            "sysv_ipc.IPC_CREX, size=4096); print(m.id, flush=True)")  # fmt: skip
+    ours = world.spawn([PY, "-c", make + "; time.sleep(1000)"])
+    assert ours.stdout is not None and ours.stdout.readline().strip() == "0"
+    theirs = world.spawn(["unshare", "--ipc", "sh", "-c",
+                          f"{PY} -c '{make}' >/dev/null; echo ok; exec sleep 1000"])  # fmt: skip
+    assert theirs.stdout is not None and theirs.stdout.readline().strip() == "ok"
+    env = dict(world.env, STATE_DIRECTORY=str(state))
+    for _ in range(2):  # the second run reads back what the first recorded
+        r = world.run([PY, "-m", "shmjanitor", "list", "-A", "--json"], env=env)
+        assert r.returncode == 0, r.stderr
+        segments = json.loads(r.stdout)["segments"]
+        assert len(segments) == 2, segments
+        made = {s["namespace"]["pid"] == 1: s["made_by"] for s in segments}
+        assert made[True] is not None and made[False] is None, segments
+    db = sqlite3.connect(str(state / "history.sqlite3"))
+    try:
+        rows = db.execute("SELECT ns, kind, objid FROM objects").fetchall()
+    finally:
+        db.close()
+    here = world.run(["readlink", "/proc/1/ns/ipc"], check=True).stdout.strip()
+    assert rows == [(here, "shm", 0)], rows
