@@ -165,3 +165,29 @@ def test_no_color_on_a_terminal():
     assert code == 0 and "\x1b[1;31morphan" in shown, shown
     code, bare = run_on_pty([*JANITOR, "list"], {**env, "NO_COLOR": "1"})
     assert code == 0 and "\x1b[" not in bare and "orphan" in bare, bare
+
+
+ARGVS = [
+    [], ["-h"], ["-V"], ["-h", "list"], ["-V", "list"], ["--color", "never", "list", "-h"],
+    ["--color=never", "reap", "-h"], ["--color"], ["list", "-h"], ["list", "--bogus"],
+    ["list", "list"], ["lis"], ["LIST"], ["--", "list"], ["quarantine"], ["quarantine", "-h"],
+    ["quarantine", "lis"], ["quarantine", "purge", "-h"], ["rm"], ["rm", "-h"],
+    ["explain", "-h"], ["restore"], ["completion", "-h"], ["doctor", "--format", "x"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("argv", ARGVS, ids=[" ".join(a) or "(none)" for a in ARGVS])
+def test_a_run_built_with_its_command_alone_says_what_the_whole_app_says(argv):
+    """main() builds the click command of the one command a run names (cli.only), not
+    all of them: whatever the words, help, usage errors and exit codes are the whole
+    app's, word for word (the root's -h and -V, an unknown or misspelt word and an
+    option before the command get the whole app)."""
+    from click.testing import CliRunner
+
+    from shmjanitor.cli import _named_command, only
+
+    def said(typer_app: typer.Typer) -> tuple[int, str, str]:
+        r = CliRunner().invoke(typer.main.get_command(typer_app), argv, prog_name="shmjanitor")
+        return r.exit_code, r.stdout, r.stderr
+
+    assert said(only(_named_command(argv))) == said(app)
