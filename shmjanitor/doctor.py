@@ -575,6 +575,20 @@ def reap_command(service_files: Sequence[tuple[str, str]],
     return words
 
 
+def option_value(words: Sequence[str], option: str) -> Optional[str]:
+    """What the last `option` among a command line's `words` is given ("--metrics-file F"
+    or "--metrics-file=F"; click keeps the last of a repeated option)."""
+    found = None
+    for i, w in enumerate(words):
+        if w == "--":
+            break
+        if w == option and i + 1 < len(words):
+            found = words[i + 1]
+        elif w.startswith(option + "="):
+            found = w[len(option) + 1 :]
+    return found
+
+
 def check_namespaces(f: Facts) -> list[Finding]:
     """Whether the timer's reap may enter the IPC namespaces it is asked to sweep: with
     all_namespaces (or -A on its command line) and the unit's RestrictNamespaces=yes

@@ -16,7 +16,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from shmjanitor.doctor import Facts, Limit, MetricsFile, Owned, Proc, unit_values
+from shmjanitor.doctor import (
+    Facts,
+    Limit,
+    MetricsFile,
+    Owned,
+    Proc,
+    option_value,
+    reap_command,
+    unit_values,
+)
 
 # Where systemd looks for units, in its order (systemd.unit(5)): /etc over /run over
 # the vendor's directories.
@@ -213,15 +222,11 @@ def systemctl_show(units: Sequence[str]) -> Optional[dict[str, dict[str, str]]]:
     return out
 
 
-def metrics_path(service_files: Sequence[tuple[str, str]]) -> Optional[str]:
-    """The --metrics-file the unit's reap is given (its drop-ins' ExecStart= or
-    Environment=SHMJANITOR_REAP_ARGS=), the last one named."""
-    found = None
-    for key in ("Environment", "ExecStart"):
-        for value, _ in unit_values(service_files, "Service", key):
-            for m in re.finditer(r"--metrics-file[= ]+(\S+)", value):
-                found = m.group(1).strip("\"'")
-    return found
+def metrics_path(service_files: Sequence[tuple[str, str]],
+                 env_files: Sequence[tuple[str, str]] = ()) -> Optional[str]:  # fmt: skip
+    """The --metrics-file the unit's reap is given, on its command line as systemd
+    builds it (doctor.reap_command: ExecStart= and $SHMJANITOR_REAP_ARGS)."""
+    return option_value(reap_command(service_files, env_files), "--metrics-file")
 
 
 def environment_files(root: Path, service: Sequence[tuple[str, str]]
@@ -273,6 +278,7 @@ def gather(root: Path = Path("/"), config_path: Optional[Path] = None,
     else:
         systemd = systemctl_show(["shmjanitor.timer", "shmjanitor.service"])
         why = "systemctl show failed"
+    env_files = tuple(environment_files(root, service))
     cfg_path = config_path or under(root, "etc/shmjanitor.toml")
     cfg, cfg_error = config.Config(), None
     try:
@@ -309,7 +315,7 @@ def gather(root: Path = Path("/"), config_path: Optional[Path] = None,
         service_files=tuple(service),
         systemd=systemd,
         systemd_why=why,
-        metrics=read_metrics(root, reap_metrics or metrics_path(service), now),
+        metrics=read_metrics(root, reap_metrics or metrics_path(service, env_files), now),
         config_path=str(cfg_path) if cfg_path.exists() else f"{cfg_path} (absent: defaults)",
         config_error=cfg_error,
         state_dir=str(state),
@@ -319,7 +325,7 @@ def gather(root: Path = Path("/"), config_path: Optional[Path] = None,
         history=history_check(state),
         history_aside=tuple(sorted(p.name for p in state.glob("history.sqlite3.corrupt-*"))),
         all_namespaces=cfg.all_namespaces,
-        env_files=tuple(environment_files(root, service)),
+        env_files=env_files,
     )  # fmt: skip
 
 

@@ -611,3 +611,23 @@ def test_timespan() -> None:
     assert doctor.timespan("15 min") == 900
     assert doctor.timespan("soon") is None
     assert doctor.timespan("") is None
+
+
+@pytest.mark.parametrize(("lines", "path"), [
+    (["Environment=SHMJANITOR_REAP_ARGS=--metrics-file=/a.prom"], "/a.prom"),
+    (['Environment="SHMJANITOR_REAP_ARGS=--metrics-file /a.prom -v"'], "/a.prom"),
+    (["Environment=SHMJANITOR_REAP_ARGS=--metrics-file=/a.prom", "Environment="], None),
+    (["ExecStart=", "ExecStart=/usr/bin/shmjanitor reap --metrics-file /b.prom"], "/b.prom"),
+    # an override that no longer passes $SHMJANITOR_REAP_ARGS: its file is not the reap's
+    (["Environment=SHMJANITOR_REAP_ARGS=--metrics-file=/a.prom", "ExecStart=",
+      "ExecStart=/usr/bin/shmjanitor reap"], None),
+    (["ExecStart=", "ExecStart=/usr/bin/shmjanitor reap -- --metrics-file=/c.prom"], None),
+])  # fmt: skip
+def test_the_reaps_metrics_file_is_read_from_its_command_line(
+    lines: list[str], path: Optional[str]
+) -> None:
+    """doctor reads --metrics-file where it reads -A: the reap's command line as systemd
+    builds it from the unit (doctor.reap_command), not any text that looks like it."""
+    unit = units.unit_texts()["shmjanitor.service"]
+    drop_in = "[Service]\n" + "".join(f"{line}\n" for line in lines)
+    assert doctor_facts.metrics_path([("unit", unit), ("drop-in", drop_in)]) == path
