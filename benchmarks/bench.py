@@ -4,6 +4,13 @@
     python benchmarks/bench.py            # N = 32,000 and 4,096; updates docs/benchmarks.md
     python benchmarks/bench.py --quick    # a small N, a few runs, docs left alone
     python benchmarks/bench.py --only sem,msg   # some rows only (shm, sem, msg, posix, history, ns)
+    python benchmarks/bench.py --python current # this checkout's own venv, as it is
+
+What is timed is shmjanitor as a lab machine runs it: by default the checkout installed
+with pip (not editable) into a fresh venv of /usr/bin/python3, the distribution's
+interpreter, as the Ansible role installs it (deploy/ansible: shmjanitor_python). The
+interpreter matters: a CPython built without its optimizations (pyenv's default build)
+starts 3-4 times slower and runs Python code about a quarter slower than Debian's.
 
 Everything happens in private IPC namespaces: the script re-executes itself under
 `unshare --ipc` unless it already runs in one, and keeps each data set (32,000 orphans
@@ -79,6 +86,69 @@ for row in rows:
     sysv_ipc.remove_shared_memory(row[1])
 """
 )
+# The same floor with the calls issue 10's last instant makes for each segment, and
+# nothing else: the lock note's pwrite, IPC_STAT, IPC_SET (the lock; here with the
+# mode as it was), IPC_STAT again, IPC_RMID, and IPC_STAT after it (the kernel's answer).
+FLOOR_REAP_LAST_INSTANT = (
+    FLOOR_LIST
+    + """
+import ctypes, os
+libc = ctypes.CDLL(None)
+shmctl, buf = libc.shmctl, ctypes.create_string_buffer(256)  # >= shmid_ds
+note = os.memfd_create("lock")  # the lock note: a file of tmpfs, as /run is
+for row in rows:
+    os.pwrite(note, b"shm %d %d %o" % (row[1], row[0], row[2]), 0)
+    shmctl(row[1], 2, buf)
+    shmctl(row[1], 1, buf)
+    shmctl(row[1], 2, buf)
+    shmctl(row[1], 0, None)
+    shmctl(row[1], 2, buf)
+"""
+)
+# Issue 12's floors. A list of sets needs each semaphore's last pid and waiters
+# (GETPID, GETNCNT, GETZCNT: /proc/sysvipc/sem has neither); a list of queues each
+# queue's msg_qbytes (IPC_STAT: not in /proc/sysvipc/msg). A reap adds, per object, the
+# lock note, that look again, IPC_SET (the lock), the look once more, and IPC_RMID.
+_FLOOR_KIND = """
+import typer, ctypes, os
+libc = ctypes.CDLL(None)
+rows = [list(map(int, ln.split())) for ln in open('/proc/sysvipc/%s').read().splitlines()[1:]]
+buf = ctypes.create_string_buffer(256)  # >= semid_ds, msqid_ds
+"""
+_LOOK = {
+    "sem": """
+def look(id, n):
+    libc.semctl(id, 0, 2, buf)  # IPC_STAT
+    for i in range(n):
+        libc.semctl(id, i, 11), libc.semctl(id, i, 14), libc.semctl(id, i, 15)
+""",
+    "msg": """
+def look(id, n):
+    libc.msgctl(id, 2, buf)  # IPC_STAT
+""",
+}
+_CTL = {"sem": "libc.semctl(id, 0, %d, buf)", "msg": "libc.msgctl(id, %d, buf)"}
+_NSEMS = {"sem": "row[3]", "msg": "0"}  # /proc/sysvipc/sem: key semid perms nsems ...
+
+
+def floor_list(kind: str) -> str:
+    loop = f"for row in rows:\n    look(row[1], {_NSEMS[kind]})\n"
+    return _FLOOR_KIND % kind + _LOOK[kind] + loop
+
+
+def floor_reap(kind: str) -> str:
+    return _FLOOR_KIND % kind + _LOOK[kind] + "\n".join((
+        'note = os.memfd_create("lock")  # the lock note: a file of tmpfs, as /run is',
+        "for row in rows:",
+        f"    id, n = row[1], {_NSEMS[kind]}",
+        f'    os.pwrite(note, b"{kind} %d %d %o" % (id, row[0], row[2]), 0)',
+        "    look(id, n)",
+        "    " + _CTL[kind] % 1 + "  # IPC_SET",
+        "    look(id, n)",
+        "    " + (_CTL[kind] % 0).replace(", buf", ", None") + "  # IPC_RMID",
+        "",
+    ))  # fmt: skip
+
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.shmget.argtypes = (ctypes.c_int, ctypes.c_size_t, ctypes.c_int)
@@ -323,6 +393,50 @@ def shmjanitor_cmd() -> list[str]:
     return [found] if found else [sys.executable, "-m", "shmjanitor"]
 
 
+# The interpreter a lab machine runs shmjanitor on: the Ansible role's default
+# (deploy/ansible/roles/shmjanitor/defaults/main.yml, shmjanitor_python).
+DEPLOYED_PYTHON = "/usr/bin/python3"
+CURRENT = "current"  # --python current: this checkout's own environment, as it is
+
+
+class Install(NamedTuple):
+    python: str  # the interpreter the timed Python commands (floors, -c pass) run on
+    sj: list[str]  # the shmjanitor command timed
+    said: str  # what was timed, for the docs
+
+
+def _version(python: str) -> str:
+    return subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+
+
+def install(python: str, tmp: Path, say: Callable[[str], None]) -> Install:
+    """What is timed: this checkout installed with pip, not editable, into a fresh venv
+    of `python` (a copy of the tree is built, so the checkout gets no build files); or,
+    for CURRENT, the shmjanitor of the environment this script runs in."""
+    if python == CURRENT:
+        compile_package()
+        return Install(sys.executable, shmjanitor_cmd(),
+                       f"this checkout's own environment ({sys.executable}, Python "
+                       f"{platform.python_version()})")  # fmt: skip
+    venv, src = tmp / "venv", tmp / "src"
+    say(f"installing the checkout into a fresh venv of {python} ...")
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "__pycache__", "build", "*.egg-info", ".*_cache", ".hypothesis"))  # fmt: skip
+    for cmd in ([python, "-m", "venv", str(venv)],
+                [str(venv / "bin" / "pip"), "install", "--no-input", "--disable-pip-version-check",
+                 "-q", str(src)]):  # fmt: skip
+        p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if p.returncode != 0:
+            sys.exit(f"bench: {' '.join(cmd)} failed ({p.stderr.strip()[-500:]}); a Debian "
+                     "python3 needs the python3-venv package; --python current times this "
+                     "checkout's own environment instead")  # fmt: skip
+    py = str(venv / "bin" / "python")
+    return Install(py, [str(venv / "bin" / "shmjanitor")],
+                   f"a fresh venv of {python} (Python {_version(py)}), the checkout installed "
+                   "into it by pip, not editable, as the Ansible role installs it")  # fmt: skip
+
+
 def run(cmd: Sequence[str], out: Optional[Path] = None, ok: Sequence[int] = (0,)) -> float:
     """Wall time of one run of `cmd`, stdout to `out` (or /dev/null); fails loudly on
     an exit status not in `ok`."""
@@ -431,6 +545,7 @@ class Options(NamedTuple):
     workers: int
     docs: Optional[Path]
     only: tuple[str, ...] = KINDS  # the rows run, by kind
+    python: str = DEPLOYED_PYTHON  # the interpreter of the venv timed (install), or CURRENT
 
 
 def compile_package() -> None:
@@ -442,11 +557,16 @@ def compile_package() -> None:
 
 
 def benchmark(opt: Options, say: Callable[[str], None]) -> tuple[list[Figure], dict[str, str]]:
-    sj = shmjanitor_cmd()
-    compile_package()
     notes: dict[str, str] = {}
     figures: list[Figure] = []
     tmp = Path(tempfile.mkdtemp(prefix="shmjanitor-bench-"))
+    try:
+        inst = install(opt.python, tmp, say)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    sj, py = inst.sj, inst.python
+    notes["install"] = inst.said
     out = tmp / "out"
     # Every list and reap records history (and reap its clock) in the default state
     # directory unless told: the run's own, never the machine's /var/lib/shmjanitor.
@@ -465,7 +585,7 @@ def benchmark(opt: Options, say: Callable[[str], None]) -> tuple[list[Figure], d
         if "shm" not in opt.only:  # --only sem,msg,posix: the rows of issues 12, 13 alone
             for kind, flag in (("sem", "-s"), ("msg", "-q")):
                 if kind in opt.only:
-                    figures += kind_figures(kind, flag, opt, sj, tmp, say)
+                    figures += kind_figures(kind, flag, opt, sj, tmp, say, py)
             if "posix" in opt.only:
                 figures += posix_figures(opt, sj, tmp, say)
             if "history" in opt.only:
@@ -477,7 +597,7 @@ def benchmark(opt: Options, say: Callable[[str], None]) -> tuple[list[Figure], d
         empty = Namespace(shmmni)
         say("start-up (empty namespace) ...")
         pair = alternate(runs, timed(empty, [*sj, "list", "--json"]),
-                         timed(empty, [sys.executable, "-c", "pass"], None))  # fmt: skip
+                         timed(empty, [py, "-c", "pass"], None))  # fmt: skip
         figures.append(ratio_figure("start-up: list --json, no segments", "shmjanitor",
                                     "python -c pass", pair, 8))  # fmt: skip
 
@@ -495,7 +615,7 @@ def benchmark(opt: Options, say: Callable[[str], None]) -> tuple[list[Figure], d
         figures.append(ratio_figure(f"list --json, {n:,} segments", "shmjanitor list --json",
                                     "lsipc -m --json", pair_json, 0.8))  # fmt: skip
         say("floor for list (read the table, int() every field) vs lsipc -m --json ...")
-        pair = alternate(runs, timed(single, [sys.executable, "-c", FLOOR_LIST]),
+        pair = alternate(runs, timed(single, [py, "-c", FLOOR_LIST]),
                          timed(single, ["lsipc", "-m", "--json"]))  # fmt: skip
         figures.append(ratio_figure(f"floor: python, typer, read and int(), {n:,} rows",
                                     "floor", "lsipc -m --json", pair, None))  # fmt: skip
@@ -586,9 +706,14 @@ def benchmark(opt: Options, say: Callable[[str], None]) -> tuple[list[Figure], d
 
         reap = [*sj, "reap", "--min-age", "0"]
         say("floor for reap (+ IPC_STAT and IPC_RMID each) vs ipcrm --all=shm ...")
-        pair = alternate(runs, fresh([sys.executable, "-c", FLOOR_REAP]),
+        pair = alternate(runs, fresh([py, "-c", FLOOR_REAP]),
                          fresh(["ipcrm", "--all=shm"]))  # fmt: skip
         figures.append(ratio_figure(f"floor: + IPC_STAT and IPC_RMID each, {n:,} orphans",
+                                    "floor", "ipcrm --all=shm", pair, None))  # fmt: skip
+        say("floor for reap with issue 10's last instant vs ipcrm --all=shm ...")
+        pair = alternate(runs, fresh([py, "-c", FLOOR_REAP_LAST_INSTANT]),
+                         fresh(["ipcrm", "--all=shm"]))  # fmt: skip
+        figures.append(ratio_figure(f"floor: + the last instant's calls, {n:,} orphans",
                                     "floor", "ipcrm --all=shm", pair, None))  # fmt: skip
         say("reap --no-quarantine vs ipcrm --all=shm (fresh orphans each run) ...")
         pair_nq = alternate(runs, fresh([*reap, "--no-quarantine"]),
@@ -609,7 +734,7 @@ def benchmark(opt: Options, say: Callable[[str], None]) -> tuple[list[Figure], d
         reapns.close()
         for kind, flag in (("sem", "-s"), ("msg", "-q")):
             if kind in opt.only:
-                figures += kind_figures(kind, flag, opt, sj, tmp, say)
+                figures += kind_figures(kind, flag, opt, sj, tmp, say, py)
         if "posix" in opt.only:
             figures += posix_figures(opt, sj, tmp, say)
         if "history" in opt.only:
@@ -623,7 +748,7 @@ def benchmark(opt: Options, say: Callable[[str], None]) -> tuple[list[Figure], d
 
 
 def kind_figures(kind: str, flag: str, opt: Options, sj: list[str], tmp: Path,
-                 say: Callable[[str], None]) -> list[Figure]:  # fmt: skip
+                 say: Callable[[str], None], py: str = sys.executable) -> list[Figure]:  # fmt: skip
     """Issue 12's rows for one kind: list --json against ipcs -X -p (and lsipc, for
     information), and the reap of n orphans against the look-then-remove it replaces:
     ipcs -X -p, then ipcrm --all=X."""
@@ -648,6 +773,11 @@ def kind_figures(kind: str, flag: str, opt: Options, sj: list[str], tmp: Path,
                      in_ns(listns, ["ipcs", flag, "-p"]))  # fmt: skip
     figures.append(ratio_figure(f"{kind}: list --json, {n:,} orphans",
                                 f"shmjanitor list --json {flag}", f"ipcs {flag} -p", pair, 1.0))  # fmt: skip
+    say(f"{kind}: floor for list vs ipcs {flag} -p ...")
+    pair = alternate(runs, in_ns(listns, [py, "-c", floor_list(kind)]),
+                     in_ns(listns, ["ipcs", flag, "-p"]))  # fmt: skip
+    figures.append(ratio_figure(f"{kind}: floor: python, typer, read, int() and the {kind}ctl "
+                                f"calls, {n:,} orphans", "floor", f"ipcs {flag} -p", pair, None))  # fmt: skip
     say(f"{kind}: list --json {flag} vs lsipc {flag} --json ...")
     pair = alternate(runs, in_ns(listns, [*sj, "list", "--json", flag]),
                      in_ns(listns, ["lsipc", flag, "--json"]))  # fmt: skip
@@ -679,6 +809,10 @@ def kind_figures(kind: str, flag: str, opt: Options, sj: list[str], tmp: Path,
 
     reap = [*sj, "reap", flag, "--min-age", "0"]
     manual = [["ipcs", flag, "-p"], ["ipcrm", f"--all={name}"]]
+    say(f"{kind}: floor for reap vs ipcs {flag} -p + ipcrm --all={name} ...")
+    pair = alternate(runs, fresh([[py, "-c", floor_reap(kind)]]), fresh(manual))
+    figures.append(ratio_figure(f"{kind}: floor: + the last instant's calls, {n:,} orphans",
+                                "floor", f"ipcs -p + ipcrm --all={name}", pair, None))  # fmt: skip
     say(f"{kind}: reap {flag} --no-quarantine vs ipcs {flag} -p + ipcrm --all={name} ...")
     pair = alternate(runs, fresh([[*reap, "--no-quarantine"]]), fresh(manual))
     figures.append(ratio_figure(f"{kind}: reap --no-quarantine, {n:,} orphans",
@@ -1030,7 +1164,6 @@ def machine() -> dict[str, str]:
         "nproc": str(os.cpu_count()),
         "CPU": model,
         "kernel": platform.release(),
-        "python": platform.python_version(),
     }
 
 
@@ -1047,7 +1180,7 @@ def markdown(figures: Sequence[Figure], notes: dict[str, str], opt: Options,
         "```",
         "",
         f"Latest run: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, "
-        f"{m['nproc']} CPUs ({m['CPU']}), Linux {m['kernel']}, Python {m['python']}.",
+        f"{m['nproc']} CPUs ({m['CPU']}), Linux {m['kernel']}. Timed: {notes['install']}.",
         f"N = {opt.n:,} and {opt.small_n:,} segments (4 KiB, IPC_PRIVATE, mode 0600, "
         f"orphans of uid {ORDINARY_UID}); medians of {opt.runs} runs, A and B alternating; "
         "ratio = A / B.",
@@ -1069,7 +1202,13 @@ def markdown(figures: Sequence[Figure], notes: dict[str, str], opt: Options,
         "Rows with target `-` are for information. The floors are the least a Python "
         "command on typer does, with none of shmjanitor's work: start the interpreter, "
         "import typer, read `/proc/sysvipc/shm` and `int()` every field; for reap also one "
-        "`IPC_STAT` (the re-check) and one `IPC_RMID` per segment. A target below its "
+        "`IPC_STAT` (the re-check) and one `IPC_RMID` per segment; with the last instant's "
+        "calls, the ones issue 10's last instant makes per object and nothing else (the "
+        "lock note's `pwrite`, `IPC_STAT`, `IPC_SET`, `IPC_STAT`, `IPC_RMID`; for a segment "
+        "an `IPC_STAT` after it, for a set `GETPID`, `GETNCNT` and `GETZCNT` with each "
+        "look). The sem and msg list floors add the calls their columns need (a set's "
+        "`GETPID`, `GETNCNT`, `GETZCNT`; a queue's `IPC_STAT` for `msg_qbytes`). The "
+        "floors run on the timed venv's interpreter. A target below its "
         "floor's ratio cannot be met by any change to shmjanitor's Python; the gap between "
         "a floor and the command above it is what our own work costs. The written orphans "
         "were attached and written by their creator, so each quarantine entry needs a real "
@@ -1124,6 +1263,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--only", default=",".join(KINDS), metavar="KINDS",
                     help="the rows to run: of shm, sem, msg, posix, history, ns, separated by commas (default: "
                     "all; docs are written only for all)")  # fmt: skip
+    ap.add_argument("--python", default=DEPLOYED_PYTHON, metavar="PATH",
+                    help=f"time the checkout installed (pip, not editable) into a fresh venv of "
+                    f"this interpreter (default {DEPLOYED_PYTHON}, the one the Ansible role "
+                    f"installs with), or '{CURRENT}': this checkout's own environment")  # fmt: skip
     args = ap.parse_args(argv)
     if args.quick:
         args.n, args.runs = 2000, 3
@@ -1135,7 +1278,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ap.error("--only takes shm, sem, msg, posix, history, ns, separated by commas")
     every = len(only) == len(KINDS)
     docs = args.docs or (DOCS if args.n == MAX_N and args.runs >= 5 and every else None)
-    opt = Options(args.n, small, args.runs, args.workers, docs, only)
+    opt = Options(args.n, small, args.runs, args.workers, docs, only, args.python)
     if os.geteuid() != 0:
         sys.exit("bench: run as root (it setns(2)es and creates segments as uid 1000)")
     ensure_private_namespace()
@@ -1145,8 +1288,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     figures, notes = benchmark(opt, say)
     m = machine()
-    print(f"{m['nproc']} CPUs ({m['CPU']}), Linux {m['kernel']}, Python {m['python']}; "
-          f"medians of {opt.runs} runs")  # fmt: skip
+    print(f"{m['nproc']} CPUs ({m['CPU']}), Linux {m['kernel']}; medians of {opt.runs} runs; "
+          f"timed: {notes['install']}")  # fmt: skip
     print(text_table(figures))
     if "create_single" in notes:  # the segments' rows ran
         print(f"orphans made: {opt.n:,} by one process in {notes['create_single']}, "

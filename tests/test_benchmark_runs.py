@@ -37,6 +37,11 @@ INFORMATION = (  # shown with no target
     "floor: python, typer, read and int(), 40 rows",
     "peak RSS, list (--json and plain), 40 distinct creators",
     "floor: + IPC_STAT and IPC_RMID each, 40 orphans",
+    "floor: + the last instant's calls, 40 orphans",
+    "sem: floor: python, typer, read, int() and the semctl calls, 40 orphans",
+    "sem: floor: + the last instant's calls, 40 orphans",
+    "msg: floor: python, typer, read, int() and the msgctl calls, 40 orphans",
+    "msg: floor: + the last instant's calls, 40 orphans",
     "reap with quarantine, 40 written orphans",
     "sem: list --json vs lsipc, 40 orphans",
     "sem: reap with quarantine, 40 orphans",
@@ -52,12 +57,15 @@ INFORMATION = (  # shown with no target
 
 
 def test_benchmark_runs_at_small_n(tmp_path: Path) -> None:
+    """Every row, on the default path: the checkout installed into a fresh venv (of
+    the interpreter running the suite, which has the venv module wherever the suite
+    runs; the default, /usr/bin/python3, may lack it)."""
     if not REAL_ROOT:
         pytest.skip("the benchmark makes segments as uid 1000: needs real root")
     docs = tmp_path / "benchmarks.md"
     p = subprocess.run(
         [sys.executable, str(BENCH), "--n", "40", "--runs", "1", "--workers", "2",
-         "--docs", str(docs)],
+         "--docs", str(docs), "--python", sys.executable],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
@@ -74,5 +82,7 @@ def test_benchmark_runs_at_small_n(tmp_path: Path) -> None:
     assert "python benchmarks/bench.py --n 40" in text
     assert all(name in text for name in FIGURES + INFORMATION)
     assert "Linux " in text and "Python " in text
+    # What was timed is a fresh non-editable install, not this checkout's venv.
+    assert f"a fresh venv of {sys.executable}" in text and "not editable" in text
     # The script's namespaces were its own: ours is as empty as the fixture made it.
     assert Path("/proc/sysvipc/shm").read_text().count("\n") == 1
