@@ -666,6 +666,20 @@ def _prune(db: sqlite3.Connection, at: float, max_age: int) -> None:
     db.execute("INSERT OR REPLACE INTO meta(name, value) VALUES ('pruned_at', ?)", (str(at),))
 
 
+def row_runs(rows: Iterable[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """(first, last, value) of each run of consecutive row ids with the same value, from
+    (row, value) pairs: every id from first to last is one of `rows`. A reap removes
+    the objects its own record just numbered one after another (_record), so its
+    32,000 removals are one run, one UPDATE, not 32,000. Pure."""
+    out: list[tuple[int, int, int]] = []
+    for row, value in sorted(set(rows)):
+        if out and out[-1][1] == row - 1 and out[-1][2] == value:
+            out[-1] = (out[-1][0], row, value)
+        else:
+            out.append((row, row, value))
+    return out
+
+
 def removed(objs: Sequence[tuple[Any, bool]], run: Optional[int], state_dir: Path,
             note: Callable[[str], None], rows: Mapping[Ident, int] = MappingProxyType({})
             ) -> None:  # fmt: skip
@@ -676,23 +690,26 @@ def removed(objs: Sequence[tuple[Any, bool]], run: Optional[int], state_dir: Pat
         return
     at = now()
     ns = _namespace()
-    by_row, by_ident = [], []
+    known: list[tuple[int, int]] = []  # (row, quarantined)
+    by_ident = []
     for o, q in objs:
         i = ident(o)
         row = rows.get(i)
         if row is None:
             by_ident.append((at, run, int(q), at, at, ns, *i))
         else:
-            by_row.append((at, run, int(q), at, at, row))
+            known.append((row, int(q)))
     set_ = ("UPDATE objects SET removed_at = ?, removed_run = ?, quarantined = ?,"
             " gone_at = ?, last_seen = ?")  # fmt: skip
     # A row gone since (pruned, or marked gone by another run) is left as it is, either way.
-    sql_row = f"{set_} WHERE id = ? AND gone_at IS NULL"
+    sql_rows = f"{set_} WHERE id BETWEEN ? AND ? AND gone_at IS NULL"
     sql_ident = (f"{set_} WHERE ns = ? AND kind = ? AND objid = ? AND key = ? AND path IS ?"
                  " AND gone_at IS NULL")  # fmt: skip
+    by_rows = [(at, run, q, at, at, first, last) for first, last, q in row_runs(known)]
 
     def work(db: sqlite3.Connection) -> None:
-        db.executemany(sql_row, by_row)  # sqlite: 32,000 by id 0.19 s, by ident 0.38 s
+        # sqlite, 32,000 removals: by ident 0.38 s, by id one at a time 0.19 s
+        db.executemany(sql_rows, by_rows)
         db.executemany(sql_ident, by_ident)
 
     try:

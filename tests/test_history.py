@@ -236,6 +236,41 @@ def test_an_object_gone_between_runs_is_marked_gone(state):
         kill(p)
 
 
+@pytest.mark.parametrize("quarantine", [False, True])
+def test_a_reap_marks_removed_exactly_what_it_removed(state, quarantine):
+    """Its removals are marked by runs of row ids (history.row_runs): the segments a live
+    process keeps attached, between removed ones, are not marked removed or gone. Fails
+    when a run of rows spans a gap (row_runs merging ids that are not consecutive)."""
+    ids = orphans(7)
+    keep = [ids[1], ids[4], ids[5]]
+    holder = start([sys.executable, "-c", "import sys, time, sysv_ipc\n"
+                    "for id in sys.argv[1:]: sysv_ipc.attach(int(id))\n"
+                    "print('ready', flush=True)\ntime.sleep(600)", *map(str, keep)])  # fmt: skip
+    try:
+        args = ["reap", "--min-age", "0", "--include-system"]
+        args += [] if quarantine else ["--no-quarantine"]
+        r = cli(*args)
+        assert r.exit_code == 0, r.output
+        gone = {i for i in ids if i not in keep}
+        said = [ln.split() for ln in r.stdout.splitlines() if ln.startswith("action=removed")]
+        assert {int(w[1].removeprefix("id=")) for w in said} == gone
+        removed = rows(state, "SELECT objid, quarantined, gone_at IS NOT NULL FROM objects "
+                       "WHERE removed_at IS NOT NULL ORDER BY objid")  # fmt: skip
+        assert removed == [(i, int(quarantine), 1) for i in sorted(gone)]
+        kept = rows(state, "SELECT objid FROM objects WHERE removed_at IS NULL AND gone_at "
+                    "IS NULL ORDER BY objid")  # fmt: skip
+        assert kept == [(i,) for i in sorted(keep)]
+    finally:
+        kill(holder)
+
+
+def test_row_runs():
+    assert history.row_runs([]) == []
+    assert history.row_runs([(5, 0), (3, 0), (4, 0)]) == [(3, 5, 0)]
+    assert history.row_runs([(1, 1), (2, 1), (4, 1), (5, 0), (6, 0)]) == [
+        (1, 2, 1), (4, 4, 1), (5, 6, 0)]  # fmt: skip
+
+
 def test_two_runs_at_once_lose_no_rows(state):
     orphans(400)  # long enough a transaction that the runs overlap
     env = {**os.environ}
