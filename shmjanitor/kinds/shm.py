@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from itertools import repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
@@ -195,6 +196,13 @@ def parties(s: Segment) -> tuple[Party, ...]:
 
 
 _new = tuple.__new__
+
+# The fields in_use, removing, quiet, unknowable and last_used read (a segment's
+# parties are judged apart): two segments equal in these, and in their parties, have
+# one verdict but for the segment itself (classify.classify_all reuses it; a leak's
+# segments differ in key, id and size alone). tests/test_classify.py fails when a field
+# that changes a verdict is missing here.
+EVIDENCE = itemgetter(2, 5, 6, 11, 12, 13)  # mode, lpid, nattch, atime, dtime, ctime
 
 
 def in_use(s: Segment, name_of: Callable[[int], Optional[str]]) -> Optional[str]:
