@@ -94,6 +94,11 @@ class Segment(NamedTuple):
         return max(self.ctime, self.atime or 0, self.dtime or 0)
 
 
+# Every field of a Segment is an int or None (parse makes them so): two equal fields
+# are one value, whichever object holds it (survey.Tables.packed sends each once).
+PLAIN = True
+
+
 def parse(text: str, source: str = str(PROC_SHM)) -> list[Segment]:
     """Parse the whole table, or raise CorruptTable naming the first bad line.
 
