@@ -130,7 +130,13 @@ class Tables(NamedTuple):
             else:
                 runs.append((cls, list(map(_HEAD, rows)), list(map(_TAIL, rows)), None))
         distinct: dict[tuple[Party, ...], int] = {}
-        index = [distinct.setdefault(ps, len(distinct)) for ps in self.parties]
+        index: list[int] = []
+        last: Optional[tuple[Party, ...]] = None
+        at = -1
+        for ps in self.parties:  # the very tuple of the object before (parties_of): no hash
+            if ps is not last:
+                at, last = distinct.setdefault(ps, len(distinct)), ps
+            index.append(at)
         return runs, [tuple(map(tuple, ps)) for ps in distinct], index, self.users
 
     @staticmethod
@@ -167,13 +173,30 @@ def read(names: tuple[str, ...], path: Path = scan.PROC_SHM, users: bool = False
         k = _kinds.of(name)
         found = k.read(path if k.TABLE == scan.PROC_SHM else k.TABLE)
         objects.extend(found)
-        parties.extend(map(k.parties, found))
+        parties.extend(parties_of(k, found))
     posixfs.forget()
     tables = Tables(objects, parties)
     if users:
         uids = tables.uids()
         tables = tables._replace(users=procs.users(uids) if uids else {})
     return tables
+
+
+def parties_of(k: Any, objects: list[Any]) -> list[tuple[Party, ...]]:
+    """k.parties of each object: the very tuple of the object before it when the two
+    are equal in the kind's EVIDENCE, the fields its parties are read from (kinds/shm.py;
+    a leak's segments: one call, not 100)."""
+    evidence = getattr(k, "EVIDENCE", None)
+    if evidence is None:
+        return list(map(k.parties, objects))
+    out: list[tuple[Party, ...]] = []
+    last: Any = None
+    ps: tuple[Party, ...] = ()
+    for o, ev in zip(objects, map(evidence, objects)):
+        if ev != last:
+            last, ps = ev, k.parties(o)
+        out.append(ps)
+    return out
 
 
 def _limits(names: tuple[str, ...]) -> tuple[scan.Limits, dict[str, Mapping[str, Optional[int]]]]:

@@ -45,3 +45,20 @@ def test_a_kind_not_plain_keeps_each_field_as_it_was():
     queues = [q, q._replace(key=2, id=3, cbytes=False, qnum=0.0), q._replace(key=3, id=4)]
     back = _sent(survey.Tables(queues, [msg.parties(x) for x in queues]))
     assert _typed(back.objects) == _typed(queues)
+
+
+def test_parties_are_reused_only_for_a_neighbour_equal_in_every_evidence():
+    """survey.parties_of hands a segment the parties of the one before it when their
+    EVIDENCE is equal; a field that changes a party, changed alone, still changes it
+    (fails when EVIDENCE lacks cpid, lpid, atime, dtime or ctime)."""
+    from tests.test_classify import CHANGES, USED, seg
+
+    for base in (seg(**USED), seg(), seg(nattch=1, **USED)):
+        for field, values in CHANGES.items():
+            for value in values:
+                pair = [base, base._replace(**{field: value})]
+                for two in (pair, pair[::-1]):
+                    assert survey.parties_of(shm, two) == [shm.parties(s) for s in two], field
+    leak = [seg(id=i, key=i, size=i) for i in range(3)]
+    got = survey.parties_of(shm, leak)
+    assert got[0] is got[1] is got[2]  # one call for a leak, one tuple

@@ -202,12 +202,12 @@ def parties(s: Segment) -> tuple[Party, ...]:
 
 _new = tuple.__new__
 
-# The fields in_use, removing, quiet, unknowable and last_used read (a segment's
-# parties are judged apart): two segments equal in these, and in their parties, have
-# one verdict but for the segment itself (classify.classify_all reuses it; a leak's
-# segments differ in key, id and size alone). tests/test_classify.py fails when a field
-# that changes a verdict is missing here.
-EVIDENCE = itemgetter(2, 5, 6, 11, 12, 13)  # mode, lpid, nattch, atime, dtime, ctime
+# The fields parties, in_use, removing, quiet, unknowable and last_used read: two
+# segments equal in these have the same parties and one verdict but for the segment
+# itself (survey.parties_of and classify.classify_all reuse them; a leak's segments
+# differ in key, id and size alone). tests/test_classify.py fails when a field that
+# changes a verdict or a party is missing here.
+EVIDENCE = itemgetter(2, 4, 5, 6, 11, 12, 13)  # mode, cpid, lpid, nattch, atime, dtime, ctime
 
 
 def in_use(s: Segment, name_of: Callable[[int], Optional[str]]) -> Optional[str]:
