@@ -251,3 +251,14 @@ def test_neighbours_differing_in_attaches_or_times_have_their_own_verdicts():
     assert (idle.state, attached.state) == (State.IDLE, State.ATTACHED)
     old, recent = classify_all([seg(**USED), seg(**{**USED, "dtime": NOW - 5})], DEAD, NOW)
     assert old.idle_for != recent.idle_for and old.reason != recent.reason
+
+
+def test_neighbours_equal_in_evidence_but_given_other_parties_have_their_own_verdicts():
+    """classify_all reuses a verdict only for the very parties of the object before:
+    parties handed in for each object count, whatever the objects' fields say."""
+    facts = {**DEAD, 77: Proc(77, True, T0 + 30, "worker")}
+    a, b = seg(**USED), seg(id=2, **USED)
+    ps = [shm.parties(a), shm.parties(a)[:1]]  # the second: no last user
+    got = classify_all([a, b], facts, NOW, parties=ps)
+    assert got == [classify_all([s], facts, NOW, parties=[p])[0] for s, p in zip([a, b], ps)]
+    assert (got[0].state, got[1].state) == (State.IDLE, State.ORPHAN)
