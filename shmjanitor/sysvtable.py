@@ -14,6 +14,7 @@ a reaper acting on a half-understood table could remove the wrong object.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
@@ -29,7 +30,7 @@ def read_text(path: Path) -> str:
     read or holds anything but ASCII (the kernel prints only a header and numbers, and
     int() would accept some other digits, Arabic-Indic ones say)."""
     try:
-        data = path.read_bytes()
+        data = _read(path)
     except FileNotFoundError:
         raise NoSysvIpc(
             f"{path} does not exist: this kernel has no System V IPC (or this is not Linux)"
@@ -44,6 +45,22 @@ def read_text(path: Path) -> str:
             f"{path}, line {line}: byte 0x{data[e.start]:02x} is not ASCII, as the kernel's "
             "table always is"
         ) from None
+
+
+def _read(path: Path) -> bytes:
+    """The file's bytes, with plain reads: Path.read_bytes stats it twice, seeks twice
+    and wraps it in a buffered file, and a sweep's child reads three tables in each
+    namespace (an empty sem or msg table: 14 -> 9 us)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks: list[bytes] = []
+        while True:
+            chunk = os.read(fd, 1 << 16)  # a /proc table: a page at most a read
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
 
 
 def header(lines: Sequence[str], source: str, required: Sequence[str]) -> dict[str, int]:
