@@ -154,6 +154,11 @@ def classify_all(
     last_ps: Optional[tuple[Party, ...]] = None
     last_k: Optional[_Kind] = None
     last_part: Optional[Said] = None
+    # The last verdict worked out from the evidence, and the evidence and parties it had
+    last_ev: Any = None
+    last_said: Optional[Said] = None
+    last_ek: Optional[_Kind] = None
+    last_verdict: tuple[Any, ...] = ()
     for o in objects:
         k = by_type.get(type(o))
         if k is None:
@@ -178,17 +183,29 @@ def classify_all(
                 part = _parties(js, k.verb, facts, users)
             k.said[ps] = part
         last_ps, last_k, last_part = ps, k, part
+        # The object before, of the same kind, equal in every field the kind's evidence
+        # functions read and with the same parties said: its verdict but the object.
+        if k.evidence is not None:
+            ev = k.evidence(o)
+            if ev == last_ev and part is last_said and k is last_ek:
+                append(_new(Verdict, (o, *last_verdict)))
+                continue
+            last_ev, last_said, last_ek = ev, part, k
+        else:
+            last_ek = None
         creator, user, idle, clauses, unknown, rule = part
         # The rules, in the module docstring's order. (Verdicts are made with
         # tuple.__new__, as Verdict(...) would without a Python-level call: 32,000.)
         idle_for = max(0, int(now - o.last_used))
         why = k.removing(o)
         if why is not None:
-            append(_new(Verdict, (o, REMOVING, why, creator, idle_for, user, rules.REMOVING, ns)))
+            last_verdict = (REMOVING, why, creator, idle_for, user, rules.REMOVING, ns)
+            append(_new(Verdict, (o, *last_verdict)))
             continue
         why = k.in_use(o, name_of)
         if why is not None:
-            append(_new(Verdict, (o, ATTACHED, why, creator, idle_for, user, k.in_use_rule, ns)))
+            last_verdict = (ATTACHED, why, creator, idle_for, user, k.in_use_rule, ns)
+            append(_new(Verdict, (o, *last_verdict)))
             continue
         quiet = k.quiet(o, now)
         # Interned: a leak is often thousands of objects with one and the same reason.
@@ -201,7 +218,8 @@ def classify_all(
                 state, reason, rule = UNKNOWN, intern(f"{why}; {said}"), rules.EVIDENCE_UNREADABLE
             else:
                 state, reason = UNKNOWN if unknown else ORPHAN, intern(said)
-        append(_new(Verdict, (o, state, reason, creator, idle_for, user, rule, ns)))
+        last_verdict = (state, reason, creator, idle_for, user, rule, ns)
+        append(_new(Verdict, (o, *last_verdict)))
     return verdicts
 
 
@@ -223,6 +241,9 @@ class _Kind:
         self.verb = k.VERB
         self.in_use_rule: str = k.IN_USE_RULE
         self.said: dict[tuple[Party, ...], Said] = {}
+        # The fields those functions read (kinds/shm.py's EVIDENCE), or None: every
+        # object judged on its own.
+        self.evidence: Optional[Callable[[Any], Any]] = getattr(k, "EVIDENCE", None)
 
 
 def _name_of(facts: Mapping[int, Proc]) -> Callable[[int], Optional[str]]:

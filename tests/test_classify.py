@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from shmjanitor import procs
 from shmjanitor.classify import Creator, State, classify, classify_all
+from shmjanitor.kinds import shm
 from shmjanitor.liveness import Clock
 from shmjanitor.procs import Proc
 from shmjanitor.scan import Segment
@@ -204,3 +205,60 @@ def test_classify_all_is_classify_for_each():
     facts = {**DEAD, 77: Proc(77, True, T0 + 30, "worker")}
     clock = Clock(T0 - 50, T0 - 80)
     assert classify_all(segs, facts, NOW, clock) == [classify(s, facts, NOW, clock) for s in segs]
+
+
+# Values that change a verdict, field by field, and some that do not (kinds/shm.py
+# EVIDENCE names the fields a verdict is read from besides its parties).
+CHANGES = {
+    "key": [0, 0xFFFFFFFF], "id": [2, 32769], "mode": [0o1600, 0o2600, 0o644],
+    "size": [1, 1 << 40], "cpid": [0, 77, 78], "lpid": [0, 78, 4242], "nattch": [0, 1, 3],
+    "uid": [0], "gid": [0], "cuid": [0], "cgid": [0], "atime": [None, T0 + 700, T0 + 5000],
+    "dtime": [None, T0 + 5000], "ctime": [T0 - 86_400, T0 + 1, T0 + 650], "rss": [None, 8192],
+    "swap": [None, 4096],
+}  # fmt: skip
+
+
+def test_a_verdict_is_reused_only_for_a_neighbour_equal_in_every_evidence():
+    """classify_all gives a segment the verdict of the one before it when they differ
+    only in fields no rule reads; a field that changes a verdict, changed alone between
+    two neighbours, still changes it (fails when EVIDENCE lacks mode, lpid, nattch or
+    atime, and when the parties are the same, lpid, dtime or ctime)."""
+    assert set(CHANGES) == set(Segment._fields)
+    facts = {**DEAD, 77: Proc(77, True, T0 + 30, "worker"), 78: Proc(78, True, T0, "other")}
+    bases = [seg(**USED), seg(nattch=2, **USED), seg(), seg(mode=0o1600, nattch=1, **USED)]
+    for base in bases:
+        for field, values in CHANGES.items():
+            for value in values:
+                for pair in ([base, base._replace(**{field: value})],
+                             [base._replace(**{field: value}), base]):  # fmt: skip
+                    alone = [classify(s, facts, NOW) for s in pair]
+                    assert classify_all(pair, facts, NOW) == alone, (field, value, pair)
+                    # the same parties for both (as a caller may hand them): the
+                    # fields the parties are made of are evidence of their own too
+                    ps = [shm.parties(base)] * 2
+                    alone = [classify_all([s], facts, NOW, parties=ps[:1])[0] for s in pair]
+                    assert classify_all(pair, facts, NOW, parties=ps) == alone, (field, value)
+    # and reused it is, for a leak's segments (one verdict's reason, not an equal one)
+    leak = [seg(id=i, key=i, size=4096 * i, **USED) for i in range(1, 4)]
+    verdicts = classify_all(leak, facts, NOW)
+    assert verdicts == [classify(s, facts, NOW) for s in leak]
+    assert verdicts[0].reason is verdicts[1].reason is verdicts[2].reason
+
+
+def test_neighbours_differing_in_attaches_or_times_have_their_own_verdicts():
+    facts = {**DEAD, 77: Proc(77, True, T0 + 30, "worker")}
+    idle, attached = classify_all([seg(**USED), seg(nattch=1, **USED)], facts, NOW)
+    assert (idle.state, attached.state) == (State.IDLE, State.ATTACHED)
+    old, recent = classify_all([seg(**USED), seg(**{**USED, "dtime": NOW - 5})], DEAD, NOW)
+    assert old.idle_for != recent.idle_for and old.reason != recent.reason
+
+
+def test_neighbours_equal_in_evidence_but_given_other_parties_have_their_own_verdicts():
+    """classify_all reuses a verdict only for the very parties of the object before:
+    parties handed in for each object count, whatever the objects' fields say."""
+    facts = {**DEAD, 77: Proc(77, True, T0 + 30, "worker")}
+    a, b = seg(**USED), seg(id=2, **USED)
+    ps = [shm.parties(a), shm.parties(a)[:1]]  # the second: no last user
+    got = classify_all([a, b], facts, NOW, parties=ps)
+    assert got == [classify_all([s], facts, NOW, parties=[p])[0] for s, p in zip([a, b], ps)]
+    assert (got[0].state, got[1].state) == (State.IDLE, State.ORPHAN)

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -82,7 +83,14 @@ def test_each_place_is_read_inside_its_own_namespace_by_a_few_children(
     me, before = os.getpid(), namespaces.own_ipc()
     places = [ours(), *(h.place for h in holders)]
     came: list[int] = []
-    got = inside.run_all(places, where, workers=2, each=lambda xs: came.extend(i for i, _ in xs))
+
+    def slow(place: Place) -> tuple[int, int, int]:
+        # the children take places from a queue as they are done with one: a job long
+        # enough that one child cannot take them all before the other is ready
+        time.sleep(0.05)
+        return where(place)
+
+    got = inside.run_all(places, slow, workers=2, each=lambda xs: came.extend(i for i, _ in xs))
     assert got[0] == (before, 0, me)  # ours: read here, in our namespace
     for h, (ipc, rows, pid) in zip(holders, got[1:]):
         assert (ipc, rows) == (h.ipc, h.segments), "a place read in another's namespace"
@@ -92,6 +100,37 @@ def test_each_place_is_read_inside_its_own_namespace_by_a_few_children(
     assert namespaces.own_ipc() == before
     left = {c.pid for c in psutil.Process().children()} - {h.proc.pid for h in holders}
     assert not left, f"children left: {left}"
+
+
+def test_a_child_that_is_slow_takes_fewer_places(holders: list[Holder]) -> None:
+    """The places go to the children as each is done with one (inside._taken): the
+    child held up at its first place answers that one alone, the other answers the
+    rest (fails with a fixed share each: three and two)."""
+    slow = holders[0].ipc
+
+    def job(place: Place) -> tuple[int, int, int]:
+        if place.ns.ipc == slow:
+            time.sleep(0.5)
+        else:
+            time.sleep(0.02)
+        return where(place)
+
+    got = inside.run_all([h.place for h in holders], job, workers=2)
+    for h, (ipc, rows, _) in zip(holders, got):
+        assert (ipc, rows) == (h.ipc, h.segments)
+    held_up = got[0][2]
+    assert [pid for _, _, pid in got].count(held_up) == 1, got
+
+
+def test_too_many_places_for_one_write_are_shared_out_fixed(holders, monkeypatch) -> None:
+    """More places than one write of the queue holds (PIPE_BUF, 4 bytes a place): each
+    child gets a fixed share, and every place is still answered once, in its own."""
+    monkeypatch.setattr(inside.select, "PIPE_BUF", 8)  # two places' worth
+    got = inside.run_all([h.place for h in holders], where, workers=2)
+    for h, (ipc, rows, _) in zip(holders, got):
+        assert (ipc, rows) == (h.ipc, h.segments)
+    pids = [pid for _, _, pid in got]
+    assert pids[0::2] == [pids[0]] * 3 and pids[1::2] == [pids[1]] * 2 != [pids[0]] * 2
 
 
 def test_a_place_that_ended_is_vanished_and_a_killed_child_is_died(

@@ -94,6 +94,27 @@ def test_malformed_line_is_an_error_naming_it(bad, says):
     assert says in str(e.value)
 
 
+def test_a_column_of_one_value_is_each_rows_value_and_one_that_varies_is_read_row_by_row():
+    """A column that is one text all the way down is read once (sysvtable._ints); one
+    whose first and last fields agree but not the others is still read row by row
+    (fails when the middle ones are not compared)."""
+    rows = [row(shmid=1, size=4096, perms="600", cpid=7), row(shmid=2, size=8192, perms="1600",
+            cpid=7), row(shmid=3, size=4096, perms="600", cpid=7)]  # fmt: skip
+    segs = scan.parse("\n".join([HEADER16, *rows]))
+    assert [s.size for s in segs] == [4096, 8192, 4096]
+    assert [s.mode for s in segs] == [0o600, 0o1600, 0o600]
+    assert [s.id for s in segs] == [1, 2, 3] and [s.cpid for s in segs] == [7, 7, 7]
+    assert segs[0].ctime is segs[2].ctime  # one int for a column of one value
+
+
+@pytest.mark.parametrize("bad", ["4k", "1e3", "0x10", "--1"])
+def test_a_bad_field_is_found_whether_its_column_has_one_value_or_many(bad):
+    for rows, line in (([row(size=bad)] * 3, 2), ([row(), row(size=bad), row()], 3),
+                       ([row(perms="608")] * 2, 2)):  # fmt: skip
+        with pytest.raises(CorruptTable, match=f"line {line}: a field is not a number"):
+            scan.parse("\n".join([HEADER16, *rows]))
+
+
 def test_missing_header_column_is_an_error():
     with pytest.raises(CorruptTable, match="lacks column.*nattch"):
         scan.parse(HEADER16.replace("nattch", "natch") + "\n" + row())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from itertools import repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
@@ -91,6 +92,11 @@ class Segment(NamedTuple):
     def last_used(self) -> int:
         """The latest of ctime, atime and dtime: when anybody last touched it."""
         return max(self.ctime, self.atime or 0, self.dtime or 0)
+
+
+# Every field of a Segment is an int or None (parse makes them so): two equal fields
+# are one value, whichever object holds it (survey.Tables.packed sends each once).
+PLAIN = True
 
 
 def parse(text: str, source: str = str(PROC_SHM)) -> list[Segment]:
@@ -195,6 +201,13 @@ def parties(s: Segment) -> tuple[Party, ...]:
 
 
 _new = tuple.__new__
+
+# The fields parties, in_use, removing, quiet, unknowable and last_used read: two
+# segments equal in these have the same parties and one verdict but for the segment
+# itself (survey.parties_of and classify.classify_all reuse them; a leak's segments
+# differ in key, id and size alone). tests/test_classify.py fails when a field that
+# changes a verdict or a party is missing here.
+EVIDENCE = itemgetter(2, 4, 5, 6, 11, 12, 13)  # mode, cpid, lpid, nattch, atime, dtime, ctime
 
 
 def in_use(s: Segment, name_of: Callable[[int], Optional[str]]) -> Optional[str]:
