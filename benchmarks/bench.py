@@ -118,14 +118,15 @@ buf = ctypes.create_string_buffer(256)  # >= semid_ds, msqid_ds
 """
 _LOOK = {
     "sem": """
-def look(id, n):
-    libc.semctl(id, 0, 2, buf)  # IPC_STAT
+def look(id, n, stat=True):
+    if stat:  # reap's re-check (kinds/sem.py stat); list reads the table's fields
+        libc.semctl(id, 0, 2, buf)  # IPC_STAT
     for i in range(n):
         libc.semctl(id, i, 11), libc.semctl(id, i, 14), libc.semctl(id, i, 15)
 """,
     "msg": """
-def look(id, n):
-    libc.msgctl(id, 2, buf)  # IPC_STAT
+def look(id, n, stat=True):
+    libc.msgctl(id, 2, buf)  # IPC_STAT: msg_qbytes, for list too
 """,
 }
 _CTL = {"sem": "libc.semctl(id, 0, %d, buf)", "msg": "libc.msgctl(id, %d, buf)"}
@@ -133,7 +134,7 @@ _NSEMS = {"sem": "row[3]", "msg": "0"}  # /proc/sysvipc/sem: key semid perms nse
 
 
 def floor_list(kind: str) -> str:
-    loop = f"for row in rows:\n    look(row[1], {_NSEMS[kind]})\n"
+    loop = f"for row in rows:\n    look(row[1], {_NSEMS[kind]}, False)\n"
     return _FLOOR_KIND % kind + _LOOK[kind] + loop
 
 
